@@ -1,0 +1,2 @@
+//! smtp-node: the smtpfleet SMTP relay.
+pub mod config;
