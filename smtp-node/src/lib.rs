@@ -1,2 +1,3 @@
 //! smtp-node: the smtpfleet SMTP relay.
 pub mod config;
+pub mod spool;

@@ -1,0 +1,65 @@
+//! Durable storage of accepted messages.
+//!
+//! The contract every backend keeps: when a method returns `Ok`, the change is on stable
+//! storage (fsync of data and metadata, or a store commit). Callers answer 250 only after
+//! `store` returned `Ok`. Backends batch concurrent writes into one sync (group commit).
+
+pub mod model;
+
+use std::future::Future;
+
+use bytes::Bytes;
+
+pub use model::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("spool store error: {0}")]
+    Store(String),
+    #[error("message {0} is not in the spool")]
+    NotFound(MessageId),
+    #[error("spool record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the spool is shutting down")]
+    Closed,
+}
+
+/// Storage for queued messages. One backend today; replication adds peers that call the
+/// same operations on their own spools.
+pub trait Spool: Send + Sync + 'static {
+    /// Stores a new message (metadata and body) durably.
+    fn store(
+        &self,
+        meta: MessageMeta,
+        body: Bytes,
+    ) -> impl Future<Output = Result<(), SpoolError>> + Send;
+
+    /// Applies recipient state changes durably and returns the updated metadata.
+    fn update(
+        &self,
+        id: MessageId,
+        updates: Vec<RecipientUpdate>,
+    ) -> impl Future<Output = Result<MessageMeta, SpoolError>> + Send;
+
+    /// Replaces the ownership record (takeover, drain).
+    fn set_ownership(
+        &self,
+        id: MessageId,
+        ownership: Ownership,
+    ) -> impl Future<Output = Result<(), SpoolError>> + Send;
+
+    /// Removes a message whose recipients are all done.
+    fn remove(&self, id: MessageId) -> impl Future<Output = Result<(), SpoolError>> + Send;
+
+    fn load_meta(
+        &self,
+        id: MessageId,
+    ) -> impl Future<Output = Result<Option<MessageMeta>, SpoolError>> + Send;
+
+    fn load_body(&self, id: MessageId) -> impl Future<Output = Result<Bytes, SpoolError>> + Send;
+
+    /// Every message in the spool, for recovery at start and for the queue summary.
+    fn list(&self) -> impl Future<Output = Result<Vec<MessageMeta>, SpoolError>> + Send;
+}
