@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, unit and integration tests with real
+# peers, then the end-to-end suite against a real Kubernetes API server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SMTPFLEET_CACHE:-$HOME/.cache/smtpfleet}/target}"
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo test"
+cargo test --workspace --locked --no-fail-fast
+if [ -x e2e/run.sh ] && [ "${SMTPFLEET_SKIP_E2E:-0}" != 1 ]; then
+  step "e2e"
+  e2e/run.sh
+fi
