@@ -1,0 +1,201 @@
+//! The only stage that writes children: server-side apply of every desired object
+//! under one field manager, then deletion of the children that are no longer desired.
+//!
+//! Server-side apply with a single field manager (`smtpfleet-operator`, forced) makes
+//! each reconciliation declare the full desired content of every child. Fields the
+//! operator stops setting are removed by the API server, fields other actors own
+//! (the StatefulSet controller's status, a HorizontalPodAutoscaler, `kubectl` edits of
+//! fields we do not set) are left alone, and drift in fields we do set is overwritten.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::client::Body;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The field manager of every write the operator makes to children and status.
+pub const FIELD_MANAGER: &str = "smtpfleet-operator";
+
+/// A child after server-side apply.
+#[derive(Debug, Clone)]
+pub struct Applied<K> {
+    /// The object as the API server stored it (including its current status).
+    pub object: K,
+    /// Whether this apply created it (HTTP 201) rather than updated it (HTTP 200).
+    pub created: bool,
+}
+
+/// Server-side applies `child` in `namespace`, forcing ownership of the fields it sets.
+///
+/// This goes through [`Client::send`] rather than [`Api::patch`] only to see the HTTP
+/// status: the API server answers 201 when the apply created the object, which is how
+/// "created" events are emitted without reading every child first.
+pub async fn server_side_apply<K>(
+    client: &Client,
+    namespace: &str,
+    child: &K,
+) -> Result<Applied<K>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Debug,
+{
+    let name = child.meta().name.as_deref().unwrap_or_default();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut request = kube::core::Request::new(K::url_path(&(), Some(namespace)))
+        .patch(name, &params, &Patch::Apply(child))
+        .map_err(kube::Error::BuildRequest)?;
+    request.extensions_mut().insert("patch");
+    let response = client.send(request.map(Body::from)).await?;
+    let status = response.status();
+    let bytes = response.into_body().collect_bytes().await?;
+    if status.is_client_error() || status.is_server_error() {
+        return Err(api_error(status.as_u16(), &bytes));
+    }
+    let object = serde_json::from_slice(&bytes).map_err(kube::Error::SerdeError)?;
+    Ok(Applied {
+        object,
+        created: status.as_u16() == 201,
+    })
+}
+
+/// Turns an error response into the same error [`Api`] methods return, so that callers
+/// can match on `kube::Error::Api` with its code whichever path produced it.
+fn api_error(code: u16, body: &[u8]) -> kube::Error {
+    let status = serde_json::from_slice::<kube::core::Status>(body).unwrap_or_else(|_| {
+        kube::core::Status::failure(
+            String::from_utf8_lossy(body).trim(),
+            "Failed to parse error data",
+        )
+        .with_code(code)
+    });
+    kube::Error::Api(status.boxed())
+}
+
+/// Names of observed children that the pool controls (controller owner reference
+/// with the pool's uid) and that are not desired any more.
+///
+/// Only controlled children are candidates: an object that merely carries the pool's
+/// labels (copied by hand, or adopted by something else) is never deleted.
+pub fn orphans<K: Resource>(
+    desired: &BTreeSet<String>,
+    observed: &[K],
+    owner_uid: &str,
+) -> Vec<String> {
+    observed
+        .iter()
+        .filter(|child| is_controlled_by(*child, owner_uid))
+        .map(ResourceExt::name_any)
+        .filter(|name| !desired.contains(name))
+        .collect()
+}
+
+/// Whether `child` has a controller owner reference to the object with `owner_uid`.
+pub fn is_controlled_by<K: Resource>(child: &K, owner_uid: &str) -> bool {
+    child
+        .owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && r.uid == owner_uid)
+}
+
+/// Deletes a child by name, only if it still has `uid` (so a child recreated under
+/// the same name in the meantime is left alone). Returns whether anything was deleted;
+/// an already missing child is not an error.
+pub async fn delete_child<K>(
+    api: &Api<K>,
+    name: &str,
+    uid: Option<String>,
+) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        preconditions: uid.map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    fn sts(name: &str, owner_uid: Option<&str>, controller: bool) -> StatefulSet {
+        StatefulSet {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                owner_references: owner_uid.map(|uid| {
+                    vec![OwnerReference {
+                        api_version: "smtpfleet.io/v1alpha1".into(),
+                        kind: "RelayPool".into(),
+                        name: "pool".into(),
+                        uid: uid.into(),
+                        controller: Some(controller),
+                        block_owner_deletion: Some(true),
+                    }]
+                }),
+                ..ObjectMeta::default()
+            },
+            ..StatefulSet::default()
+        }
+    }
+
+    fn names(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn removed_data_centre_statefulset_is_an_orphan() {
+        let observed = [
+            sts("pool-a", Some("u1"), true),
+            sts("pool-b", Some("u1"), true),
+        ];
+        assert_eq!(orphans(&names(&["pool-a"]), &observed, "u1"), ["pool-b"]);
+    }
+
+    #[test]
+    fn nothing_to_delete_when_all_observed_are_desired() {
+        let observed = [sts("pool-a", Some("u1"), true)];
+        assert!(orphans(&names(&["pool-a", "pool-b"]), &observed, "u1").is_empty());
+    }
+
+    #[test]
+    fn objects_not_controlled_by_this_pool_are_never_orphans() {
+        let observed = [
+            sts("pool-x", None, true),
+            sts("pool-y", Some("other-uid"), true),
+            sts("pool-z", Some("u1"), false),
+        ];
+        assert!(orphans(&names(&[]), &observed, "u1").is_empty());
+    }
+
+    #[test]
+    fn error_bodies_become_api_errors_with_their_code() {
+        let body = br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"nope","reason":"Conflict","code":409}"#;
+        match api_error(409, body) {
+            kube::Error::Api(status) => {
+                assert_eq!(status.code, 409);
+                assert_eq!(status.message, "nope");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match api_error(502, b"bad gateway") {
+            kube::Error::Api(status) => {
+                assert_eq!(status.code, 502);
+                assert_eq!(status.message, "bad gateway");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
