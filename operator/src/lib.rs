@@ -1,3 +1,4 @@
 //! smtpfleet operator.
 
+pub mod events;
 pub mod relaypool;

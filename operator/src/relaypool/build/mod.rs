@@ -1,4 +1,13 @@
-//! Pure construction of every child object of a RelayPool.
+//! Pure construction of every child object of a RelayPool, from the resolved
+//! [`Pool`](super::model::Pool) model. Nothing here talks to the API server, so every
+//! object can be checked in unit tests.
+
+pub mod layout;
+pub mod meta;
+pub mod pdb;
+pub mod service;
+pub mod service_account;
+pub mod statefulset;
 
 use thiserror::Error;
 
