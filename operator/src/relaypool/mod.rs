@@ -5,7 +5,10 @@ pub mod backoff;
 pub mod build;
 pub mod conditions;
 pub mod context;
+pub mod dereference;
 pub mod error;
 pub mod model;
+pub mod status;
+pub mod validate;
 
 pub use error::{Error, Result};

@@ -59,7 +59,10 @@ pub fn pool_labels(pool: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
         ("app.kubernetes.io/instance".to_owned(), pool.to_owned()),
-        ("app.kubernetes.io/managed-by".to_owned(), MANAGED_BY.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            MANAGED_BY.to_owned(),
+        ),
         (POOL_LABEL.to_owned(), pool.to_owned()),
     ])
 }
@@ -107,7 +110,11 @@ pub fn owner_reference(pool: &PoolIdentity) -> OwnerReference {
 }
 
 /// Metadata of a child: name, namespace, labels and the owner reference.
-pub fn child_meta(pool: &PoolIdentity, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+pub fn child_meta(
+    pool: &PoolIdentity,
+    name: String,
+    labels: BTreeMap<String, String>,
+) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(pool.namespace.clone()),

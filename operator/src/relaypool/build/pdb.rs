@@ -26,7 +26,11 @@ use crate::relaypool::model::Pool;
 pub fn pod_disruption_budget(pool: &Pool) -> PodDisruptionBudget {
     let name = &pool.identity.name;
     PodDisruptionBudget {
-        metadata: meta::child_meta(&pool.identity, meta::pdb_name(name), meta::pool_labels(name)),
+        metadata: meta::child_meta(
+            &pool.identity,
+            meta::pdb_name(name),
+            meta::pool_labels(name),
+        ),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             min_available: None,

@@ -372,7 +372,10 @@ fn spool_claim(pool: &Pool) -> PersistentVolumeClaim {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: storage.class.clone(),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".to_owned(), storage.size.clone())])),
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    storage.size.clone(),
+                )])),
                 limits: None,
             }),
             ..PersistentVolumeClaimSpec::default()

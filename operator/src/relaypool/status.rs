@@ -1,0 +1,251 @@
+//! Pure status computation: observed StatefulSets, validation problems and the pool's
+//! generation in; replica counts and the `Ready`, `Available`, `Progressing` and
+//! `Degraded` conditions out. The controller writes the result with one status patch.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+
+use super::conditions::{Computed, Status};
+use super::model::Pool;
+use super::validate::Problem;
+
+/// Condition type: every desired replica is ready and rolled out, nothing is wrong.
+pub const READY: &str = "Ready";
+/// Condition type: enough nodes are ready to accept mail with the configured
+/// replication (`replicationFactor` nodes over `minDataCentres` data centres).
+pub const AVAILABLE: &str = "Available";
+/// Condition type: StatefulSets are being created, scaled or rolled.
+pub const PROGRESSING: &str = "Progressing";
+/// Condition type: something needs a person's attention.
+pub const DEGRADED: &str = "Degraded";
+
+/// What was observed of one data centre.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataCentreObservation {
+    /// Data centre name.
+    pub name: String,
+    /// Desired replicas.
+    pub replicas: i32,
+    /// Ready pods.
+    pub ready: i32,
+    /// The StatefulSet controller has caught up with the latest spec and every pod runs
+    /// the latest template.
+    pub rolled_out: bool,
+}
+
+/// Observes one data centre from its StatefulSet (`None` when it does not exist yet).
+pub fn observe(name: &str, desired: i32, sts: Option<&StatefulSet>) -> DataCentreObservation {
+    let status = sts.and_then(|s| s.status.as_ref());
+    let ready = status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let rolled_out = match (sts, status) {
+        (Some(sts), Some(status)) => {
+            let generation_seen = match (status.observed_generation, sts.metadata.generation) {
+                (Some(seen), Some(generation)) => seen >= generation,
+                (_, None) => true,
+                (None, Some(_)) => false,
+            };
+            let on_latest_revision = match (&status.current_revision, &status.update_revision) {
+                (Some(current), Some(update)) => current == update,
+                _ => true,
+            };
+            generation_seen
+                && status.replicas == desired
+                && status.updated_replicas.unwrap_or(0) == desired
+                && on_latest_revision
+        }
+        _ => desired == 0 && sts.is_some(),
+    };
+    DataCentreObservation {
+        name: name.to_owned(),
+        replicas: desired,
+        ready,
+        rolled_out,
+    }
+}
+
+/// Observes every data centre of `pool` from the StatefulSets the API server returned.
+pub fn observe_all(pool: &Pool, statefulsets: &[StatefulSet]) -> Vec<DataCentreObservation> {
+    pool.data_centres
+        .iter()
+        .map(|dc| {
+            let name = super::build::meta::statefulset_name(&pool.identity.name, &dc.name);
+            let sts = statefulsets
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(name.as_str()));
+            observe(&dc.name, dc.replicas, sts)
+        })
+        .collect()
+}
+
+/// The computed status, before it is merged with the previous conditions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComputedStatus {
+    /// Desired replicas over all data centres.
+    pub replicas: i32,
+    /// Ready replicas over all data centres.
+    pub ready_replicas: i32,
+    /// Per data centre, in spec order.
+    pub data_centres: Vec<DataCentreObservation>,
+    /// The four conditions this controller owns.
+    pub conditions: Vec<Computed>,
+}
+
+/// Computes the status of `pool` from the observations and validation problems.
+pub fn compute(
+    pool: &Pool,
+    observed: Vec<DataCentreObservation>,
+    problems: &[Problem],
+) -> ComputedStatus {
+    let replicas: i32 = observed.iter().map(|o| o.replicas).sum();
+    let ready: i32 = observed.iter().map(|o| o.ready).sum();
+    let rolling: Vec<&DataCentreObservation> = observed.iter().filter(|o| !o.rolled_out).collect();
+    let short: Vec<&DataCentreObservation> =
+        observed.iter().filter(|o| o.ready < o.replicas).collect();
+
+    let progressing = if rolling.is_empty() {
+        Computed::new(
+            PROGRESSING,
+            Status::False,
+            "RolloutComplete",
+            format!(
+                "All {} data centre(s) run the latest pod template with the desired replicas.",
+                observed.len()
+            ),
+        )
+    } else {
+        Computed::new(
+            PROGRESSING,
+            Status::True,
+            "RollingOut",
+            format!(
+                "Rolling out data centre(s) {}; {ready} of {replicas} replicas ready.",
+                names(&rolling)
+            ),
+        )
+    };
+
+    let available = available(pool, &observed, ready);
+
+    let degraded = if !problems.is_empty() {
+        Computed::new(
+            DEGRADED,
+            Status::True,
+            problems[0].reason,
+            join_messages(problems),
+        )
+    } else if rolling.is_empty() && !short.is_empty() {
+        Computed::new(
+            DEGRADED,
+            Status::True,
+            "ReplicasUnavailable",
+            format!(
+                "Not every replica is ready although no rollout is in progress: {}. \
+                 Check the pods with `kubectl describe pod -l smtpfleet.io/pool={}`.",
+                short
+                    .iter()
+                    .map(|o| format!(
+                        "data centre {:?} has {} of {} ready",
+                        o.name, o.ready, o.replicas
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                pool.identity.name
+            ),
+        )
+    } else {
+        Computed::new(
+            DEGRADED,
+            Status::False,
+            "AsExpected",
+            "No problem detected.",
+        )
+    };
+
+    let ready_condition = if !problems.is_empty() {
+        Computed::new(
+            READY,
+            Status::False,
+            problems[0].reason,
+            join_messages(problems),
+        )
+    } else if !rolling.is_empty() {
+        Computed::new(
+            READY,
+            Status::False,
+            "RollingOut",
+            format!(
+                "Waiting for the rollout of data centre(s) {}: {ready} of {replicas} replicas ready.",
+                names(&rolling)
+            ),
+        )
+    } else if ready < replicas {
+        Computed::new(
+            READY,
+            Status::False,
+            "ReplicasNotReady",
+            format!("{ready} of {replicas} replicas ready."),
+        )
+    } else {
+        Computed::new(
+            READY,
+            Status::True,
+            "AllReplicasReady",
+            format!(
+                "All {replicas} replicas ready in {} data centre(s).",
+                observed.len()
+            ),
+        )
+    };
+
+    ComputedStatus {
+        replicas,
+        ready_replicas: ready,
+        data_centres: observed,
+        conditions: vec![ready_condition, available, progressing, degraded],
+    }
+}
+
+/// Available when an accepting node can find `replicationFactor - 1` ready peers
+/// spread over `minDataCentres` data centres: below that, nodes answer 451 to every
+/// message, so the pool is up but not serving.
+fn available(pool: &Pool, observed: &[DataCentreObservation], ready: i32) -> Computed {
+    let needed_replicas = i32::try_from(pool.queue.replication_factor.max(1)).unwrap_or(i32::MAX);
+    let needed_dcs = usize::try_from(pool.queue.min_data_centres.max(1)).unwrap_or(usize::MAX);
+    let ready_dcs = observed.iter().filter(|o| o.ready > 0).count();
+    if ready >= needed_replicas && ready_dcs >= needed_dcs {
+        Computed::new(
+            AVAILABLE,
+            Status::True,
+            "MinimumReplicasAvailable",
+            format!(
+                "{ready} replica(s) ready in {ready_dcs} data centre(s); accepting mail needs {needed_replicas} in {needed_dcs}."
+            ),
+        )
+    } else {
+        Computed::new(
+            AVAILABLE,
+            Status::False,
+            "InsufficientReplicas",
+            format!(
+                "Only {ready} replica(s) ready in {ready_dcs} data centre(s); accepting mail needs \
+                 {needed_replicas} (spec.queue.replicationFactor) in {needed_dcs} \
+                 (spec.queue.minDataCentres), so nodes answer 451 until then."
+            ),
+        )
+    }
+}
+
+fn names(observations: &[&DataCentreObservation]) -> String {
+    observations
+        .iter()
+        .map(|o| format!("{:?}", o.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn join_messages(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| p.message.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
