@@ -12,3 +12,6 @@ pub mod status;
 pub mod validate;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod testing;

@@ -249,3 +249,195 @@ fn join_messages(problems: &[Problem]) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relaypool::testing::{StsState, pool, sts};
+
+    fn condition<'a>(status: &'a ComputedStatus, type_: &str) -> &'a Computed {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"))
+    }
+
+    fn summary(status: &ComputedStatus) -> Vec<(&'static str, Status, &'static str)> {
+        status
+            .conditions
+            .iter()
+            .map(|c| (c.type_, c.status, c.reason))
+            .collect()
+    }
+
+    #[test]
+    fn all_ready_pool_is_ready_available_and_settled() {
+        let pool = pool(&[("a", 2), ("b", 1)]);
+        let observed = observe_all(
+            &pool,
+            &[
+                sts("a", StsState::settled(2, 2)),
+                sts("b", StsState::settled(1, 1)),
+            ],
+        );
+        let status = compute(&pool, observed, &[]);
+        assert_eq!((status.replicas, status.ready_replicas), (3, 3));
+        assert_eq!(
+            status.data_centres,
+            vec![
+                DataCentreObservation {
+                    name: "a".into(),
+                    replicas: 2,
+                    ready: 2,
+                    rolled_out: true
+                },
+                DataCentreObservation {
+                    name: "b".into(),
+                    replicas: 1,
+                    ready: 1,
+                    rolled_out: true
+                },
+            ]
+        );
+        assert_eq!(
+            summary(&status),
+            vec![
+                (READY, Status::True, "AllReplicasReady"),
+                (AVAILABLE, Status::True, "MinimumReplicasAvailable"),
+                (PROGRESSING, Status::False, "RolloutComplete"),
+                (DEGRADED, Status::False, "AsExpected"),
+            ]
+        );
+    }
+
+    #[test]
+    fn some_not_ready_without_rollout_is_degraded_and_names_the_data_centre() {
+        let pool = pool(&[("a", 2), ("b", 2)]);
+        let observed = observe_all(
+            &pool,
+            &[
+                sts("a", StsState::settled(2, 2)),
+                sts("b", StsState::settled(2, 1)),
+            ],
+        );
+        let status = compute(&pool, observed, &[]);
+        assert_eq!((status.replicas, status.ready_replicas), (4, 3));
+        assert_eq!(
+            summary(&status),
+            vec![
+                (READY, Status::False, "ReplicasNotReady"),
+                (AVAILABLE, Status::True, "MinimumReplicasAvailable"),
+                (PROGRESSING, Status::False, "RolloutComplete"),
+                (DEGRADED, Status::True, "ReplicasUnavailable"),
+            ]
+        );
+        let message = &condition(&status, DEGRADED).message;
+        assert!(
+            message.contains("data centre \"b\" has 1 of 2 ready"),
+            "{message}"
+        );
+        assert!(!message.contains("\"a\""), "{message}");
+        assert_eq!(condition(&status, READY).message, "3 of 4 replicas ready.");
+    }
+
+    #[test]
+    fn rollout_in_progress_is_progressing_not_degraded() {
+        let pool = pool(&[("a", 3)]);
+        let rolling = StsState {
+            updated: 1,
+            same_revision: false,
+            ready: 2,
+            ..StsState::settled(3, 3)
+        };
+        let status = compute(&pool, observe_all(&pool, &[sts("a", rolling)]), &[]);
+        assert_eq!(
+            summary(&status),
+            vec![
+                (READY, Status::False, "RollingOut"),
+                (AVAILABLE, Status::True, "MinimumReplicasAvailable"),
+                (PROGRESSING, Status::True, "RollingOut"),
+                (DEGRADED, Status::False, "AsExpected"),
+            ]
+        );
+        assert!(condition(&status, PROGRESSING).message.contains("\"a\""));
+    }
+
+    #[test]
+    fn scaling_and_unobserved_generations_count_as_rollouts() {
+        let pool = pool(&[("a", 3)]);
+        let scaling = StsState::settled(2, 2);
+        assert!(!observe("a", 3, Some(&sts("a", scaling))).rolled_out);
+        let unobserved = StsState {
+            generation: 2,
+            ..StsState::settled(3, 3)
+        };
+        assert!(!observe("a", 3, Some(&sts("a", unobserved))).rolled_out);
+        assert!(observe("a", 3, Some(&sts("a", StsState::settled(3, 3)))).rolled_out);
+        let status = compute(&pool, observe_all(&pool, &[]), &[]);
+        assert_eq!(condition(&status, PROGRESSING).status, Status::True);
+        assert_eq!(condition(&status, AVAILABLE).status, Status::False);
+        assert_eq!(status.ready_replicas, 0);
+    }
+
+    #[test]
+    fn missing_secret_is_degraded_and_not_ready_with_the_secret_named() {
+        let pool = pool(&[("a", 2)]);
+        let problem = Problem {
+            reason: "SecretNotFound",
+            message: "Secret \"smtp-tls\" referenced by spec.tls.secretName not found in namespace \"mail\".".into(),
+        };
+        let status = compute(
+            &pool,
+            observe_all(&pool, &[sts("a", StsState::settled(2, 0))]),
+            &[problem.clone()],
+        );
+        let degraded = condition(&status, DEGRADED);
+        assert_eq!(
+            (degraded.status, degraded.reason),
+            (Status::True, "SecretNotFound")
+        );
+        assert_eq!(degraded.message, problem.message);
+        let ready = condition(&status, READY);
+        assert_eq!(
+            (ready.status, ready.reason),
+            (Status::False, "SecretNotFound")
+        );
+    }
+
+    #[test]
+    fn availability_needs_replication_factor_nodes_over_min_data_centres() {
+        let mut pool = pool(&[("a", 2), ("b", 2)]);
+        pool.queue.replication_factor = 2;
+        pool.queue.min_data_centres = 2;
+        let one_dc = observe_all(
+            &pool,
+            &[
+                sts("a", StsState::settled(2, 2)),
+                sts("b", StsState::settled(2, 0)),
+            ],
+        );
+        let status = compute(&pool, one_dc, &[]);
+        let available = condition(&status, AVAILABLE);
+        assert_eq!(
+            (available.status, available.reason),
+            (Status::False, "InsufficientReplicas")
+        );
+        assert!(
+            available.message.contains("minDataCentres"),
+            "{}",
+            available.message
+        );
+        let two_dcs = observe_all(
+            &pool,
+            &[
+                sts("a", StsState::settled(2, 1)),
+                sts("b", StsState::settled(2, 1)),
+            ],
+        );
+        assert_eq!(
+            condition(&compute(&pool, two_dcs, &[]), AVAILABLE).status,
+            Status::True
+        );
+    }
+}
