@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod backoff;
 pub mod build;
+pub mod changes;
 pub mod conditions;
 pub mod context;
 pub mod dereference;
