@@ -18,3 +18,6 @@ pub enum BuildError {
     #[error("rendering the smtp-node configuration: {0}")]
     RenderConfig(#[from] serde_yaml::Error),
 }
+
+#[cfg(test)]
+mod tests;

@@ -334,6 +334,11 @@ fn secret_volume(name: &str, secret: &str) -> Volume {
 
 /// One projected volume with the active DKIM key of every bound domain that has one,
 /// each under [`layout::dkim_key_file`].
+///
+/// The key Secrets are optional in the projection: they belong to the MailDomains, and a
+/// key deleted or not yet written must not stop every node of the pool from starting.
+/// The node then sends that domain's mail unsigned and reports it, which is far better
+/// than accepting no mail at all.
 fn dkim_projection(pool: &Pool) -> Option<ProjectedVolumeSource> {
     let sources: Vec<VolumeProjection> = pool
         .domains
@@ -348,7 +353,7 @@ fn dkim_projection(pool: &Pool) -> Option<ProjectedVolumeSource> {
                         path: layout::dkim_key_file(&d.domain, &key.selector),
                         mode: None,
                     }]),
-                    optional: None,
+                    optional: Some(true),
                 }),
                 ..VolumeProjection::default()
             })

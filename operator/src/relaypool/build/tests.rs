@@ -1,0 +1,484 @@
+//! Builder tests on the resolved model. Fixture-driven tests of the whole pipeline
+//! (RelayPool YAML in, objects out) live in `operator/tests/relaypool_build.rs`.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Container, PodSpec, Toleration};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+use super::layout::{HTTP_PORT, PEER_PORT};
+use super::meta::{self, CONFIG_HASH_ANNOTATION};
+use super::statefulset::{HOSTNAME_LABEL, ZONE_LABEL, statefulset};
+use super::{pdb, service, service_account};
+use crate::relaypool::model::{DkimKey, Listener, ListenerKind, SigningDomain, TlsSource};
+use crate::relaypool::testing::pool;
+
+fn pod(sts: &StatefulSet) -> &PodSpec {
+    sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn node(sts: &StatefulSet) -> &Container {
+    &pod(sts).containers[0]
+}
+
+fn assert_owned(meta: &kube::api::ObjectMeta) {
+    let refs = meta.owner_references.as_ref().expect("owner references");
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].kind, "RelayPool");
+    assert_eq!(refs[0].name, "relay");
+    assert_eq!(refs[0].uid, "uid-relay");
+    assert_eq!(refs[0].controller, Some(true));
+    assert_eq!(meta.namespace.as_deref(), Some("mail"));
+}
+
+#[test]
+fn statefulset_identity_labels_and_selector() {
+    let pool = pool(&[("east", 3)]);
+    let sts = statefulset(&pool, &pool.data_centres[0], "hash-1");
+    assert_eq!(sts.metadata.name.as_deref(), Some("relay-east"));
+    assert_owned(&sts.metadata);
+    let spec = sts.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    assert_eq!(spec.service_name.as_deref(), Some("relay-peers"));
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+    let labels = sts.metadata.labels.as_ref().unwrap();
+    for (k, v) in [
+        ("app.kubernetes.io/name", "smtp-node"),
+        ("app.kubernetes.io/instance", "relay"),
+        ("app.kubernetes.io/managed-by", "smtpfleet-operator"),
+        ("smtpfleet.io/pool", "relay"),
+        ("smtpfleet.io/data-centre", "east"),
+    ] {
+        assert_eq!(labels.get(k).map(String::as_str), Some(v), "label {k}");
+    }
+    let template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+    assert_eq!(template_labels, labels);
+    // The selector must select the template's pods and nothing of other data centres.
+    let selector = spec.selector.match_labels.as_ref().unwrap();
+    assert!(
+        selector
+            .iter()
+            .all(|(k, v)| template_labels.get(k) == Some(v))
+    );
+    assert_eq!(
+        selector.get("smtpfleet.io/data-centre").map(String::as_str),
+        Some("east")
+    );
+    let annotations = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        annotations.get(CONFIG_HASH_ANNOTATION).map(String::as_str),
+        Some("hash-1")
+    );
+}
+
+#[test]
+fn config_hash_change_changes_only_the_template_annotation() {
+    let pool = pool(&[("a", 1)]);
+    let one = statefulset(&pool, &pool.data_centres[0], "h1");
+    let mut two = statefulset(&pool, &pool.data_centres[0], "h2");
+    assert_ne!(one, two);
+    two.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .metadata
+        .as_mut()
+        .unwrap()
+        .annotations = one
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .clone();
+    assert_eq!(one, two);
+}
+
+#[test]
+fn pods_get_their_identity_and_data_centre_from_the_environment() {
+    let pool = pool(&[("west", 1)]);
+    let sts = statefulset(&pool, &pool.data_centres[0], "h");
+    let env = node(&sts).env.as_ref().unwrap();
+    let field = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+            .map(|f| f.field_path.clone())
+    };
+    assert_eq!(field("POD_NAME").as_deref(), Some("metadata.name"));
+    assert_eq!(
+        field("POD_NAMESPACE").as_deref(),
+        Some("metadata.namespace")
+    );
+    let dc = env
+        .iter()
+        .find(|e| e.name == "SMTP_NODE_DATA_CENTRE")
+        .unwrap();
+    assert_eq!(dc.value.as_deref(), Some("west"));
+}
+
+#[test]
+fn listeners_become_container_ports_and_client_service_ports() {
+    let mut pool = pool(&[("a", 1)]);
+    pool.listeners = vec![
+        Listener {
+            kind: ListenerKind::Relay,
+            port: 25,
+        },
+        Listener {
+            kind: ListenerKind::Submission,
+            port: 587,
+        },
+        Listener {
+            kind: ListenerKind::Smtps,
+            port: 465,
+        },
+    ];
+    let sts = statefulset(&pool, &pool.data_centres[0], "h");
+    let ports: Vec<(String, i32)> = node(&sts)
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| (p.name.clone().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("smtp".to_owned(), 2525),
+            ("submission".to_owned(), 2587),
+            ("smtps".to_owned(), 2465),
+            ("http".to_owned(), i32::from(HTTP_PORT)),
+            ("peer".to_owned(), i32::from(PEER_PORT)),
+        ]
+    );
+    let client = service::client_service(&pool);
+    assert_eq!(client.metadata.name.as_deref(), Some("relay"));
+    assert_owned(&client.metadata);
+    let service_ports: Vec<(String, i32, IntOrString)> = client
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone().unwrap(),
+                p.port,
+                p.target_port.clone().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        service_ports,
+        [
+            ("smtp".to_owned(), 25, IntOrString::String("smtp".into())),
+            (
+                "submission".to_owned(),
+                587,
+                IntOrString::String("submission".into())
+            ),
+            ("smtps".to_owned(), 465, IntOrString::String("smtps".into())),
+        ]
+    );
+    // Every target port names a port the container declares.
+    for (_, _, target) in &service_ports {
+        let IntOrString::String(name) = target else {
+            panic!("numeric target")
+        };
+        assert!(ports.iter().any(|(n, _)| n == name), "{name}");
+    }
+    // The client Service selects the pool's pods.
+    let pod_labels = sts
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    let selector = client.spec.as_ref().unwrap().selector.clone().unwrap();
+    assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+}
+
+#[test]
+fn peer_service_is_headless_and_publishes_unready_pods() {
+    let pool = pool(&[("a", 1)]);
+    let peers = service::peer_service(&pool);
+    assert_eq!(peers.metadata.name.as_deref(), Some("relay-peers"));
+    assert_owned(&peers.metadata);
+    let spec = peers.spec.as_ref().unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(spec.publish_not_ready_addresses, Some(true));
+    let ports: Vec<i32> = spec
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert!(ports.contains(&i32::from(PEER_PORT)));
+}
+
+#[test]
+fn pods_run_locked_down() {
+    let pool = pool(&[("a", 1)]);
+    let sts = statefulset(&pool, &pool.data_centres[0], "h");
+    let pod = pod(&sts);
+    let psc = pod.security_context.as_ref().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.run_as_user, Some(65532));
+    assert_eq!(psc.run_as_group, Some(65532));
+    assert_eq!(psc.fs_group, Some(65532));
+    assert_eq!(
+        psc.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+    let csc = node(&sts).security_context.as_ref().unwrap();
+    assert_eq!(csc.allow_privilege_escalation, Some(false));
+    assert_eq!(csc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        csc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
+    assert!(csc.capabilities.as_ref().unwrap().add.is_none());
+    assert_eq!(
+        csc.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(pod.service_account_name.as_deref(), Some("relay"));
+    // Every listener port is unprivileged, since no capability allows binding below 1024.
+    assert!(
+        node(&sts)
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|p| p.container_port >= 1024)
+    );
+}
+
+#[test]
+fn probes_use_the_node_http_port() {
+    let pool = pool(&[("a", 1)]);
+    let sts = statefulset(&pool, &pool.data_centres[0], "h");
+    let c = node(&sts);
+    let probe = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let get = p.as_ref().unwrap().http_get.as_ref().unwrap();
+        (get.path.clone().unwrap(), get.port.clone())
+    };
+    let http = IntOrString::String("http".into());
+    assert_eq!(probe(&c.readiness_probe), ("/readyz".into(), http.clone()));
+    assert_eq!(probe(&c.liveness_probe), ("/healthz".into(), http.clone()));
+    assert_eq!(probe(&c.startup_probe), ("/healthz".into(), http));
+}
+
+#[test]
+fn zone_pins_pods_and_drops_the_zone_spread() {
+    let mut pool = pool(&[("a", 2), ("b", 2)]);
+    pool.data_centres[0].zone = Some("eu-1a".into());
+    pool.data_centres[0].node_selector = [("disk".to_owned(), "ssd".to_owned())].into();
+    pool.data_centres[0].tolerations = vec![Toleration {
+        key: Some("dedicated".into()),
+        operator: Some("Equal".into()),
+        value: Some("mail".into()),
+        effect: Some("NoSchedule".into()),
+        toleration_seconds: None,
+    }];
+    let pinned = statefulset(&pool, &pool.data_centres[0], "h");
+    let selector = pod(&pinned).node_selector.clone().unwrap();
+    assert_eq!(selector.get(ZONE_LABEL).map(String::as_str), Some("eu-1a"));
+    assert_eq!(selector.get("disk").map(String::as_str), Some("ssd"));
+    assert_eq!(
+        pod(&pinned).tolerations.as_ref().unwrap()[0].key.as_deref(),
+        Some("dedicated")
+    );
+    let keys: Vec<&str> = pod(&pinned)
+        .topology_spread_constraints
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.topology_key.as_str())
+        .collect();
+    assert_eq!(keys, [HOSTNAME_LABEL]);
+
+    let free = statefulset(&pool, &pool.data_centres[1], "h");
+    assert!(pod(&free).node_selector.is_none());
+    assert!(pod(&free).tolerations.is_none());
+    let constraints = pod(&free).topology_spread_constraints.clone().unwrap();
+    let keys: Vec<(&str, &str)> = constraints
+        .iter()
+        .map(|c| (c.topology_key.as_str(), c.when_unsatisfiable.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (HOSTNAME_LABEL, "DoNotSchedule"),
+            (ZONE_LABEL, "ScheduleAnyway")
+        ]
+    );
+    assert!(constraints.iter().all(|c| c.max_skew == 1
+        && c.label_selector.as_ref().unwrap().match_labels == Some(meta::pool_selector("relay"))));
+}
+
+#[test]
+fn volumes_follow_the_spec() {
+    let mut pool = pool(&[("a", 1)]);
+    let plain = statefulset(&pool, &pool.data_centres[0], "h");
+    let mounts = |sts: &StatefulSet| -> Vec<(String, String)> {
+        node(sts)
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| (m.name.clone(), m.mount_path.clone()))
+            .collect()
+    };
+    assert_eq!(
+        mounts(&plain),
+        [
+            ("config".to_owned(), "/etc/smtp-node/config".to_owned()),
+            ("spool".to_owned(), "/var/spool/smtp-node".to_owned()),
+            ("tmp".to_owned(), "/tmp".to_owned()),
+        ]
+    );
+    let spec = plain.spec.as_ref().unwrap();
+    let claim = &spec.volume_claim_templates.as_ref().unwrap()[0];
+    assert_eq!(claim.metadata.name.as_deref(), Some("spool"));
+    let claim_spec = claim.spec.as_ref().unwrap();
+    assert_eq!(
+        claim_spec
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()["storage"]
+            .0,
+        "1Gi"
+    );
+    let config = pod(&plain)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "config")
+        .unwrap();
+    assert_eq!(config.config_map.as_ref().unwrap().name, "relay-config");
+
+    pool.tls = Some(TlsSource::Secret("smtp-tls".into()));
+    pool.relay.auth_secret = Some("smtp-users".into());
+    pool.queue.storage.class = Some("fast".into());
+    pool.domains = vec![
+        SigningDomain {
+            object: "example".into(),
+            domain: "example.com".into(),
+            dkim: Some(DkimKey {
+                selector: "s1".into(),
+                secret: "example-dkim-s1".into(),
+                secret_key: "private.key".into(),
+            }),
+        },
+        SigningDomain {
+            object: "nokey".into(),
+            domain: "nokey.org".into(),
+            dkim: None,
+        },
+    ];
+    let full = statefulset(&pool, &pool.data_centres[0], "h");
+    let names: Vec<String> = mounts(&full).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["config", "spool", "tmp", "tls", "auth", "dkim"]);
+    let volumes = pod(&full).volumes.clone().unwrap();
+    let tls = volumes.iter().find(|v| v.name == "tls").unwrap();
+    assert_eq!(
+        tls.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("smtp-tls")
+    );
+    let auth = volumes.iter().find(|v| v.name == "auth").unwrap();
+    assert_eq!(
+        auth.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("smtp-users")
+    );
+    let dkim = volumes.iter().find(|v| v.name == "dkim").unwrap();
+    let sources = dkim.projected.as_ref().unwrap().sources.clone().unwrap();
+    assert_eq!(sources.len(), 1, "only domains with a key are mounted");
+    let secret = sources[0].secret.as_ref().unwrap();
+    assert_eq!(secret.name, "example-dkim-s1");
+    assert_eq!(secret.items.as_ref().unwrap()[0].path, "example.com_s1.key");
+    assert_eq!(secret.optional, Some(true));
+    assert!(
+        mounts(&full)
+            .iter()
+            .all(|(n, _)| volumes.iter().any(|v| &v.name == n) || n == "spool")
+    );
+    let claim = &full
+        .spec
+        .as_ref()
+        .unwrap()
+        .volume_claim_templates
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        claim.spec.as_ref().unwrap().storage_class_name.as_deref(),
+        Some("fast")
+    );
+}
+
+#[test]
+fn pdb_allows_one_disruption_over_the_whole_pool() {
+    let pool = pool(&[("a", 3), ("b", 3)]);
+    let pdb = pdb::pod_disruption_budget(&pool);
+    assert_eq!(pdb.metadata.name.as_deref(), Some("relay"));
+    assert_owned(&pdb.metadata);
+    let spec = pdb.spec.as_ref().unwrap();
+    assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+    assert!(spec.min_available.is_none());
+    let selector = spec
+        .selector
+        .as_ref()
+        .unwrap()
+        .match_labels
+        .clone()
+        .unwrap();
+    for dc in &pool.data_centres {
+        let sts = statefulset(&pool, dc, "h");
+        let labels = sts.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+        assert!(
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+            "selects {}",
+            dc.name
+        );
+    }
+}
+
+#[test]
+fn service_account_has_no_token() {
+    let pool = pool(&[("a", 1)]);
+    let sa = service_account::service_account(&pool);
+    assert_eq!(sa.meta().name.as_deref(), Some("relay"));
+    assert_owned(&sa.metadata);
+    assert_eq!(sa.automount_service_account_token, Some(false));
+}
