@@ -10,11 +10,17 @@
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::client::Body;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use super::build::{Children, meta};
+use super::changes::{self, Change};
+use super::error::{Error, Result};
+use super::model::PoolIdentity;
 
 /// The field manager of every write the operator makes to children and status.
 pub const FIELD_MANAGER: &str = "smtpfleet-operator";
@@ -197,5 +203,160 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+}
+
+/// What applying a pool's children did.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOutcome {
+    /// The pool's StatefulSets as the API server returned them after the apply, with
+    /// their current status: the status stage reads these, no second read needed.
+    pub statefulsets: Vec<StatefulSet>,
+    /// Changes worth an Event.
+    pub changes: Vec<Change>,
+}
+
+/// Applies every child of the pool, then deletes the StatefulSets of data centres no
+/// longer in the spec.
+///
+/// Order matters only for the first rollout: the ServiceAccount and the ConfigMap
+/// exist before the StatefulSets whose pods use them, so no pod starts and fails on a
+/// missing volume. Only StatefulSets can become orphans: every other child has one
+/// fixed name per pool and is always desired.
+pub async fn apply_children(
+    client: &Client,
+    pool: &PoolIdentity,
+    children: &Children,
+) -> Result<ApplyOutcome> {
+    let namespace = pool.namespace.as_str();
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let selector = meta::children_selector(&pool.name);
+    let before = statefulsets
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::ListChildren {
+            kind: "StatefulSet",
+            source,
+        })?
+        .items;
+
+    let mut outcome = ApplyOutcome {
+        statefulsets: Vec::with_capacity(children.statefulsets.len()),
+        changes: changes::scaled(&before, &children.statefulsets),
+    };
+    apply_reporting(
+        client,
+        namespace,
+        &children.service_account,
+        &mut outcome.changes,
+    )
+    .await?;
+    apply_reporting(
+        client,
+        namespace,
+        &children.config_map,
+        &mut outcome.changes,
+    )
+    .await?;
+    apply_reporting(
+        client,
+        namespace,
+        &children.peer_service,
+        &mut outcome.changes,
+    )
+    .await?;
+    apply_reporting(
+        client,
+        namespace,
+        &children.client_service,
+        &mut outcome.changes,
+    )
+    .await?;
+    for sts in &children.statefulsets {
+        let applied = apply_one(client, namespace, sts).await?;
+        if applied.created {
+            outcome.changes.push(Change::DataCentreAdded {
+                data_centre: changes::data_centre_of(sts),
+                replicas: sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            });
+        }
+        outcome.statefulsets.push(applied.object);
+    }
+    apply_reporting(
+        client,
+        namespace,
+        &children.pod_disruption_budget,
+        &mut outcome.changes,
+    )
+    .await?;
+
+    let desired: BTreeSet<String> = children
+        .statefulsets
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    for name in orphans(&desired, &before, &pool.uid) {
+        let uid = before
+            .iter()
+            .find(|s| s.name_any() == name)
+            .and_then(|s| s.metadata.uid.clone());
+        let deleted = delete_child(&statefulsets, &name, uid)
+            .await
+            .map_err(|source| Error::DeleteOrphan {
+                kind: "StatefulSet",
+                name: name.clone(),
+                source,
+            })?;
+        if deleted {
+            tracing::info!(statefulset = %name, "deleted the StatefulSet of a removed data centre");
+            outcome
+                .changes
+                .push(Change::DataCentreRemoved { statefulset: name });
+        }
+    }
+    Ok(outcome)
+}
+
+async fn apply_one<K>(client: &Client, namespace: &str, child: &K) -> Result<Applied<K>>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Debug,
+{
+    server_side_apply(client, namespace, child)
+        .await
+        .map_err(|source| Error::Apply {
+            kind: kind_of::<K>(),
+            name: child.meta().name.clone().unwrap_or_default(),
+            source,
+        })
+}
+
+async fn apply_reporting<K>(
+    client: &Client,
+    namespace: &str,
+    child: &K,
+    changes: &mut Vec<Change>,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Debug,
+{
+    let applied = apply_one(client, namespace, child).await?;
+    if applied.created {
+        changes.push(Change::Created {
+            kind: kind_of::<K>(),
+            name: applied.object.name_any(),
+        });
+    }
+    Ok(())
+}
+
+/// The kind name of `K`, as a `'static` string for errors and events.
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "StatefulSet" => "StatefulSet",
+        "Service" => "Service",
+        "ConfigMap" => "ConfigMap",
+        "ServiceAccount" => "ServiceAccount",
+        "PodDisruptionBudget" => "PodDisruptionBudget",
+        _ => "object",
     }
 }

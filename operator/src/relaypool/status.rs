@@ -390,7 +390,7 @@ mod tests {
         let status = compute(
             &pool,
             observe_all(&pool, &[sts("a", StsState::settled(2, 0))]),
-            &[problem.clone()],
+            std::slice::from_ref(&problem),
         );
         let degraded = condition(&status, DEGRADED);
         assert_eq!(
