@@ -58,7 +58,12 @@ async fn expect(
         .await
         .expect("timed out waiting for a request")
         .expect("client dropped before the expected request");
-    assert_eq!(request.method(), method, "method of request to {}", request.uri());
+    assert_eq!(
+        request.method(),
+        method,
+        "method of request to {}",
+        request.uri()
+    );
     assert_eq!(request.uri().path(), path);
     let body = request.into_body().collect_bytes().await.unwrap();
     let json = if body.is_empty() {
@@ -115,7 +120,10 @@ fn time(value: &Value) -> Timestamp {
 
 fn assert_recent(value: &Value) {
     let age = now().duration_since(time(value));
-    assert!(age.abs() < SignedDuration::from_secs(5), "{value} is not now");
+    assert!(
+        age.abs() < SignedDuration::from_secs(5),
+        "{value} is not now"
+    );
 }
 
 /// No request follows: once the elector is dropped, the mock's queue must be empty.
@@ -125,13 +133,11 @@ async fn assert_no_more_requests(mut handle: ApiHandle, elector: LeaderElector) 
     assert!(matches!(next, Ok(None)), "unexpected request");
 }
 
-fn round(elector: &mut LeaderElector) -> impl Future<Output = RoundOutcome> + '_ {
-    async move {
-        tokio::time::timeout(TIMEOUT, elector.try_acquire_or_renew())
-            .await
-            .expect("round timed out")
-            .unwrap_or(RoundOutcome::Failed)
-    }
+async fn round(elector: &mut LeaderElector) -> RoundOutcome {
+    tokio::time::timeout(TIMEOUT, elector.try_acquire_or_renew())
+        .await
+        .expect("round timed out")
+        .unwrap_or(RoundOutcome::Failed)
 }
 
 fn spawn_round(mut elector: LeaderElector) -> JoinHandle<(LeaderElector, RoundOutcome)> {
@@ -310,7 +316,11 @@ async fn release_clears_the_holder_and_shortens_the_lease() {
         respond(reply, 201, stored(body, "5"));
         let (body, reply) = expect(&mut api, Method::PUT, OBJECT).await;
         assert_eq!(body["metadata"]["resourceVersion"], "5");
-        assert!(body["spec"].get("holderIdentity").is_none_or(Value::is_null));
+        assert!(
+            body["spec"]
+                .get("holderIdentity")
+                .is_none_or(Value::is_null)
+        );
         assert_eq!(body["spec"]["leaseDurationSeconds"], 1);
         assert_eq!(body["spec"]["leaseTransitions"], 0);
         assert_recent(&body["spec"]["renewTime"]);
@@ -367,7 +377,11 @@ async fn run_loop_publishes_leadership_and_releases_on_shutdown() {
 
     shutdown.cancel();
     let (body, reply) = expect(&mut api, Method::PUT, OBJECT).await;
-    assert!(body["spec"].get("holderIdentity").is_none_or(Value::is_null));
+    assert!(
+        body["spec"]
+            .get("holderIdentity")
+            .is_none_or(Value::is_null)
+    );
     respond(reply, 200, stored(body, "2"));
     tokio::time::timeout(TIMEOUT, running)
         .await

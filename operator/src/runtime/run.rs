@@ -395,10 +395,13 @@ where
         }
         Ok(()) if !task.is_finished() => {
             match tokio::time::timeout(CONTROLLER_STOP_TIMEOUT, &mut task).await {
+                Ok(Ok(Ok(()))) => tracing::info!("controllers stopped"),
                 Ok(Ok(Err(err))) => {
-                    tracing::warn!(error = %err, "controllers failed while stopping")
+                    tracing::warn!(error = %err, "controllers failed while stopping");
                 }
-                Ok(_) => tracing::info!("controllers stopped"),
+                Ok(Err(join)) => {
+                    tracing::error!(error = %join, "controllers panicked while stopping");
+                }
                 Err(_) => {
                     tracing::warn!(timeout = ?CONTROLLER_STOP_TIMEOUT, "controllers did not stop in time; aborting them");
                     task.abort();

@@ -24,7 +24,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -61,8 +64,7 @@ impl FakeLeases {
 
     /// A kube client whose requests this store answers; `name` tags them in the log.
     pub fn client(&self, name: &str) -> kube::Client {
-        let (service, mut handle) =
-            tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let state = self.state.clone();
         let name = name.to_owned();
         tokio::spawn(async move {
@@ -184,5 +186,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (StatusCode, String, Stri
         .expect("HTTP body timed out")
         .expect("HTTP body failed")
         .to_bytes();
-    (status, content_type, String::from_utf8(body.to_vec()).unwrap())
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
 }
