@@ -191,6 +191,29 @@ async fn takes_over_an_expired_lease() {
 }
 
 #[tokio::test]
+async fn takes_over_a_lease_object_without_spec_by_updating_it() {
+    let (elector, mut api) = elector();
+    let task = spawn_round(elector);
+
+    let (_, reply) = expect(&mut api, Method::GET, OBJECT).await;
+    respond(
+        reply,
+        200,
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "smtpfleet-operator", "namespace": "ops", "resourceVersion": "3"}}),
+    );
+    let (body, reply) = expect(&mut api, Method::PUT, OBJECT).await;
+    assert_eq!(body["metadata"]["resourceVersion"], "3");
+    assert_eq!(body["spec"]["holderIdentity"], "me");
+    assert_eq!(body["spec"]["leaseTransitions"], 1);
+    respond(reply, 200, stored(body, "4"));
+
+    let (elector, outcome) = task.await.unwrap();
+    assert_eq!(outcome, RoundOutcome::Holding);
+    assert_no_more_requests(api, elector).await;
+}
+
+#[tokio::test]
 async fn waits_while_another_replica_holds_the_lease() {
     let (elector, mut api) = elector();
     let task = spawn_round(elector);

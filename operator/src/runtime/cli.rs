@@ -49,7 +49,7 @@ pub struct RunArgs {
     pub http_addr: SocketAddr,
 
     /// Elect a single active replica through a coordination.k8s.io Lease.
-    /// Turn off only when exactly one replica runs.
+    /// Turn off (`--leader-election=false`) only when exactly one replica runs.
     #[arg(
         long,
         env = "SMTPFLEET_LEADER_ELECTION",

@@ -301,7 +301,13 @@ impl LeaderElector {
             self.lease = current;
             let started = Instant::now();
             let now = now();
-            let spec = self.lease.as_ref().and_then(|l| l.spec.as_ref());
+            // A Lease object without a spec exists but is free: judge it as an empty spec
+            // (so it is taken over with an update, not re-created).
+            let empty = LeaseSpec::default();
+            let spec = self
+                .lease
+                .as_ref()
+                .map(|l| l.spec.as_ref().unwrap_or(&empty));
             let decision = decide(
                 spec,
                 &self.config.identity,
@@ -320,7 +326,7 @@ impl LeaderElector {
                 }
                 return Ok(RoundOutcome::Waiting);
             };
-            match self.write(&decision, desired).await {
+            match self.write(desired).await {
                 Ok(written) => {
                     if decision != Decision::Renew {
                         tracing::info!(
@@ -345,10 +351,12 @@ impl LeaderElector {
         Ok(RoundOutcome::Conflict)
     }
 
-    async fn write(&self, decision: &Decision, spec: LeaseSpec) -> Result<Lease, kube::Error> {
+    /// Creates the Lease if none was read, else replaces the one read (with its
+    /// resourceVersion, so that a concurrent change makes this fail with 409).
+    async fn write(&self, spec: LeaseSpec) -> Result<Lease, kube::Error> {
         let pp = PostParams::default();
-        match (decision, &self.lease) {
-            (Decision::Create, _) | (_, None) => {
+        match &self.lease {
+            None => {
                 let lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.config.lease_name.clone()),
@@ -358,7 +366,7 @@ impl LeaderElector {
                 };
                 self.api.create(&pp, &lease).await
             }
-            (_, Some(current)) => {
+            Some(current) => {
                 let mut lease = current.clone();
                 lease.spec = Some(spec);
                 self.api.replace(&self.config.lease_name, &pp, &lease).await
