@@ -177,7 +177,8 @@ pub enum RunError {
 
 /// Runs `operator run`: sets up logging and the client from the environment (honouring
 /// `KUBECONFIG`), stops gracefully on SIGTERM/SIGINT, and runs `controllers` while this
-/// replica leads. `main` calls this; returns `Ok` after a graceful stop.
+/// replica leads. `main` calls this after installing the rustls crypto provider;
+/// returns `Ok` after a graceful stop.
 pub async fn run<F, Fut>(args: RunArgs, controllers: F) -> Result<(), RunError>
 where
     F: FnOnce(Context) -> Fut,

@@ -3,6 +3,8 @@
 //! The filter comes only from `--log-level` (or `SMTPFLEET_LOG_LEVEL`), not from
 //! `RUST_LOG`, so that one documented setting controls verbosity in the Helm chart.
 
+use std::io::IsTerminal;
+
 use thiserror::Error;
 use tracing_subscriber::EnvFilter;
 
@@ -34,7 +36,10 @@ pub fn init(format: LogFormat, directive: &str) -> Result<(), TelemetryError> {
         directive: directive.to_owned(),
         source,
     })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: escape codes make `kubectl logs` unreadable.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     let installed = match format {
         LogFormat::Json => builder
             .json()

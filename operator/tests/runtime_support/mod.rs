@@ -86,6 +86,32 @@ impl FakeLeases {
         kube::Client::new(service, "default")
     }
 
+    /// Serves the store over real HTTP on `listener` (for a client built from a
+    /// kubeconfig), until the test ends.
+    pub fn serve_http(&self, listener: tokio::net::TcpListener) {
+        let state = self.state.clone();
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: http::Uri, body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    let (status, answer) = serve(&state, &method, uri.path(), &body);
+                    state.lock().unwrap().log.push(Seen {
+                        method,
+                        path: uri.path().to_owned(),
+                        client: "http".into(),
+                        status,
+                    });
+                    (
+                        status,
+                        [(http::header::CONTENT_TYPE, "application/json")],
+                        answer.to_string(),
+                    )
+                }
+            },
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+
     /// The stored Lease `namespace/name`.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Lease> {
         let key = format!("{PREFIX}{namespace}/leases/{name}");
