@@ -18,10 +18,7 @@ struct Cli {
 }
 
 fn holder(leases: &FakeLeases) -> Option<String> {
-    leases
-        .get("from-context", "smtpfleet-operator")
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
+    leases.holder("from-context", "smtpfleet-operator")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,12 +55,8 @@ fn controllers(
             ctx.health.set_ready(true);
             ctx.metrics.reconcile().start("relaypool").success();
             ctx.shutdown.cancelled().await;
-            let holder = leases
-                .get(NAMESPACE, LEASE)
-                .and_then(|l| l.spec)
-                .and_then(|s| s.holder_identity);
             assert_eq!(
-                holder.as_deref(),
+                holder(&leases).as_deref(),
                 Some(identity),
                 "lease released too early"
             );
@@ -146,10 +142,7 @@ async fn finish(replica: Replica) -> (Result<(), RunError>, UnboundedReceiver<Ev
 }
 
 fn holder(leases: &FakeLeases) -> Option<String> {
-    leases
-        .get(NAMESPACE, LEASE)
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
+    leases.holder(NAMESPACE, LEASE)
 }
 
 async fn metric_line(addr: std::net::SocketAddr, name: &str) -> String {

@@ -328,7 +328,7 @@ impl LeaderElector {
             };
             match self.write(desired).await {
                 Ok(written) => {
-                    if decision != Decision::Renew {
+                    if !self.leading {
                         tracing::info!(
                             lease = %self.config.lease_name,
                             identity = %self.config.identity,

@@ -122,6 +122,13 @@ impl FakeLeases {
             .map(|v| serde_json::from_value(v.clone()).unwrap())
     }
 
+    /// The holder of the stored Lease `namespace/name`, if any.
+    pub fn holder(&self, namespace: &str, name: &str) -> Option<String> {
+        self.get(namespace, name)
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    }
+
     /// Overwrites a Lease behind the clients' backs, as another replica would.
     pub fn put(&self, namespace: &str, name: &str, mut lease: serde_json::Value) {
         let key = format!("{PREFIX}{namespace}/leases/{name}");
