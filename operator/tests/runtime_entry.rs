@@ -77,8 +77,8 @@ current-context: fake
 
     let (events, mut started) = unbounded_channel();
     let running = tokio::spawn(run(args, move |ctx: Context| async move {
-        events.send(ctx.namespaces.clone()).unwrap();
         ctx.health.set_ready(true);
+        events.send(ctx.namespaces.clone()).unwrap();
         ctx.shutdown.cancelled().await;
         Ok(())
     }));

@@ -456,3 +456,26 @@ async fn run_loop_reports_an_unreachable_api_as_unhealthy() {
         .unwrap();
     tokio::time::timeout(TIMEOUT, drain).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_dead_election_loop_reports_leadership_lost() {
+    let (elector, mut api) = elector();
+    let (status_tx, mut status) = watch::channel(ElectionStatus::default());
+    let running = tokio::spawn(elector.run(status_tx, CancellationToken::new()));
+
+    let (_, reply) = expect(&mut api, Method::GET, OBJECT).await;
+    respond(reply, 404, failure(404, "NotFound"));
+    let (body, reply) = expect(&mut api, Method::POST, COLLECTION).await;
+    respond(reply, 201, stored(body, "1"));
+    tokio::time::timeout(TIMEOUT, status.wait_for(|s| s.leading))
+        .await
+        .expect("never published leadership")
+        .unwrap();
+
+    // Nobody renews once the loop is gone (here: aborted; a panic unwinds the same way).
+    running.abort();
+    tokio::time::timeout(TIMEOUT, status.wait_for(|s| !s.leading))
+        .await
+        .expect("a dead loop still reports leadership")
+        .unwrap();
+}

@@ -51,9 +51,9 @@ fn controllers(
     Box::new(move |ctx: Context| {
         Box::pin(async move {
             let _guard = DropSignal(events.clone());
-            events.send(Event::Started(ctx.namespaces.clone())).unwrap();
             ctx.health.set_ready(true);
             ctx.metrics.reconcile().start("relaypool").success();
+            events.send(Event::Started(ctx.namespaces.clone())).unwrap();
             ctx.shutdown.cancelled().await;
             assert_eq!(
                 holder(&leases).as_deref(),

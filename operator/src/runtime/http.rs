@@ -24,8 +24,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::leader::ElectionStatus;
 use super::metrics::{self, Metrics};
 
 /// The HTTP server could not start or stopped with an I/O error.
@@ -56,8 +58,9 @@ pub struct Health {
 struct HealthState {
     leader_election: bool,
     synced: AtomicBool,
-    leading: AtomicBool,
-    election_healthy: AtomicBool,
+    /// The single source of truth for leadership: the elector publishes here and the
+    /// runtime waits on it, so the probes never lag behind what the runtime acts on.
+    election: watch::Sender<ElectionStatus>,
     failure: Mutex<Option<String>>,
 }
 
@@ -77,14 +80,18 @@ pub struct HealthSnapshot {
 }
 
 impl Health {
-    /// Fresh state: not synced, not leading, election not yet healthy, no failure.
+    /// Fresh state: not synced, no failure; with leader election not leading and not
+    /// yet healthy, without it leading from the start.
     pub fn new(leader_election: bool) -> Self {
+        let without_election = !leader_election;
         Self {
             inner: Arc::new(HealthState {
                 leader_election,
                 synced: AtomicBool::new(false),
-                leading: AtomicBool::new(false),
-                election_healthy: AtomicBool::new(false),
+                election: watch::Sender::new(ElectionStatus {
+                    leading: without_election,
+                    healthy: without_election,
+                }),
                 failure: Mutex::new(None),
             }),
         }
@@ -98,12 +105,26 @@ impl Health {
 
     /// Leader election reports whether this replica holds the Lease.
     pub fn set_leading(&self, leading: bool) {
-        self.inner.leading.store(leading, Ordering::SeqCst);
+        self.inner
+            .election
+            .send_if_modified(|s| std::mem::replace(&mut s.leading, leading) != leading);
     }
 
     /// Leader election reports whether its last round reached the API server.
     pub fn set_election_healthy(&self, healthy: bool) {
-        self.inner.election_healthy.store(healthy, Ordering::SeqCst);
+        self.inner
+            .election
+            .send_if_modified(|s| std::mem::replace(&mut s.healthy, healthy) != healthy);
+    }
+
+    /// Where [`LeaderElector::run`](super::leader::LeaderElector::run) publishes.
+    pub fn election_publisher(&self) -> watch::Sender<ElectionStatus> {
+        self.inner.election.clone()
+    }
+
+    /// Follows the election status (the runtime starts and stops controllers on it).
+    pub fn watch_election(&self) -> watch::Receiver<ElectionStatus> {
+        self.inner.election.subscribe()
     }
 
     /// Marks the process as failed: liveness fails from now on. The first reason wins.
@@ -118,11 +139,12 @@ impl Health {
 
     /// The current flags.
     pub fn snapshot(&self) -> HealthSnapshot {
+        let election = *self.inner.election.borrow();
         HealthSnapshot {
             leader_election: self.inner.leader_election,
             synced: self.inner.synced.load(Ordering::SeqCst),
-            leading: self.inner.leading.load(Ordering::SeqCst),
-            election_healthy: self.inner.election_healthy.load(Ordering::SeqCst),
+            leading: election.leading,
+            election_healthy: election.healthy,
             failure: self
                 .inner
                 .failure
@@ -142,19 +164,19 @@ pub fn liveness(health: &HealthSnapshot) -> Result<(), String> {
 }
 
 /// Readiness decision (see the module docs for why standbys are Ready).
+///
+/// Controllers run only while this replica leads (or without election), so synced
+/// caches are enough on their own: readiness does not wait for the leadership flag,
+/// which reaches [`Health`] a moment after the controllers may already have started.
 pub fn readiness(health: &HealthSnapshot) -> Result<(), String> {
     liveness(health)?;
-    let needs_sync = !health.leader_election || health.leading;
-    if needs_sync {
-        if health.synced {
-            Ok(())
-        } else {
-            Err("controllers have not synced their caches yet".to_owned())
+    let standing_by = health.leader_election && !health.leading;
+    match (health.synced, standing_by, health.election_healthy) {
+        (true, _, _) | (false, true, true) => Ok(()),
+        (false, false, _) => Err("controllers have not synced their caches yet".to_owned()),
+        (false, true, false) => {
+            Err("standing by, but the leader Lease could not be read".to_owned())
         }
-    } else if health.election_healthy {
-        Ok(())
-    } else {
-        Err("standing by, but the leader Lease could not be read".to_owned())
     }
 }
 
@@ -198,6 +220,8 @@ pub async fn serve(
 }
 
 async fn serve_metrics(State(state): State<AppState>) -> Response {
+    // Set at scrape time from the one source of truth rather than copied on every change.
+    state.metrics.set_leader(state.health.snapshot().leading);
     match state.metrics.encode() {
         Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
         Err(err) => {
@@ -251,6 +275,8 @@ mod tests {
     fn leader_is_ready_once_synced() {
         assert!(readiness(&snapshot(true, false, true, true)).is_err());
         assert!(readiness(&snapshot(true, true, true, true)).is_ok());
+        // Controllers synced before the leadership flag was published.
+        assert!(readiness(&snapshot(true, true, false, false)).is_ok());
     }
 
     #[test]

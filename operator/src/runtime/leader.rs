@@ -427,6 +427,9 @@ impl LeaderElector {
     /// status, and retried. Losing leadership is only published; acting on it (stopping
     /// the controllers) is the caller's job.
     pub async fn run(mut self, status: watch::Sender<ElectionStatus>, shutdown: CancellationToken) {
+        // Whatever ends this loop (a panic, the task being dropped), nobody renews the
+        // Lease any more: report leadership as gone so the controllers stop.
+        let _step_down = StepDownOnDrop(status.clone());
         let timing = self.config.timing;
         loop {
             let since = self.last_renew.map(|at| at.elapsed());
@@ -472,7 +475,15 @@ impl LeaderElector {
         if let Err(err) = self.release().await {
             tracing::warn!(error = %err, "could not release the leader lease; a standby takes over once it expires");
         }
-        status.send_modify(|current| current.leading = false);
+    }
+}
+
+struct StepDownOnDrop(watch::Sender<ElectionStatus>);
+
+impl Drop for StepDownOnDrop {
+    fn drop(&mut self) {
+        self.0
+            .send_if_modified(|s| std::mem::replace(&mut s.leading, false));
     }
 }
 

@@ -133,7 +133,8 @@ impl Metrics {
         self.reconcile.clone()
     }
 
-    /// Records whether this replica is the leader.
+    /// Records whether this replica is the leader (the HTTP endpoint does this on every
+    /// scrape).
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
     }

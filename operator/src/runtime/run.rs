@@ -309,36 +309,20 @@ where
     F: FnOnce(Context) -> Fut,
     Fut: Future<Output = Result<(), ControllerError>> + Send + 'static,
 {
-    let (status_tx, mut status) = watch::channel(ElectionStatus::default());
-    tokio::spawn(mirror_status(
-        status.clone(),
-        context.health.clone(),
-        context.metrics.clone(),
-    ));
+    let mut status = context.health.watch_election();
     let election_stop = CancellationToken::new();
-    // Without election, this replica leads from the start; the sender stays alive (held
-    // by `_always_leading`) so that leadership is never seen as lost.
-    let (elector, _always_leading) = match election {
-        Some(settings) => {
-            tracing::info!(
-                lease = %settings.leader.lease_name,
-                namespace = %settings.lease_namespace,
-                identity = %settings.leader.identity,
-                "standing by for the leader lease"
-            );
-            let api = Api::<Lease>::namespaced(context.client.clone(), &settings.lease_namespace);
-            let elector = LeaderElector::new(api, settings.leader);
-            let task = tokio::spawn(elector.run(status_tx, election_stop.clone()));
-            (Some(task), None)
-        }
-        None => {
-            status_tx.send_replace(ElectionStatus {
-                leading: true,
-                healthy: true,
-            });
-            (None, Some(status_tx))
-        }
-    };
+    // Without election, Health reports this replica as leading from the start.
+    let elector = election.map(|settings| {
+        tracing::info!(
+            lease = %settings.leader.lease_name,
+            namespace = %settings.lease_namespace,
+            identity = %settings.leader.identity,
+            "standing by for the leader lease"
+        );
+        let api = Api::<Lease>::namespaced(context.client.clone(), &settings.lease_namespace);
+        let elector = LeaderElector::new(api, settings.leader);
+        tokio::spawn(elector.run(context.health.election_publisher(), election_stop.clone()))
+    });
 
     let leading = tokio::select! {
         biased;
@@ -412,23 +396,4 @@ where
         _ => {}
     }
     outcome
-}
-
-/// Copies the election status into the probes and the leader gauge.
-async fn mirror_status(
-    mut status: watch::Receiver<ElectionStatus>,
-    health: Health,
-    metrics: Metrics,
-) {
-    loop {
-        let current = *status.borrow_and_update();
-        health.set_leading(current.leading);
-        health.set_election_healthy(current.healthy);
-        metrics.set_leader(current.leading);
-        if status.changed().await.is_err() {
-            health.set_leading(false);
-            metrics.set_leader(false);
-            return;
-        }
-    }
 }
