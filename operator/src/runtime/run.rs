@@ -273,14 +273,24 @@ impl Runtime {
             dns: config.dns,
             shutdown: CancellationToken::new(),
         };
+        // A failing HTTP server ends the run too (probes would fail anyway), but through
+        // the same graceful path: stop the controllers, release the Lease.
+        let lead_stop = shutdown.child_token();
+        let leading = lead(config.election, context, lead_stop.clone(), controllers);
+        tokio::pin!(leading);
         let outcome = tokio::select! {
-            outcome = lead(config.election, context, shutdown, controllers) => outcome,
-            served = &mut http_task => Err(match served {
-                Ok(Err(err)) => RunError::Http(err),
-                Ok(Ok(())) | Err(_) => RunError::Http(HttpError::Serve(std::io::Error::other(
-                    "HTTP server stopped",
-                ))),
-            }),
+            outcome = &mut leading => outcome,
+            served = &mut http_task => {
+                let err = match served {
+                    Ok(Err(err)) => err,
+                    Ok(Ok(())) | Err(_) => {
+                        HttpError::Serve(std::io::Error::other("HTTP server stopped"))
+                    }
+                };
+                tracing::error!(error = %err, "HTTP endpoint failed");
+                lead_stop.cancel();
+                leading.await.and(Err(RunError::Http(err)))
+            }
         };
         if let Err(err) = &outcome {
             tracing::error!(error = %err, "stopping");
