@@ -472,8 +472,17 @@ impl LeaderElector {
                 () = tokio::time::sleep(pause) => {}
             }
         }
-        if let Err(err) = self.release().await {
-            tracing::warn!(error = %err, "could not release the leader lease; a standby takes over once it expires");
+        // Bounded: a hung API server must not hold up the process exit; the Lease then
+        // simply expires.
+        match tokio::time::timeout(timing.renew_deadline, self.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(
+                error = %err,
+                "could not release the leader lease; a standby takes over once it expires"
+            ),
+            Err(_) => tracing::warn!(
+                "releasing the leader lease timed out; a standby takes over once it expires"
+            ),
         }
     }
 }
