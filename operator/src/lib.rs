@@ -1,1 +1,3 @@
 //! smtpfleet operator.
+
+pub mod runtime;
