@@ -88,6 +88,7 @@ fn config(identity: &str, election: bool) -> RuntimeConfig {
             nameservers: Vec::new(),
             query_rate: NonZeroU32::new(20).unwrap(),
         },
+        node_image: "smtp-node:test".into(),
     }
 }
 

@@ -109,7 +109,16 @@ pub struct RunArgs {
     /// of MailDomains does not hammer the resolver.
     #[arg(long, env = "SMTPFLEET_DNS_QUERY_RATE", default_value = "20")]
     pub dns_query_rate: NonZeroU32,
+
+    /// smtp-node image for RelayPools that do not set `spec.image`. The Helm chart sets it
+    /// to the image matching the operator's version.
+    #[arg(long, env = "SMTPFLEET_NODE_IMAGE", default_value = DEFAULT_NODE_IMAGE)]
+    pub node_image: String,
 }
+
+/// The smtp-node image of this release.
+pub const DEFAULT_NODE_IMAGE: &str =
+    concat!("ghcr.io/smtpfleet/smtp-node:", env!("CARGO_PKG_VERSION"));
 
 /// Timing of the leader election, checked for consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

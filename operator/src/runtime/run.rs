@@ -70,6 +70,8 @@ pub struct Context {
     pub namespaces: Vec<String>,
     /// DNS check settings.
     pub dns: DnsSettings,
+    /// smtp-node image for pools that do not name one.
+    pub node_image: String,
     /// Cancelled when the controllers must stop (for example, pass
     /// `shutdown.clone().cancelled_owned()` to kube-runtime's
     /// `Controller::graceful_shutdown_on`). The controllers future should then return.
@@ -96,6 +98,8 @@ pub struct RuntimeConfig {
     pub election: Option<ElectionSettings>,
     /// DNS check settings.
     pub dns: DnsSettings,
+    /// smtp-node image for pools that do not name one.
+    pub node_image: String,
 }
 
 impl RuntimeConfig {
@@ -132,6 +136,7 @@ impl RuntimeConfig {
                 nameservers: args.dns_nameservers.clone(),
                 query_rate: args.dns_query_rate,
             },
+            node_image: args.node_image.clone(),
         })
     }
 }
@@ -271,6 +276,7 @@ impl Runtime {
             health: health.clone(),
             namespaces: config.namespaces,
             dns: config.dns,
+            node_image: config.node_image,
             shutdown: CancellationToken::new(),
         };
         // A failing HTTP server ends the run too (probes would fail anyway), but through
