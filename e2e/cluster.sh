@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane on loopback for the e2e suite: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, and kwok standing in for kubelets (it marks
+# pods Running and Ready on fake nodes in two zones).
+#
+#   e2e/cluster.sh up     # build (cached) and start; writes e2e/.work/kubeconfig
+#   e2e/cluster.sh env    # prints export lines for KUBECONFIG and PATH
+#   e2e/cluster.sh down   # stops every component
+#
+# When KUBECONFIG is set (kind, k3d, a real cluster), `up` builds and starts nothing and
+# the suite uses that cluster as it is.
+set -euo pipefail
+cd "$(dirname "$0")"
+E2E_DIR=$(pwd)
+WORK="${SMTPFLEET_E2E_WORK:-$E2E_DIR/.work}"
+BASE_PORT="${SMTPFLEET_E2E_PORT:-26400}"
+ETCD_CLIENT=$((BASE_PORT + 79))
+ETCD_PEER=$((BASE_PORT + 80))
+APISERVER=$((BASE_PORT + 43))
+KCM=$((BASE_PORT + 57))
+SCHEDULER=$((BASE_PORT + 59))
+KWOK=$((BASE_PORT + 47))
+READY_TIMEOUT="${SMTPFLEET_E2E_READY_TIMEOUT:-120}"
+
+log() { printf 'cluster: %s\n' "$*" >&2; }
+
+# Prints the tail of a component's log and fails.
+fail() {
+  local component=$1; shift
+  log "$*"
+  if [ -f "$WORK/logs/$component.log" ]; then
+    log "last lines of $WORK/logs/$component.log:"
+    tail -n 30 "$WORK/logs/$component.log" >&2
+  fi
+  exit 1
+}
+
+start() {
+  local name=$1; shift
+  "$@" >"$WORK/logs/$name.log" 2>&1 &
+  echo $! >"$WORK/pids/$name"
+}
+
+alive() { kill -0 "$(cat "$WORK/pids/$1")" 2>/dev/null; }
+
+# wait_until COMPONENT SECONDS COMMAND...: retries COMMAND until it succeeds.
+wait_until() {
+  local component=$1 timeout=$2; shift 2
+  local deadline=$(( $(date +%s) + timeout ))
+  until "$@" >/dev/null 2>&1; do
+    alive "$component" || fail "$component" "$component exited"
+    [ "$(date +%s)" -lt "$deadline" ] || fail "$component" "timed out after ${timeout}s waiting for $component: $*"
+    sleep 0.5
+  done
+}
+
+certs() {
+  local d="$WORK/pki"
+  mkdir -p "$d"
+  [ -f "$d/admin.crt" ] && return 0
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=smtpfleet-e2e-ca" \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+    -keyout "$d/apiserver.key" -out "$d/apiserver.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nextendedKeyUsage=serverAuth\n' >"$d/apiserver.ext"
+  openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 30 -extfile "$d/apiserver.ext" -out "$d/apiserver.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=smtpfleet-e2e-admin" \
+    -keyout "$d/admin.key" -out "$d/admin.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >"$d/admin.ext"
+  openssl x509 -req -in "$d/admin.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 30 -extfile "$d/admin.ext" -out "$d/admin.crt" 2>/dev/null
+  openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+}
+
+kubeconfig() {
+  cat >"$WORK/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+  - name: e2e
+    cluster:
+      server: https://127.0.0.1:$APISERVER
+      certificate-authority: $WORK/pki/ca.crt
+users:
+  - name: admin
+    user:
+      client-certificate: $WORK/pki/admin.crt
+      client-key: $WORK/pki/admin.key
+contexts:
+  - name: e2e
+    context: { cluster: e2e, user: admin, namespace: default }
+current-context: e2e
+EOF
+}
+
+nodes() {
+  local i zone
+  for i in 1 2 3 4; do
+    if [ $((i % 2)) -eq 1 ]; then zone=zone-a; else zone=zone-b; fi
+    cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-$i
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    type: kwok
+    kubernetes.io/hostname: kwok-node-$i
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    topology.kubernetes.io/zone: $zone
+status:
+  allocatable: { cpu: "32", memory: 256Gi, pods: "110" }
+  capacity: { cpu: "32", memory: 256Gi, pods: "110" }
+EOF
+  done
+}
+
+up() {
+  if [ -n "${KUBECONFIG:-}" ]; then
+    log "KUBECONFIG is set: using that cluster as it is, starting nothing"
+    return 0
+  fi
+  local bin
+  bin=$("$E2E_DIR/build.sh" | tail -n 1)
+  down_quiet
+  rm -rf "$WORK"
+  mkdir -p "$WORK/logs" "$WORK/pids" "$WORK/etcd"
+  echo "$bin" >"$WORK/bin"
+  local started=$(date +%s)
+  certs
+  kubeconfig
+  local pki="$WORK/pki" kc="$WORK/kubeconfig"
+
+  start etcd "$bin/etcd" --name e2e --data-dir "$WORK/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+    --initial-cluster "e2e=http://127.0.0.1:$ETCD_PEER" --unsafe-no-fsync --quota-backend-bytes 4294967296
+  wait_until etcd 30 curl -fsS "http://127.0.0.1:$ETCD_CLIENT/health"
+
+  start kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_CLIENT" \
+    --bind-address 127.0.0.1 --secure-port "$APISERVER" --advertise-address 127.0.0.1 \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --authorization-mode Node,RBAC --allow-privileged=true \
+    --endpoint-reconciler-type none
+  wait_until kube-apiserver "$READY_TIMEOUT" "$bin/kubectl" --kubeconfig "$kc" get --raw /readyz
+
+  start kube-controller-manager "$bin/kube-controller-manager" \
+    --kubeconfig "$kc" --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
+    --bind-address 127.0.0.1 --secure-port "$KCM" --leader-elect=false \
+    --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+    --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller' \
+    --concurrent-gc-syncs 5
+  start kube-scheduler "$bin/kube-scheduler" \
+    --kubeconfig "$kc" --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
+    --bind-address 127.0.0.1 --secure-port "$SCHEDULER" --leader-elect=false
+  start kwok "$bin/kwok" --kubeconfig "$kc" --manage-all-nodes=true \
+    --server-address "127.0.0.1:$KWOK" --node-lease-duration-seconds 40
+
+  wait_until kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$KCM/healthz"
+  wait_until kube-scheduler 60 curl -fsSk "https://127.0.0.1:$SCHEDULER/healthz"
+  nodes | "$bin/kubectl" --kubeconfig "$kc" apply -f - >/dev/null
+  wait_until kwok 60 "$bin/kubectl" --kubeconfig "$kc" wait --for=condition=Ready node --all --timeout=5s
+  # Pods need the default ServiceAccount, which the controller manager creates.
+  wait_until kube-controller-manager 60 "$bin/kubectl" --kubeconfig "$kc" get serviceaccount default
+  log "ready in $(( $(date +%s) - started ))s: export KUBECONFIG=$kc"
+}
+
+down_quiet() {
+  [ -d "$WORK/pids" ] || return 0
+  local f
+  for f in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    [ -f "$WORK/pids/$f" ] && kill "$(cat "$WORK/pids/$f")" 2>/dev/null || true
+  done
+  for _ in $(seq 50); do
+    local any=0
+    for f in "$WORK"/pids/*; do kill -0 "$(cat "$f")" 2>/dev/null && any=1; done
+    [ "$any" = 0 ] && break
+    sleep 0.2
+  done
+  for f in "$WORK"/pids/*; do kill -9 "$(cat "$f")" 2>/dev/null || true; done
+  rm -rf "$WORK/pids"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down)
+    if [ -n "${KUBECONFIG:-}" ] && [ "${KUBECONFIG}" != "$WORK/kubeconfig" ]; then exit 0; fi
+    down_quiet
+    log "stopped"
+    ;;
+  env)
+    if [ -n "${KUBECONFIG:-}" ]; then echo "export KUBECONFIG=$KUBECONFIG"; else echo "export KUBECONFIG=$WORK/kubeconfig"; fi
+    [ -f "$WORK/bin" ] && echo "export PATH=$(cat "$WORK/bin"):\$PATH"
+    ;;
+  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+esac

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Relay benchmark: smtp-node against Postfix, measured in the same run on this machine.
+#
+# Both relay everything to Postfix's smtp-sink. smtp-source injects MESSAGES messages from
+# SESSIONS sessions with SIZE-byte bodies, once with a new connection per message and once
+# reusing connections (-d). The end-to-end rate counts from the first connection until the
+# sink has received every message. Then a paced load at half of smtp-node's maximum rate
+# measures end-of-DATA -> 250 latency (spool fsync included) with the loadgen example.
+#
+#   scripts/bench-relay.sh                 # 20,000 messages, 20 sessions, 4 KiB
+#   MESSAGES=50000 scripts/bench-relay.sh
+#
+# Not a test: numbers depend on the machine. Read the ratios, which compare both servers
+# under the same conditions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MESSAGES=${MESSAGES:-20000}
+SESSIONS=${SESSIONS:-20}
+SIZE=${SIZE:-4096}
+BASE_PORT=${BASE_PORT:-24000}
+SINK_PORT=$BASE_PORT
+POSTFIX_PORT=$((BASE_PORT + 1))
+NODE_PORT=$((BASE_PORT + 2))
+NODE_HTTP=$((BASE_PORT + 3))
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SMTPFLEET_CACHE:-$HOME/.cache/smtpfleet}/target}"
+
+for tool in smtp-source smtp-sink postfix postconf; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/install-deps.sh" >&2; exit 1; }
+done
+
+echo "building smtp-node (release)..."
+cargo build --release -q -p smtp-node --bin smtp-node --example loadgen
+NODE_BIN="$CARGO_TARGET_DIR/release/smtp-node"
+LOADGEN="$CARGO_TARGET_DIR/release/examples/loadgen"
+
+work=$(mktemp -d /tmp/smtpfleet-bench.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  postfix -c "$work/postfix/etc" stop >/dev/null 2>&1 || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# --- the sink -------------------------------------------------------------------------
+# -c keeps a running "mesg=N" counter on stdout; the rate is read from it.
+start_sink() {
+  : >"$work/sink.out"
+  smtp-sink -c -u root "127.0.0.1:$SINK_PORT" 1000 >"$work/sink.out" 2>&1 &
+  pids+=($!)
+  SINK_PID=$!
+  wait_port "$SINK_PORT"
+}
+stop_sink() { kill "$SINK_PID" 2>/dev/null || true; wait "$SINK_PID" 2>/dev/null || true; }
+sink_count() { tr '\r' '\n' <"$work/sink.out" | grep -o 'mesg=[0-9]*' | tail -1 | cut -d= -f2; }
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+# Runs smtp-source against $1 and waits until the sink saw every message.
+# Prints the end-to-end rate in messages per second.
+measure() {
+  local port=$1 reuse=$2 start end n
+  start_sink
+  start=$(date +%s.%N)
+  smtp-source $reuse -s "$SESSIONS" -l "$SIZE" -m "$MESSAGES" \
+    -f bench@bench.example -t sink@dest.example "127.0.0.1:$port"
+  for _ in $(seq 3000); do
+    n=$(sink_count)
+    [ "${n:-0}" -ge "$MESSAGES" ] && break
+    sleep 0.1
+  done
+  end=$(date +%s.%N)
+  stop_sink
+  if [ "${n:-0}" -lt "$MESSAGES" ]; then
+    echo "only ${n:-0} of $MESSAGES messages reached the sink" >&2
+    return 1
+  fi
+  echo "$MESSAGES / ($end - $start)" | bc -l | xargs printf '%.0f\n'
+}
+
+# --- Postfix as a relay (its default fsync behaviour) ---------------------------------
+pf="$work/postfix"
+mkdir -p "$pf/etc" "$pf/queue" "$pf/data"
+chown postfix "$pf/data"
+cp /etc/postfix/master.cf "$pf/etc/"
+cat >"$pf/etc/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $pf/queue
+data_directory = $pf/data
+maillog_file = $pf/maillog
+maillog_file_prefixes = $work
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = postfix.bench.example
+mydestination =
+relayhost = [127.0.0.1]:$SINK_PORT
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks reject
+alias_maps =
+alias_database =
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+EOF
+postconf -c "$pf/etc" -F '*/*/chroot = n'
+sed -i "s/^smtp  *inet /127.0.0.1:$POSTFIX_PORT inet /" "$pf/etc/master.cf"
+postfix -c "$pf/etc" start >/dev/null 2>&1
+wait_port "$POSTFIX_PORT"
+echo "measuring Postfix..."
+pf_new=$(measure "$POSTFIX_PORT" "")
+pf_reuse=$(measure "$POSTFIX_PORT" "-d")
+postfix -c "$pf/etc" stop >/dev/null 2>&1
+
+# --- smtp-node as a relay (fsync on) ----------------------------------------------------
+mkdir -p "$work/node/spool"
+cat >"$work/node/smtp-node.yaml" <<EOF
+node: { name: bench, hostname: node.bench.example }
+spool: { path: $work/node/spool }
+listeners:
+  - { kind: relay, address: "127.0.0.1:$NODE_PORT" }
+relay: { allowedNetworks: ["127.0.0.0/8"], domains: ["bench.example"] }
+limits: { maxConnections: 2000, maxConnectionsPerClient: 1000 }
+http: { address: "127.0.0.1:$NODE_HTTP" }
+delivery:
+  smarthost: { host: 127.0.0.1, port: $SINK_PORT, tls: none }
+  concurrencyPerDestination: 20
+EOF
+"$NODE_BIN" check-config --config "$work/node/smtp-node.yaml"
+RUST_LOG=warn "$NODE_BIN" run --config "$work/node/smtp-node.yaml" >"$work/node/log" 2>&1 &
+pids+=($!)
+wait_port "$NODE_PORT"
+echo "measuring smtp-node..."
+node_new=$(measure "$NODE_PORT" "")
+node_reuse=$(measure "$NODE_PORT" "-d")
+
+# Latency at half the maximum rate, connections reused so the figure is the server's.
+half=$((node_reuse / 2))
+start_sink
+lat=$("$LOADGEN" --target "127.0.0.1:$NODE_PORT" --sessions "$SESSIONS" --size "$SIZE" \
+  --messages "$((half * 10))" --rate "$half" --reuse --from bench@bench.example)
+stop_sink
+
+ratio() { echo "$1 / $2" | bc -l | xargs printf '%.2f'; }
+cat <<EOF
+
+relay benchmark: $MESSAGES messages, $SESSIONS sessions, $SIZE-byte bodies, $(nproc) cores
+                         Postfix   smtp-node   ratio
+new connection / msg  $(printf '%9s %11s %7s' "$pf_new" "$node_new" "$(ratio "$node_new" "$pf_new")")  msg/s end to end
+connection reuse (-d) $(printf '%9s %11s %7s' "$pf_reuse" "$node_reuse" "$(ratio "$node_reuse" "$pf_reuse")")  msg/s end to end
+smtp-node at $half msg/s: $lat
+EOF
