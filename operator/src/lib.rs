@@ -1,1 +1,4 @@
 //! smtpfleet operator.
+
+pub mod api;
+pub mod crdgen;
