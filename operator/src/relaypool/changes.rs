@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use kube::runtime::events::Event;
 
 use super::build::meta::DATA_CENTRE_LABEL;
-use super::status::{DEGRADED, READY};
+use crate::api::relay_pool::condition_types::{DEGRADED, READY};
 use crate::events::{normal, warning};
 
 /// A meaningful change made (or seen) by one reconciliation.

@@ -38,8 +38,8 @@ pub enum ListenerKind {
     Relay,
     /// Port 587 style submission: STARTTLS required before AUTH.
     Submission,
-    /// Port 465 style submission over implicit TLS.
-    Smtps,
+    /// Port 465 style submission over implicit TLS (RFC 8314).
+    ImplicitTls,
 }
 
 impl ListenerKind {
@@ -48,7 +48,7 @@ impl ListenerKind {
         match self {
             Self::Relay => "smtp",
             Self::Submission => "submission",
-            Self::Smtps => "smtps",
+            Self::ImplicitTls => "submissions",
         }
     }
 
@@ -59,7 +59,7 @@ impl ListenerKind {
         match self {
             Self::Relay => 2525,
             Self::Submission => 2587,
-            Self::Smtps => 2465,
+            Self::ImplicitTls => 2465,
         }
     }
 }
@@ -115,9 +115,14 @@ pub struct Queue {
 /// Where the listeners' certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
-    /// A `kubernetes.io/tls` Secret named by the user.
+    /// A `kubernetes.io/tls` Secret named by the user (`spec.tls.secretName`). Pods do
+    /// not start without it: the user asked for this certificate, and serving none
+    /// would silently downgrade clients.
     Secret(String),
-    /// A Secret filled by cert-manager (or the operator's own issuer) under this name.
+    /// A Secret the operator fills (through cert-manager or its own self-signed
+    /// issuer) under this name. Mounted as optional: the certificate may arrive after
+    /// the pods start (cert-manager can take minutes, or be missing altogether, which
+    /// `CertificateReady` reports), and nodes pick it up when it appears.
     Managed(String),
 }
 
@@ -127,6 +132,11 @@ impl TlsSource {
         match self {
             Self::Secret(name) | Self::Managed(name) => name,
         }
+    }
+
+    /// Whether pods may start while the Secret does not exist.
+    pub fn optional(&self) -> bool {
+        matches!(self, Self::Managed(_))
     }
 }
 
@@ -139,19 +149,21 @@ pub struct Relay {
     pub auth_secret: Option<String>,
 }
 
-/// Limits applied by the nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Limits applied by every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Largest accepted message, bytes.
-    pub max_message_size: Option<u64>,
+    pub max_message_size: u64,
     /// Recipients per message.
-    pub max_recipients: Option<u32>,
+    pub max_recipients: u32,
     /// Concurrent inbound connections per node.
-    pub max_connections: Option<u32>,
-    /// Concurrent outbound connections per destination.
-    pub per_destination_concurrency: Option<u32>,
-    /// Outbound messages per second per destination.
-    pub per_destination_rate: Option<u32>,
+    pub max_connections: u32,
+    /// Concurrent inbound connections per client IP per node.
+    pub max_connections_per_client: u32,
+    /// Concurrent outbound connections per destination domain per node.
+    pub per_destination_concurrency: u32,
+    /// Outbound messages per minute per destination domain per node; `None` is unlimited.
+    pub per_destination_rate_per_minute: Option<u32>,
 }
 
 /// A domain the pool sends for (a MailDomain bound through `relayPoolRef`).
@@ -185,6 +197,8 @@ pub struct Pool {
     pub hostname: String,
     /// smtp-node image.
     pub image: String,
+    /// Image pull policy; `None` leaves Kubernetes' default.
+    pub image_pull_policy: Option<String>,
     /// Container resources.
     pub resources: Option<ResourceRequirements>,
     /// SMTP listeners, at least one.

@@ -3,20 +3,13 @@
 //! `Degraded` conditions out. The controller writes the result with one status patch.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::conditions::{Computed, Status};
+use super::conditions::{self, Computed, Status};
 use super::model::Pool;
 use super::validate::Problem;
-
-/// Condition type: every desired replica is ready and rolled out, nothing is wrong.
-pub const READY: &str = "Ready";
-/// Condition type: enough nodes are ready to accept mail with the configured
-/// replication (`replicationFactor` nodes over `minDataCentres` data centres).
-pub const AVAILABLE: &str = "Available";
-/// Condition type: StatefulSets are being created, scaled or rolled.
-pub const PROGRESSING: &str = "Progressing";
-/// Condition type: something needs a person's attention.
-pub const DEGRADED: &str = "Degraded";
+use crate::api::relay_pool::condition_types::{AVAILABLE, DEGRADED, PROGRESSING, READY};
+use crate::api::relay_pool::{DataCentreStatus, RelayPoolStatus, reasons};
 
 /// What was observed of one data centre.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +98,7 @@ pub fn compute(
         Computed::new(
             PROGRESSING,
             Status::False,
-            "RolloutComplete",
+            reasons::UP_TO_DATE,
             format!(
                 "All {} data centre(s) run the latest pod template with the desired replicas.",
                 observed.len()
@@ -115,7 +108,7 @@ pub fn compute(
         Computed::new(
             PROGRESSING,
             Status::True,
-            "RollingOut",
+            reasons::ROLLING_OUT,
             format!(
                 "Rolling out data centre(s) {}; {ready} of {replicas} replicas ready.",
                 names(&rolling)
@@ -136,7 +129,7 @@ pub fn compute(
         Computed::new(
             DEGRADED,
             Status::True,
-            "ReplicasUnavailable",
+            reasons::REPLICAS_NOT_READY,
             format!(
                 "Not every replica is ready although no rollout is in progress: {}. \
                  Check the pods with `kubectl describe pod -l smtpfleet.io/pool={}`.",
@@ -155,7 +148,7 @@ pub fn compute(
         Computed::new(
             DEGRADED,
             Status::False,
-            "AsExpected",
+            reasons::AS_EXPECTED,
             "No problem detected.",
         )
     };
@@ -171,7 +164,7 @@ pub fn compute(
         Computed::new(
             READY,
             Status::False,
-            "RollingOut",
+            reasons::ROLLING_OUT,
             format!(
                 "Waiting for the rollout of data centre(s) {}: {ready} of {replicas} replicas ready.",
                 names(&rolling)
@@ -181,14 +174,14 @@ pub fn compute(
         Computed::new(
             READY,
             Status::False,
-            "ReplicasNotReady",
+            reasons::REPLICAS_NOT_READY,
             format!("{ready} of {replicas} replicas ready."),
         )
     } else {
         Computed::new(
             READY,
             Status::True,
-            "AllReplicasReady",
+            reasons::ALL_REPLICAS_READY,
             format!(
                 "All {replicas} replicas ready in {} data centre(s).",
                 observed.len()
@@ -215,7 +208,7 @@ fn available(pool: &Pool, observed: &[DataCentreObservation], ready: i32) -> Com
         Computed::new(
             AVAILABLE,
             Status::True,
-            "MinimumReplicasAvailable",
+            reasons::MINIMUM_REPLICAS_AVAILABLE,
             format!(
                 "{ready} replica(s) ready in {ready_dcs} data centre(s); accepting mail needs {needed_replicas} in {needed_dcs}."
             ),
@@ -224,7 +217,11 @@ fn available(pool: &Pool, observed: &[DataCentreObservation], ready: i32) -> Com
         Computed::new(
             AVAILABLE,
             Status::False,
-            "InsufficientReplicas",
+            if ready >= needed_replicas {
+                reasons::INSUFFICIENT_DATA_CENTRES
+            } else {
+                reasons::INSUFFICIENT_REPLICAS
+            },
             format!(
                 "Only {ready} replica(s) ready in {ready_dcs} data centre(s); accepting mail needs \
                  {needed_replicas} (spec.queue.replicationFactor) in {needed_dcs} \
@@ -232,6 +229,48 @@ fn available(pool: &Pool, observed: &[DataCentreObservation], ready: i32) -> Com
             ),
         )
     }
+}
+
+/// The status to write: the computed counts, and the computed conditions merged into
+/// the previous ones (transition times kept where the status did not change).
+/// `queue` and `certificate` are reported by other parts of the operator and kept.
+pub fn to_status(
+    previous: &RelayPoolStatus,
+    computed: ComputedStatus,
+    generation: Option<i64>,
+    now: &Time,
+) -> RelayPoolStatus {
+    RelayPoolStatus {
+        observed_generation: generation,
+        replicas: computed.replicas,
+        ready_replicas: computed.ready_replicas,
+        data_centres: computed
+            .data_centres
+            .iter()
+            .map(|o| DataCentreStatus {
+                name: o.name.clone(),
+                replicas: o.replicas,
+                ready: o.ready,
+            })
+            .collect(),
+        queue: previous.queue.clone(),
+        certificate: previous.certificate.clone(),
+        conditions: conditions::merge(&previous.conditions, computed.conditions, generation, now),
+    }
+}
+
+/// Body of the merge patch on `/status`: only the fields this controller owns, so that
+/// a concurrent writer of `queue` or `certificate` is never overwritten.
+pub fn patch_body(status: &RelayPoolStatus) -> serde_json::Value {
+    serde_json::json!({
+        "status": {
+            "observedGeneration": status.observed_generation,
+            "replicas": status.replicas,
+            "readyReplicas": status.ready_replicas,
+            "dataCentres": status.data_centres,
+            "conditions": status.conditions,
+        }
+    })
 }
 
 fn names(observations: &[&DataCentreObservation]) -> String {
@@ -305,7 +344,7 @@ mod tests {
             vec![
                 (READY, Status::True, "AllReplicasReady"),
                 (AVAILABLE, Status::True, "MinimumReplicasAvailable"),
-                (PROGRESSING, Status::False, "RolloutComplete"),
+                (PROGRESSING, Status::False, "UpToDate"),
                 (DEGRADED, Status::False, "AsExpected"),
             ]
         );
@@ -328,8 +367,8 @@ mod tests {
             vec![
                 (READY, Status::False, "ReplicasNotReady"),
                 (AVAILABLE, Status::True, "MinimumReplicasAvailable"),
-                (PROGRESSING, Status::False, "RolloutComplete"),
-                (DEGRADED, Status::True, "ReplicasUnavailable"),
+                (PROGRESSING, Status::False, "UpToDate"),
+                (DEGRADED, Status::True, "ReplicasNotReady"),
             ]
         );
         let message = &condition(&status, DEGRADED).message;
@@ -406,6 +445,59 @@ mod tests {
     }
 
     #[test]
+    fn status_keeps_transition_times_and_foreign_fields() {
+        use crate::api::relay_pool::QueueStatus;
+        use k8s_openapi::jiff::Timestamp;
+
+        let pool = pool(&[("a", 1)]);
+        let t = |s| Time(Timestamp::from_second(s).unwrap());
+        let observed = || observe_all(&pool, &[sts("a", StsState::settled(1, 1))]);
+        let mut first = to_status(
+            &RelayPoolStatus::default(),
+            compute(&pool, observed(), &[]),
+            Some(1),
+            &t(100),
+        );
+        first.queue = Some(QueueStatus {
+            depth: 7,
+            oldest_seconds: Some(3),
+            replication_healthy: true,
+        });
+        let second = to_status(&first, compute(&pool, observed(), &[]), Some(2), &t(200));
+        assert_eq!(second.queue, first.queue);
+        assert_eq!(second.observed_generation, Some(2));
+        assert!(
+            second
+                .conditions
+                .iter()
+                .all(|c| c.last_transition_time == t(100))
+        );
+        assert!(
+            second
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(2))
+        );
+        assert_eq!(
+            second.data_centres,
+            vec![DataCentreStatus {
+                name: "a".into(),
+                replicas: 1,
+                ready: 1
+            }]
+        );
+        let body = patch_body(&second);
+        assert_eq!(body["status"]["readyReplicas"], 1);
+        assert_eq!(body["status"]["observedGeneration"], 2);
+        assert!(body["status"].get("queue").is_none(), "{body}");
+        assert_eq!(body["status"]["conditions"][0]["type"], "Ready");
+        assert_eq!(
+            body["status"]["conditions"][0]["lastTransitionTime"],
+            "1970-01-01T00:01:40Z"
+        );
+    }
+
+    #[test]
     fn availability_needs_replication_factor_nodes_over_min_data_centres() {
         let mut pool = pool(&[("a", 2), ("b", 2)]);
         pool.queue.replication_factor = 2;
@@ -421,7 +513,7 @@ mod tests {
         let available = condition(&status, AVAILABLE);
         assert_eq!(
             (available.status, available.reason),
-            (Status::False, "InsufficientReplicas")
+            (Status::False, "InsufficientDataCentres")
         );
         assert!(
             available.message.contains("minDataCentres"),

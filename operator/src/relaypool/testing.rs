@@ -24,6 +24,7 @@ pub fn pool(dcs: &[(&str, i32)]) -> Pool {
         },
         hostname: "mx.example.com".into(),
         image: "smtp-node:test".into(),
+        image_pull_policy: None,
         resources: None,
         listeners: vec![Listener {
             kind: ListenerKind::Relay,
@@ -51,7 +52,14 @@ pub fn pool(dcs: &[(&str, i32)]) -> Pool {
         },
         tls: None,
         relay: Relay::default(),
-        limits: Limits::default(),
+        limits: Limits {
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_connections: 1000,
+            max_connections_per_client: 50,
+            per_destination_concurrency: 10,
+            per_destination_rate_per_minute: None,
+        },
         domains: Vec::new(),
     }
 }

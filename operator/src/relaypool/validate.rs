@@ -1,12 +1,26 @@
-//! Semantic checks beyond what the API server's schema and CEL rules enforce, and the
-//! resolution of the spec into the [`Pool`](super::model::Pool) model.
+//! Resolution of a RelayPool into the [`Pool`] model, and semantic checks beyond what
+//! the API server's schema and CEL rules enforce.
 //!
-//! Problems found here do not stop the reconciliation: the pool is still reconciled as
-//! far as possible (a missing TLS Secret may be created a minute later, and the pods
-//! start then) and every problem becomes a `Degraded` condition a person can act on.
+//! Problems found here do not stop the reconciliation: the pool is reconciled as far as
+//! possible (a missing TLS Secret may be created a minute later, and the pods start
+//! then) and every problem becomes a `Degraded` condition a person can act on. Values
+//! that cannot be read (possible only for objects that bypassed validation) fall back
+//! to their defaults and are reported the same way.
 
+use std::time::Duration;
+
+use kube::Resource;
+
+use super::build::meta;
 use super::dereference::{Dereferenced, ReferencedSecret};
-use super::model::Pool;
+use super::error::{Error, Result};
+use super::model::{
+    DataCentre, Limits, Listener, ListenerKind, Pool, PoolIdentity, Queue, Relay, Storage,
+    TlsSource,
+};
+use crate::api::relay_pool::{
+    self, ImagePullPolicy, LimitsSpec, QueueSpec, RelayPool, RetrySpec, reasons,
+};
 
 /// Something wrong with the pool that a person must fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,26 +31,205 @@ pub struct Problem {
     pub message: String,
 }
 
-/// Checks a resolved pool and what its spec points at.
+impl Problem {
+    fn invalid_spec(message: impl Into<String>) -> Self {
+        Self {
+            reason: reasons::INVALID_SPEC,
+            message: message.into(),
+        }
+    }
+}
+
+/// A resolved pool and the problems found on the way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// The pool with every default applied.
+    pub pool: Pool,
+    /// Problems for the `Degraded` condition, most important first.
+    pub problems: Vec<Problem>,
+}
+
+/// Resolves `pool` (with what its spec points at) and checks it. Fails only when the
+/// object lacks metadata the API server always sets.
+pub fn validate(pool: &RelayPool, refs: &Dereferenced, default_image: &str) -> Result<Validated> {
+    let identity = identity(pool)?;
+    let spec = &pool.spec;
+    let mut problems = Vec::new();
+
+    let listeners = spec
+        .listeners
+        .enabled()
+        .into_iter()
+        .filter_map(|l| {
+            let port = u16::try_from(l.port).ok().filter(|p| *p > 0);
+            if port.is_none() {
+                problems.push(Problem::invalid_spec(format!(
+                    "Listener port {} is not a valid TCP port.",
+                    l.port
+                )));
+            }
+            Some(Listener {
+                kind: match l.kind {
+                    relay_pool::ListenerKind::Relay => ListenerKind::Relay,
+                    relay_pool::ListenerKind::Submission => ListenerKind::Submission,
+                    relay_pool::ListenerKind::ImplicitTls => ListenerKind::ImplicitTls,
+                },
+                port: port?,
+            })
+        })
+        .collect();
+
+    let tls = match spec.tls_source() {
+        Ok(relay_pool::TlsSource::Secret(name)) => Some(TlsSource::Secret(name.to_owned())),
+        Ok(relay_pool::TlsSource::CertManager(_) | relay_pool::TlsSource::SelfSigned) => Some(
+            TlsSource::Managed(meta::managed_tls_secret_name(&identity.name)),
+        ),
+        Err(err) => {
+            problems.push(Problem::invalid_spec(format!("{err}.")));
+            Some(TlsSource::Managed(meta::managed_tls_secret_name(
+                &identity.name,
+            )))
+        }
+    };
+
+    let queue = queue(
+        &spec.queue,
+        spec.effective_replication_factor(),
+        &mut problems,
+    );
+    let limits = limits(&spec.limits, &mut problems);
+
+    if spec.listeners.requires_auth() && spec.relay.auth_secret_ref.is_none() {
+        problems.push(Problem::invalid_spec(
+            "spec.listeners.submission and spec.listeners.implicitTls need spec.relay.authSecretRef: \
+             without users, no client can authenticate on them.",
+        ));
+    }
+
+    let resolved = Pool {
+        hostname: spec.hostname.clone(),
+        image: spec
+            .image
+            .clone()
+            .unwrap_or_else(|| default_image.to_owned()),
+        image_pull_policy: spec.image_pull_policy.map(|p| {
+            match p {
+                ImagePullPolicy::Always => "Always",
+                ImagePullPolicy::IfNotPresent => "IfNotPresent",
+                ImagePullPolicy::Never => "Never",
+            }
+            .to_owned()
+        }),
+        resources: spec.resources.clone(),
+        listeners,
+        data_centres: spec
+            .data_centres()
+            .into_iter()
+            .map(|dc| DataCentre {
+                name: dc.name,
+                replicas: dc.replicas,
+                zone: dc.zone,
+                node_selector: dc.node_selector,
+                tolerations: dc.tolerations,
+            })
+            .collect(),
+        queue,
+        tls,
+        relay: Relay {
+            allowed_networks: spec.relay.allowed_networks.clone(),
+            auth_secret: spec.relay.auth_secret_ref.as_ref().map(|r| r.name.clone()),
+        },
+        limits,
+        domains: refs.domains.clone(),
+        identity,
+    };
+    problems.splice(0..0, check(&resolved, refs));
+    Ok(Validated {
+        pool: resolved,
+        problems,
+    })
+}
+
+fn identity(pool: &RelayPool) -> Result<PoolIdentity> {
+    let meta = &pool.metadata;
+    Ok(PoolIdentity {
+        name: meta.name.clone().ok_or(Error::MissingObjectKey("name"))?,
+        namespace: meta
+            .namespace
+            .clone()
+            .ok_or(Error::MissingObjectKey("namespace"))?,
+        uid: meta.uid.clone().ok_or(Error::MissingObjectKey("uid"))?,
+        generation: meta.generation,
+        api_version: RelayPool::api_version(&()).into_owned(),
+        kind: RelayPool::kind(&()).into_owned(),
+    })
+}
+
+fn queue(spec: &QueueSpec, replication_factor: i32, problems: &mut Vec<Problem>) -> Queue {
+    let retry_schedule = spec.retry_schedule().unwrap_or_else(|err| {
+        problems.push(Problem::invalid_spec(format!(
+            "{err}; using the default schedule."
+        )));
+        QueueSpec {
+            retry: RetrySpec::default(),
+            ..spec.clone()
+        }
+        .retry_schedule()
+        .unwrap_or_default()
+    });
+    let max_age = spec.max_age().unwrap_or_else(|err| {
+        problems.push(Problem::invalid_spec(format!("{err}; using 5d.")));
+        Duration::from_secs(5 * 24 * 3600)
+    });
+    Queue {
+        replication_factor: u32::try_from(replication_factor.max(1)).unwrap_or(1),
+        min_data_centres: u32::try_from(spec.min_data_centres.max(1)).unwrap_or(1),
+        storage: Storage {
+            size: spec.storage.size.clone(),
+            class: spec.storage.storage_class_name.clone(),
+        },
+        retry_schedule,
+        max_age,
+    }
+}
+
+fn limits(spec: &LimitsSpec, problems: &mut Vec<Problem>) -> Limits {
+    let defaults = LimitsSpec::default();
+    let max_message_size = spec.max_message_size_bytes().unwrap_or_else(|err| {
+        problems.push(Problem::invalid_spec(format!(
+            "{err}; using {}.",
+            defaults.max_message_size.0
+        )));
+        defaults
+            .max_message_size_bytes()
+            .unwrap_or(25 * 1024 * 1024)
+    });
+    let positive = |v: i32| u32::try_from(v.max(1)).unwrap_or(1);
+    Limits {
+        max_message_size,
+        max_recipients: positive(spec.max_recipients),
+        max_connections: positive(spec.max_connections),
+        max_connections_per_client: positive(spec.max_connections_per_client),
+        per_destination_concurrency: positive(spec.per_destination.concurrency),
+        per_destination_rate_per_minute: spec.per_destination.rate_per_minute.map(positive),
+    }
+}
+
+/// Checks a resolved pool against what its spec points at.
 pub fn check(pool: &Pool, refs: &Dereferenced) -> Vec<Problem> {
     let namespace = &pool.identity.namespace;
     let mut problems = Vec::new();
     if let Some(tls) = &refs.tls_secret {
-        problems.extend(check_secret(
-            tls,
-            namespace,
-            "SecretNotFound",
-            &["tls.crt", "tls.key"],
-        ));
+        problems.extend(check_secret(tls, namespace, &["tls.crt", "tls.key"]));
     }
     if let Some(auth) = &refs.auth_secret {
-        problems.extend(check_secret(auth, namespace, "SecretNotFound", &[]));
+        problems.extend(check_secret(auth, namespace, &[]));
     }
     let total = pool.total_replicas();
     let factor = pool.queue.replication_factor;
-    if i64::from(factor) > i64::from(total) && total > 0 {
+    if i64::from(factor) > i64::from(total) {
         problems.push(Problem {
-            reason: "InsufficientReplicas",
+            reason: reasons::INSUFFICIENT_REPLICAS,
             message: format!(
                 "spec.queue.replicationFactor is {factor} but the pool has {total} replica(s): \
                  nodes cannot place {factor} copies of a message and will refuse mail with 451. \
@@ -52,7 +245,7 @@ pub fn check(pool: &Pool, refs: &Dereferenced) -> Vec<Problem> {
         .count();
     if usize::try_from(min_dcs).unwrap_or(usize::MAX) > dcs {
         problems.push(Problem {
-            reason: "InsufficientDataCentres",
+            reason: reasons::INSUFFICIENT_DATA_CENTRES,
             message: format!(
                 "spec.queue.minDataCentres is {min_dcs} but only {dcs} data centre(s) have replicas: \
                  nodes cannot spread copies as required and will refuse mail with 451. \
@@ -66,12 +259,11 @@ pub fn check(pool: &Pool, refs: &Dereferenced) -> Vec<Problem> {
 fn check_secret(
     secret: &ReferencedSecret,
     namespace: &str,
-    missing_reason: &'static str,
     required_keys: &[&str],
 ) -> Option<Problem> {
     let Some(found) = &secret.found else {
         return Some(Problem {
-            reason: missing_reason,
+            reason: reasons::SECRET_NOT_FOUND,
             message: format!(
                 "Secret {:?} referenced by {} not found in namespace {namespace:?}.",
                 secret.name, secret.field
@@ -84,7 +276,7 @@ fn check_secret(
         .filter(|k| !found.keys.contains(*k))
         .collect();
     (!missing.is_empty()).then(|| Problem {
-        reason: "SecretInvalid",
+        reason: reasons::SECRET_INVALID,
         message: format!(
             "Secret {:?} referenced by {} in namespace {namespace:?} lacks key(s) {}.",
             secret.name,

@@ -52,6 +52,12 @@ pub fn service_account_name(pool: &str) -> String {
     pool.to_owned()
 }
 
+/// Name of the listener certificate Secret the operator manages (through cert-manager
+/// or its self-signed issuer) when the spec does not name one.
+pub fn managed_tls_secret_name(pool: &str) -> String {
+    format!("{pool}-tls")
+}
+
 /// Labels every child and pod of the pool carries. Also the selector of pool-wide
 /// objects (Services, PodDisruptionBudget); the StatefulSet selectors add the data
 /// centre.

@@ -179,6 +179,7 @@ fn container(pool: &Pool, dc: &DataCentre) -> Container {
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(pool.image.clone()),
+        image_pull_policy: pool.image_pull_policy.clone(),
         args: Some(vec!["--config".into(), layout::config_path()]),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
@@ -305,10 +306,10 @@ fn volumes(pool: &Pool) -> Vec<Volume> {
         },
     ];
     if let Some(tls) = &pool.tls {
-        volumes.push(secret_volume(TLS_VOLUME, tls.secret_name()));
+        volumes.push(secret_volume(TLS_VOLUME, tls.secret_name(), tls.optional()));
     }
     if let Some(auth) = &pool.relay.auth_secret {
-        volumes.push(secret_volume(AUTH_VOLUME, auth));
+        volumes.push(secret_volume(AUTH_VOLUME, auth, false));
     }
     if let Some(projected) = dkim_projection(pool) {
         volumes.push(Volume {
@@ -320,12 +321,13 @@ fn volumes(pool: &Pool) -> Vec<Volume> {
     volumes
 }
 
-fn secret_volume(name: &str, secret: &str) -> Volume {
+fn secret_volume(name: &str, secret: &str, optional: bool) -> Volume {
     Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.into()),
             default_mode: Some(SECRET_MODE),
+            optional: optional.then_some(true),
             ..SecretVolumeSource::default()
         }),
         ..Volume::default()

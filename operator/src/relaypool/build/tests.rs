@@ -147,7 +147,7 @@ fn listeners_become_container_ports_and_client_service_ports() {
             port: 587,
         },
         Listener {
-            kind: ListenerKind::Smtps,
+            kind: ListenerKind::ImplicitTls,
             port: 465,
         },
     ];
@@ -164,7 +164,7 @@ fn listeners_become_container_ports_and_client_service_ports() {
         [
             ("smtp".to_owned(), 2525),
             ("submission".to_owned(), 2587),
-            ("smtps".to_owned(), 2465),
+            ("submissions".to_owned(), 2465),
             ("http".to_owned(), i32::from(HTTP_PORT)),
             ("peer".to_owned(), i32::from(PEER_PORT)),
         ]
@@ -197,7 +197,11 @@ fn listeners_become_container_ports_and_client_service_ports() {
                 587,
                 IntOrString::String("submission".into())
             ),
-            ("smtps".to_owned(), 465, IntOrString::String("smtps".into())),
+            (
+                "submissions".to_owned(),
+                465,
+                IntOrString::String("submissions".into())
+            ),
         ]
     );
     // Every target port names a port the container declares.
