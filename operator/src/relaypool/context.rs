@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use kube::Client;
 use kube::runtime::events::Recorder;
+use tokio_util::sync::CancellationToken;
 
 use super::backoff::FailureTracker;
+use crate::runtime::metrics::{ReconcileMetrics, ReconcileTimer};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER_NAME: &str = "relaypool";
@@ -18,21 +20,8 @@ pub const DEFAULT_REQUEUE: Duration = Duration::from_secs(5 * 60);
 
 /// Receives the outcome of every reconciliation, for metrics.
 ///
-/// A trait rather than a concrete metrics type so that the reconciler does not depend
-/// on how the process exports metrics. The process runtime's `ReconcileMetrics`
-/// plugs in with a small adapter:
-///
-/// ```ignore
-/// impl ReconcileObserver for ReconcileMetrics {
-///     fn start(&self) -> Box<dyn ReconcileSpan> { Box::new(self.start(CONTROLLER_NAME)) }
-///     fn error(&self, category: &'static str) { self.error(CONTROLLER_NAME, category) }
-/// }
-/// impl ReconcileSpan for ReconcileTimer {
-///     fn finish(self: Box<Self>, success: bool) {
-///         if success { (*self).success() } else { (*self).failure() }
-///     }
-/// }
-/// ```
+/// A trait rather than a concrete metrics type so that the reconciler tests need no
+/// registry; the process runtime's [`ReconcileMetrics`] implements it below.
 pub trait ReconcileObserver: Send + Sync {
     /// A reconciliation starts; the span is finished when it ends (dropping it
     /// unfinished means the reconciliation was cancelled).
@@ -64,6 +53,25 @@ impl ReconcileObserver for NoMetrics {
     fn error(&self, _category: &'static str) {}
 }
 
+impl ReconcileObserver for ReconcileMetrics {
+    fn start(&self) -> Box<dyn ReconcileSpan> {
+        Box::new(ReconcileMetrics::start(self, CONTROLLER_NAME))
+    }
+    fn error(&self, category: &'static str) {
+        ReconcileMetrics::error(self, CONTROLLER_NAME, category);
+    }
+}
+
+impl ReconcileSpan for ReconcileTimer {
+    fn finish(self: Box<Self>, success: bool) {
+        if success {
+            (*self).success();
+        } else {
+            (*self).failure();
+        }
+    }
+}
+
 /// Settings of the RelayPool controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -85,9 +93,9 @@ impl Default for Settings {
     }
 }
 
-/// The smtp-node image matching this operator's version.
+/// The smtp-node image released with this operator.
 pub fn default_image() -> String {
-    format!("ghcr.io/smtpfleet/smtp-node:{}", env!("CARGO_PKG_VERSION"))
+    crate::runtime::cli::DEFAULT_NODE_IMAGE.to_owned()
 }
 
 /// Shared state of all reconciliations. Cheap to share behind an `Arc`.
@@ -102,10 +110,15 @@ pub struct Context {
     pub settings: Settings,
     /// Consecutive failures per pool, for the error policy's backoff.
     pub failures: FailureTracker,
+    /// Cancelled when the controller must stop; `run` then returns.
+    pub shutdown: CancellationToken,
+    /// Called once the RelayPool caches have listed everything (for readiness).
+    pub on_synced: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Context {
-    /// A context with the operator's event reporter and no failures recorded.
+    /// A context with the operator's event reporter, no failures recorded, a fresh
+    /// shutdown token and no sync hook.
     pub fn new(client: Client, observer: Arc<dyn ReconcileObserver>, settings: Settings) -> Self {
         Self {
             recorder: crate::events::recorder(client.clone()),
@@ -113,6 +126,29 @@ impl Context {
             observer,
             settings,
             failures: FailureTracker::default(),
+            shutdown: CancellationToken::new(),
+            on_synced: None,
+        }
+    }
+
+    /// The context for a controller started by the process runtime: its client,
+    /// metrics, watched namespaces, node image and shutdown token. Readiness is reported
+    /// through the runtime's health once the caches are synced.
+    pub fn from_runtime(runtime: &crate::runtime::Context) -> Self {
+        let settings = Settings {
+            namespaces: runtime.namespaces.clone(),
+            requeue_after: DEFAULT_REQUEUE,
+            default_image: runtime.node_image.clone(),
+        };
+        let health = runtime.health.clone();
+        Self {
+            shutdown: runtime.shutdown.clone(),
+            on_synced: Some(Arc::new(move || health.set_ready(true))),
+            ..Self::new(
+                runtime.client.clone(),
+                Arc::new(runtime.metrics.reconcile()),
+                settings,
+            )
         }
     }
 }

@@ -7,10 +7,21 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client};
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
 
 use super::error::{Error, Result};
-use super::model::SigningDomain;
+use super::model::{DkimKey, SigningDomain};
+use crate::api::relay_pool::{RelayPoolSpec, TlsSource};
+use crate::api::{MailDomain, RelayPool};
+
+/// Field of the TLS Secret reference, for messages.
+pub const TLS_SECRET_FIELD: &str = "spec.tls.secretName";
+/// Field of the auth Secret reference, for messages.
+pub const AUTH_SECRET_FIELD: &str = "spec.relay.authSecretRef";
+
+/// Key of the private key in the DKIM Secrets the MailDomain controller writes.
+pub const DKIM_PRIVATE_KEY: &str = "private.key";
 
 /// A Secret the spec refers to, and what was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,4 +93,99 @@ pub async fn read_secret(
         name: name.to_owned(),
         found: found.as_ref().map(SecretSummary::of),
     })
+}
+
+/// The Secrets `spec` names, with the field naming each: `(field, name)`. Also what the
+/// controller's Secret watch uses to find the pools a changed Secret matters to.
+pub fn secret_refs(spec: &RelayPoolSpec) -> Vec<(&'static str, &str)> {
+    let mut refs = Vec::new();
+    if let Ok(TlsSource::Secret(name)) = spec.tls_source() {
+        refs.push((TLS_SECRET_FIELD, name));
+    }
+    if let Some(auth) = &spec.relay.auth_secret_ref {
+        refs.push((AUTH_SECRET_FIELD, auth.name.as_str()));
+    }
+    refs
+}
+
+/// Reads everything `pool` points at.
+pub async fn dereference(client: &Client, pool: &RelayPool) -> Result<Dereferenced> {
+    let namespace = pool
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
+    let mut refs = Dereferenced::default();
+    for (field, name) in secret_refs(&pool.spec) {
+        let secret = read_secret(client, &namespace, field, name).await?;
+        if field == TLS_SECRET_FIELD {
+            refs.tls_secret = Some(secret);
+        } else {
+            refs.auth_secret = Some(secret);
+        }
+    }
+    refs.domains = bound_domains(client, &namespace, &pool.name_any()).await?;
+    Ok(refs)
+}
+
+/// The MailDomains of `namespace` whose `spec.relayPoolRef` names `pool`, as signing
+/// domains sorted by domain.
+///
+/// The list asks the API server to filter on the selectable field
+/// `spec.relayPoolRef.name`, and the result is filtered again here so that a server
+/// ignoring the selector cannot bind foreign domains.
+pub async fn bound_domains(
+    client: &Client,
+    namespace: &str,
+    pool: &str,
+) -> Result<Vec<SigningDomain>> {
+    let api: Api<MailDomain> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().fields(&format!("spec.relayPoolRef.name={pool}"));
+    let list = api
+        .list(&params)
+        .await
+        .map_err(|source| Error::Dereference {
+            kind: "MailDomain",
+            name: format!("bound to {pool}"),
+            source,
+        })?;
+    Ok(signing_domains(pool, &list.items))
+}
+
+/// The signing domains of `pool` among `domains`, sorted by domain (so the rendered
+/// configuration does not change with list order).
+pub fn signing_domains(pool: &str, domains: &[MailDomain]) -> Vec<SigningDomain> {
+    let mut bound: Vec<SigningDomain> = domains
+        .iter()
+        .filter(|md| {
+            md.spec.relay_pool_ref.name == pool && md.metadata.deletion_timestamp.is_none()
+        })
+        .map(signing_domain)
+        .collect();
+    bound.sort();
+    bound.dedup_by(|a, b| a.domain == b.domain);
+    bound
+}
+
+/// A bound MailDomain as the pool sees it. The active key is the one the MailDomain
+/// status names (`status.dkim.selector`): the MailDomain controller switches it only
+/// once the new selector is published, so following the status is what makes
+/// rotation safe. Its Secret is `<maildomain>-dkim-<selector>` with the PKCS#8 key
+/// under `private.key`, the layout the MailDomain controller writes (user-provided keys
+/// are normalised into it as well).
+pub fn signing_domain(md: &MailDomain) -> SigningDomain {
+    let object = md.name_any();
+    let dkim = md
+        .status
+        .as_ref()
+        .and_then(|s| s.dkim.as_ref())
+        .filter(|d| !d.selector.is_empty())
+        .map(|d| DkimKey {
+            secret: format!("{object}-dkim-{}", d.selector),
+            selector: d.selector.clone(),
+            secret_key: DKIM_PRIVATE_KEY.to_owned(),
+        });
+    SigningDomain {
+        object,
+        domain: md.spec.domain.to_ascii_lowercase(),
+        dkim,
+    }
 }

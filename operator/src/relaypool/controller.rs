@@ -1,0 +1,301 @@
+//! The RelayPool controller: watches, the reconcile pipeline, the finalizer and the
+//! error policy.
+//!
+//! One reconciliation runs the pipeline
+//! dereference → validate → build → apply → status, each stage in its own module:
+//! only `apply` writes children and only the final status patch writes the pool.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use thiserror::Error;
+
+use super::apply::{self, FIELD_MANAGER};
+use super::build::{self, meta};
+use super::changes::{self, Change};
+use super::cleanup::{self, Verdict};
+use super::context::Context;
+use super::dereference;
+use super::error::{Error, Result};
+use super::status;
+use super::validate;
+use crate::api::{MailDomain, RelayPool};
+use crate::events::{normal, publish_all};
+
+/// Finalizer that holds a pool's deletion until its clean-up has run.
+pub const FINALIZER: &str = "smtpfleet.io/cleanup";
+
+/// Why the controller could not start.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// Listing RelayPools failed: typically the CRD is not installed or RBAC is missing.
+    #[error(
+        "cannot list RelayPools{scope} (is the CRD installed and the operator allowed to list them?): {source}"
+    )]
+    CannotList {
+        /// ` in namespace "x"`, or empty for all namespaces.
+        scope: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Runs the controller until `ctx.shutdown` is cancelled: one kube-runtime
+/// `Controller` per watched namespace (or one for all namespaces when
+/// `ctx.settings.namespaces` is empty), all sharing `ctx`.
+pub async fn run(ctx: Arc<Context>) -> Result<(), RunError> {
+    let scopes: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    for scope in &scopes {
+        let api: Api<RelayPool> = scoped(&ctx.client, scope.as_deref());
+        api.list(&ListParams::default().limit(1))
+            .await
+            .map_err(|source| RunError::CannotList {
+                scope: scope
+                    .as_deref()
+                    .map(|ns| format!(" in namespace {ns:?}"))
+                    .unwrap_or_default(),
+                source,
+            })?;
+    }
+    let mut stores = Vec::new();
+    let controllers: Vec<_> = scopes
+        .iter()
+        .map(|scope| {
+            let (controller, store) = controller(&ctx, scope.as_deref());
+            stores.push(store);
+            controller
+        })
+        .collect();
+    if let Some(on_synced) = ctx.on_synced.clone() {
+        let shutdown = ctx.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                synced = futures::future::join_all(stores.iter().map(|s| s.wait_until_ready())) => {
+                    if synced.iter().all(Result::is_ok) {
+                        tracing::info!("RelayPool caches synced");
+                        on_synced();
+                    }
+                }
+            }
+        });
+    }
+    futures::future::join_all(controllers).await;
+    Ok(())
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+type PoolStore = kube::runtime::reflector::Store<RelayPool>;
+
+fn controller(
+    ctx: &Arc<Context>,
+    namespace: Option<&str>,
+) -> (impl std::future::Future<Output = ()> + use<>, PoolStore) {
+    let client = &ctx.client;
+    let children = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={}",
+        meta::MANAGED_BY
+    ));
+    let controller = Controller::new(
+        scoped::<RelayPool>(client, namespace),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let pools = store.clone();
+    let future = controller
+        .owns(scoped::<StatefulSet>(client, namespace), children.clone())
+        .owns(scoped::<Service>(client, namespace), children.clone())
+        .owns(scoped::<ConfigMap>(client, namespace), children.clone())
+        .owns(
+            scoped::<PodDisruptionBudget>(client, namespace),
+            children.clone(),
+        )
+        .owns(scoped::<ServiceAccount>(client, namespace), children)
+        .watches(
+            scoped::<Secret>(client, namespace),
+            watcher::Config::default(),
+            move |secret| pools_referencing_secret(&pools.state(), &secret),
+        )
+        .watches(
+            scoped::<MailDomain>(client, namespace),
+            watcher::Config::default(),
+            |domain| pool_of_domain(&domain),
+        )
+        .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((pool, _)) => tracing::debug!(pool = %pool, "reconciled"),
+                Err(err) => tracing::debug!(error = %err, "reconciliation did not complete"),
+            }
+        });
+    (future, store)
+}
+
+/// The pools whose spec names `secret` (TLS or auth Secret), so that a Secret created
+/// after its pool clears the pool's `Degraded` condition without waiting for a resync.
+pub fn pools_referencing_secret(
+    pools: &[Arc<RelayPool>],
+    secret: &Secret,
+) -> Vec<ObjectRef<RelayPool>> {
+    let name = secret.name_any();
+    let namespace = secret.namespace();
+    pools
+        .iter()
+        .filter(|pool| pool.namespace() == namespace)
+        .filter(|pool| {
+            dereference::secret_refs(&pool.spec)
+                .iter()
+                .any(|(_, referenced)| *referenced == name)
+        })
+        .map(|pool| ObjectRef::from_obj(pool.as_ref()))
+        .collect()
+}
+
+/// The pool a MailDomain binds to. A domain moved to another pool triggers the new
+/// one at once; the old one drops it at its next periodic reconciliation.
+pub fn pool_of_domain(domain: &MailDomain) -> Option<ObjectRef<RelayPool>> {
+    let namespace = domain.namespace()?;
+    Some(ObjectRef::new(&domain.spec.relay_pool_ref.name).within(&namespace))
+}
+
+fn key(pool: &RelayPool) -> String {
+    format!(
+        "{}/{}",
+        pool.namespace().unwrap_or_default(),
+        pool.name_any()
+    )
+}
+
+/// Reconciles one pool: the finalizer first, then the pipeline (or the clean-up when
+/// the pool is being deleted).
+pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action> {
+    let span = ctx.observer.start();
+    let key = key(&pool);
+    let result = reconcile_inner(pool, &ctx).await;
+    span.finish(result.is_ok());
+    if result.is_ok() {
+        ctx.failures.succeeded(&key);
+    }
+    result
+}
+
+async fn reconcile_inner(pool: Arc<RelayPool>, ctx: &Context) -> Result<Action> {
+    let namespace = pool
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
+    let api: Api<RelayPool> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, pool, |event| async {
+        match event {
+            FinalizerEvent::Apply(pool) => apply_pool(&pool, ctx).await,
+            FinalizerEvent::Cleanup(pool) => cleanup_pool(&pool, ctx).await,
+        }
+    })
+    .await
+    .map_err(Error::from_finalizer)
+}
+
+/// Retries a failed reconciliation with per-pool exponential backoff, and counts the
+/// error by category.
+pub fn error_policy(pool: Arc<RelayPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.observer.error(error.category());
+    let delay = ctx.failures.failed(&key(&pool));
+    tracing::warn!(
+        pool = %key(&pool),
+        category = error.category(),
+        retry_in_seconds = delay.as_secs(),
+        error = %error,
+        "reconciliation failed"
+    );
+    Action::requeue(delay)
+}
+
+/// The pipeline for a live pool.
+async fn apply_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
+    let refs = dereference::dereference(&ctx.client, pool).await?;
+    let validated = validate::validate(pool, &refs, &ctx.settings.default_image)?;
+    for problem in &validated.problems {
+        tracing::info!(pool = %key(pool), reason = problem.reason, "{}", problem.message);
+    }
+    let model = &validated.pool;
+    let children = build::build(model)?;
+    let outcome = apply::apply_children(&ctx.client, &model.identity, &children).await?;
+
+    let observed = status::observe_all(model, &outcome.statefulsets);
+    let computed = status::compute(model, observed, &validated.problems);
+    let previous = pool.status.clone().unwrap_or_default();
+    let now = Time(Timestamp::now());
+    let next = status::to_status(&previous, computed, model.identity.generation, &now);
+    if next != previous {
+        let api: Api<RelayPool> = Api::namespaced(ctx.client.clone(), &model.identity.namespace);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        api.patch_status(
+            &model.identity.name,
+            &params,
+            &Patch::Merge(status::patch_body(&next)),
+        )
+        .await
+        .map_err(Error::Status)?;
+    }
+
+    let mut all_changes = outcome.changes;
+    all_changes.extend(changes::condition_changes(
+        &previous.conditions,
+        &next.conditions,
+    ));
+    publish(ctx, pool, &all_changes).await;
+    Ok(Action::requeue(ctx.settings.requeue_after))
+}
+
+/// The clean-up for a pool being deleted.
+async fn cleanup_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
+    match cleanup::verdict(pool, ctx).await? {
+        Verdict::Hold(reason) => Err(Error::CleanupBlocked(reason)),
+        Verdict::Release => {
+            let event = normal(
+                "Deleting",
+                "Delete",
+                "Releasing the RelayPool; its StatefulSets, Services, ConfigMap, PodDisruptionBudget and \
+                 ServiceAccount are garbage-collected, spool volumes are kept.",
+            );
+            publish_all(&ctx.recorder, &pool.object_ref(&()), &[event]).await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+async fn publish(ctx: &Context, pool: &RelayPool, changes: &[Change]) {
+    if changes.is_empty() {
+        return;
+    }
+    let events: Vec<_> = changes.iter().map(Change::event).collect();
+    publish_all(&ctx.recorder, &pool.object_ref(&()), &events).await;
+}
