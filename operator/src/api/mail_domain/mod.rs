@@ -16,10 +16,13 @@ use kube::CustomResource;
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
-use super::schema::{self, CelRule};
 use super::patterns;
+use super::schema::{self, CelRule};
 
 /// A mail domain the operator sets up for sending through a RelayPool.
+// Each `printcolumn(...)` repeats `type_ = "string"`; clippy reads the repetition as a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "smtpfleet.io",
