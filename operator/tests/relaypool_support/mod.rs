@@ -217,3 +217,13 @@ pub fn list(api_version: &str, kind: &str, items: Vec<Value>) -> Value {
         "items": items,
     })
 }
+
+/// Loads `operator/tests/fixtures/relaypool/reconcile/<name>`.
+pub fn fixture(name: &str) -> smtpfleet_operator::api::RelayPool {
+    let path = format!(
+        "{}/tests/fixtures/relaypool/reconcile/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
