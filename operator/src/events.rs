@@ -10,15 +10,25 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 /// The `reportingController` of every Event the operator publishes.
 pub const REPORTING_CONTROLLER: &str = "smtpfleet-operator";
 
-/// A recorder reporting as [`REPORTING_CONTROLLER`], with the pod name (from
+/// The reporter of every Event: [`REPORTING_CONTROLLER`], with the pod name (from
 /// `POD_NAME`, set through the downward API in the chart) as the instance so that
 /// events from different operator replicas can be told apart.
-pub fn recorder(client: kube::Client) -> Recorder {
-    let reporter = Reporter {
+pub fn reporter() -> Reporter {
+    Reporter {
         controller: REPORTING_CONTROLLER.into(),
         instance: std::env::var("POD_NAME").ok(),
-    };
-    Recorder::new(client, reporter)
+    }
+}
+
+/// A recorder for one reconciliation.
+///
+/// kube-runtime's `Recorder` folds events with the same type, reason, action and
+/// objects into a series and keeps the *first* note. Reused across reconciliations, it
+/// would report "scaled from 3 to 5" again when the pool is later scaled from 5 to 7.
+/// A fresh recorder per reconciliation keeps every note true; the operator only
+/// publishes on changes, so there is no flood to fold.
+pub fn recorder(client: kube::Client) -> Recorder {
+    Recorder::new(client, reporter())
 }
 
 /// Builds a Normal event.

@@ -277,6 +277,7 @@ pub async fn apply_children(
         if applied.created {
             outcome.changes.push(Change::DataCentreAdded {
                 data_centre: changes::data_centre_of(sts),
+                statefulset: sts.name_any(),
                 replicas: sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
             });
         }
@@ -343,10 +344,20 @@ where
     if applied.created {
         changes.push(Change::Created {
             kind: kind_of::<K>(),
+            api_version: api_version_of::<K>(),
             name: applied.object.name_any(),
         });
     }
     Ok(())
+}
+
+/// The `apiVersion` of `K`, as a `'static` string for event references.
+fn api_version_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::api_version(&()).as_ref() {
+        "apps/v1" => "apps/v1",
+        "policy/v1" => "policy/v1",
+        _ => "v1",
+    }
 }
 
 /// The kind name of `K`, as a `'static` string for errors and events.

@@ -6,6 +6,7 @@
 //! added, scaled from 3 to 5, Secret missing) rather than one line per resync.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::runtime::events::Event;
@@ -21,6 +22,8 @@ pub enum Change {
     Created {
         /// Kind of the child.
         kind: &'static str,
+        /// `apiVersion` of the child.
+        api_version: &'static str,
         /// Its name.
         name: String,
     },
@@ -28,6 +31,8 @@ pub enum Change {
     DataCentreAdded {
         /// Data centre name.
         data_centre: String,
+        /// Its StatefulSet.
+        statefulset: String,
         /// Its replicas.
         replicas: i32,
     },
@@ -40,6 +45,8 @@ pub enum Change {
     Scaled {
         /// Data centre name.
         data_centre: String,
+        /// Its StatefulSet.
+        statefulset: String,
         /// Replicas before.
         from: i32,
         /// Replicas now.
@@ -59,15 +66,44 @@ pub enum Change {
 }
 
 impl Change {
-    /// The Event describing this change.
-    pub fn event(&self) -> Event {
+    /// The Event describing this change, with the child concerned (in `namespace`) as
+    /// its related object.
+    pub fn event(&self, namespace: &str) -> Event {
+        let mut event = self.event_without_reference();
+        event.secondary = self.child(namespace);
+        event
+    }
+
+    fn child(&self, namespace: &str) -> Option<ObjectReference> {
+        let (api_version, kind, name) = match self {
+            Self::Created {
+                kind,
+                api_version,
+                name,
+            } => (*api_version, *kind, name),
+            Self::DataCentreAdded { statefulset, .. }
+            | Self::DataCentreRemoved { statefulset }
+            | Self::Scaled { statefulset, .. } => ("apps/v1", "StatefulSet", statefulset),
+            Self::Condition { .. } => return None,
+        };
+        Some(ObjectReference {
+            api_version: Some(api_version.to_owned()),
+            kind: Some(kind.to_owned()),
+            name: Some(name.clone()),
+            namespace: Some(namespace.to_owned()),
+            ..ObjectReference::default()
+        })
+    }
+
+    fn event_without_reference(&self) -> Event {
         match self {
-            Self::Created { kind, name } => {
+            Self::Created { kind, name, .. } => {
                 normal("Created", "Create", format!("Created {kind} {name}."))
             }
             Self::DataCentreAdded {
                 data_centre,
                 replicas,
+                ..
             } => normal(
                 "DataCentreAdded",
                 "Create",
@@ -84,6 +120,7 @@ impl Change {
                 data_centre,
                 from,
                 to,
+                ..
             } => normal(
                 "Scaled",
                 "Scale",
@@ -118,6 +155,7 @@ pub fn scaled(before: &[StatefulSet], desired: &[StatefulSet]) -> Vec<Change> {
             let to = want.spec.as_ref()?.replicas.unwrap_or(1);
             (from != to).then(|| Change::Scaled {
                 data_centre: data_centre_of(want),
+                statefulset: name.clone(),
                 from,
                 to,
             })
@@ -201,6 +239,7 @@ mod tests {
             scaled(&before, &desired),
             vec![Change::Scaled {
                 data_centre: "a".into(),
+                statefulset: "relay-a".into(),
                 from: 3,
                 to: 5
             }]
@@ -220,7 +259,7 @@ mod tests {
         ];
         let changes = condition_changes(&healthy, &broken);
         assert_eq!(changes.len(), 1);
-        let event = changes[0].event();
+        let event = changes[0].event("mail");
         assert_eq!(event.type_, EventType::Warning);
         assert_eq!(event.reason, "SecretNotFound");
         // Same problem on the next reconciliation: nothing new to say.
@@ -244,7 +283,7 @@ mod tests {
         assert!(
             recovered
                 .iter()
-                .all(|c| c.event().type_ == EventType::Normal)
+                .all(|c| c.event("mail").type_ == EventType::Normal)
         );
     }
 
@@ -261,10 +300,23 @@ mod tests {
     fn events_name_what_changed() {
         let event = Change::Scaled {
             data_centre: "a".into(),
+            statefulset: "relay-a".into(),
             from: 3,
             to: 5,
         }
-        .event();
+        .event("mail");
+        let related = event
+            .secondary
+            .clone()
+            .expect("the StatefulSet is the related object");
+        assert_eq!(
+            (
+                related.kind.as_deref(),
+                related.name.as_deref(),
+                related.namespace.as_deref()
+            ),
+            (Some("StatefulSet"), Some("relay-a"), Some("mail"))
+        );
         assert_eq!(event.reason, "Scaled");
         assert_eq!(
             event.note.as_deref(),
@@ -273,7 +325,7 @@ mod tests {
         let event = Change::DataCentreRemoved {
             statefulset: "relay-b".into(),
         }
-        .event();
+        .event("mail");
         assert_eq!(event.reason, "DataCentreRemoved");
         assert!(event.note.unwrap_or_default().contains("relay-b"));
     }

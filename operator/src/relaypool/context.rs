@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube::runtime::events::Recorder;
+use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::FailureTracker;
@@ -102,8 +102,8 @@ pub fn default_image() -> String {
 pub struct Context {
     /// Client for the API server.
     pub client: Client,
-    /// Publishes Events on pools.
-    pub recorder: Recorder,
+    /// Who publishes the Events (see [`Context::recorder`]).
+    pub reporter: Reporter,
     /// Metrics hook.
     pub observer: Arc<dyn ReconcileObserver>,
     /// Controller settings.
@@ -121,7 +121,7 @@ impl Context {
     /// shutdown token and no sync hook.
     pub fn new(client: Client, observer: Arc<dyn ReconcileObserver>, settings: Settings) -> Self {
         Self {
-            recorder: crate::events::recorder(client.clone()),
+            reporter: crate::events::reporter(),
             client,
             observer,
             settings,
@@ -129,6 +129,11 @@ impl Context {
             shutdown: CancellationToken::new(),
             on_synced: None,
         }
+    }
+
+    /// A fresh Event recorder for one reconciliation (see [`crate::events::recorder`]).
+    pub fn recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), self.reporter.clone())
     }
 
     /// The context for a controller started by the process runtime: its client,

@@ -286,7 +286,7 @@ async fn cleanup_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
                 "Releasing the RelayPool; its StatefulSets, Services, ConfigMap, PodDisruptionBudget and \
                  ServiceAccount are garbage-collected, spool volumes are kept.",
             );
-            publish_all(&ctx.recorder, &pool.object_ref(&()), &[event]).await;
+            publish_all(&ctx.recorder(), &pool.object_ref(&()), &[event]).await;
             Ok(Action::await_change())
         }
     }
@@ -296,6 +296,74 @@ async fn publish(ctx: &Context, pool: &RelayPool, changes: &[Change]) {
     if changes.is_empty() {
         return;
     }
-    let events: Vec<_> = changes.iter().map(Change::event).collect();
-    publish_all(&ctx.recorder, &pool.object_ref(&()), &events).await;
+    let namespace = pool.namespace().unwrap_or_default();
+    let events: Vec<_> = changes.iter().map(|c| c.event(&namespace)).collect();
+    publish_all(&ctx.recorder(), &pool.object_ref(&()), &events).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::RelayPoolSpec;
+
+    fn pool(name: &str, namespace: &str, spec: &str) -> Arc<RelayPool> {
+        let spec: RelayPoolSpec = serde_yaml::from_str(spec).unwrap();
+        let mut pool = RelayPool::new(name, spec);
+        pool.metadata.namespace = Some(namespace.into());
+        Arc::new(pool)
+    }
+
+    fn secret(name: &str, namespace: &str) -> Secret {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(name.into());
+        secret.metadata.namespace = Some(namespace.into());
+        secret
+    }
+
+    #[test]
+    fn secrets_map_to_the_pools_that_name_them_in_their_namespace() {
+        let pools = [
+            pool(
+                "tls",
+                "mail",
+                "hostname: a.example.com\ntls: {secretName: smtp-tls}\n",
+            ),
+            pool(
+                "auth",
+                "mail",
+                "hostname: b.example.com\nrelay: {authSecretRef: {name: users}}\n",
+            ),
+            pool(
+                "elsewhere",
+                "other",
+                "hostname: c.example.com\ntls: {secretName: smtp-tls}\n",
+            ),
+            pool("managed", "mail", "hostname: d.example.com\n"),
+        ];
+        let names = |secret: &Secret| -> Vec<String> {
+            pools_referencing_secret(&pools, secret)
+                .into_iter()
+                .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
+                .collect()
+        };
+        assert_eq!(names(&secret("smtp-tls", "mail")), ["mail/tls"]);
+        assert_eq!(names(&secret("users", "mail")), ["mail/auth"]);
+        assert_eq!(names(&secret("smtp-tls", "other")), ["other/elsewhere"]);
+        assert!(names(&secret("unrelated", "mail")).is_empty());
+    }
+
+    #[test]
+    fn mail_domains_map_to_their_pool() {
+        let domain: MailDomain = serde_yaml::from_str(
+            "apiVersion: smtpfleet.io/v1alpha1\nkind: MailDomain\n\
+             metadata: {name: example, namespace: mail}\n\
+             spec: {domain: example.com, relayPoolRef: {name: outbound}}\n",
+        )
+        .unwrap();
+        let target = pool_of_domain(&domain).unwrap();
+        assert_eq!(
+            (target.name.as_str(), target.namespace.as_deref()),
+            ("outbound", Some("mail"))
+        );
+    }
 }

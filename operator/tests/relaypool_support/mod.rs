@@ -227,3 +227,265 @@ pub fn fixture(name: &str) -> smtpfleet_operator::api::RelayPool {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
+
+/// Helpers that play the API server's side of one RelayPool reconciliation.
+pub mod reconcile {
+    use super::{ApiServer, Exchange, list};
+    use http::Method;
+    use serde_json::{Value, json};
+    use smtpfleet_operator::relaypool::apply::FIELD_MANAGER;
+
+    /// Path of a core (`/api/v1`) namespaced object.
+    pub fn core(namespace: &str, plural: &str, name: &str) -> String {
+        format!("/api/v1/namespaces/{namespace}/{plural}/{name}")
+    }
+
+    /// Path of a namespaced object of an API group.
+    pub fn grouped(group_version: &str, namespace: &str, plural: &str, name: &str) -> String {
+        format!("/apis/{group_version}/namespaces/{namespace}/{plural}/{name}")
+    }
+
+    /// Path of a RelayPool.
+    pub fn pool_path(namespace: &str, name: &str) -> String {
+        grouped("smtpfleet.io/v1alpha1", namespace, "relaypools", name)
+    }
+
+    /// A `kubernetes.io/tls` Secret with both keys.
+    pub fn tls_secret(namespace: &str, name: &str) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}")},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"},
+        })
+    }
+
+    /// Answers a GET of Secret `name` with `secret` (or 404 when `None`).
+    pub async fn serve_secret(
+        server: &mut ApiServer,
+        namespace: &str,
+        name: &str,
+        secret: Option<Value>,
+    ) {
+        let exchange = server
+            .expect(Method::GET, &core(namespace, "secrets", name))
+            .await;
+        match secret {
+            Some(secret) => exchange.ok(&secret),
+            None => exchange.not_found(),
+        }
+    }
+
+    /// Answers the list of MailDomains bound to `pool`, asserting the field selector.
+    pub async fn serve_mail_domains(
+        server: &mut ApiServer,
+        namespace: &str,
+        pool: &str,
+        items: Vec<Value>,
+    ) {
+        let exchange = server
+            .expect(
+                Method::GET,
+                &format!("/apis/smtpfleet.io/v1alpha1/namespaces/{namespace}/maildomains"),
+            )
+            .await;
+        assert_eq!(
+            exchange.query_param("fieldSelector").as_deref(),
+            Some(format!("spec.relayPoolRef.name={pool}").as_str())
+        );
+        exchange.ok(&list("smtpfleet.io/v1alpha1", "MailDomain", items));
+    }
+
+    /// Answers the list of the pool's StatefulSets, asserting the label selector.
+    pub async fn serve_statefulsets(
+        server: &mut ApiServer,
+        namespace: &str,
+        pool: &str,
+        items: Vec<Value>,
+    ) {
+        let exchange = server
+            .expect(
+                Method::GET,
+                &format!("/apis/apps/v1/namespaces/{namespace}/statefulsets"),
+            )
+            .await;
+        assert_eq!(
+            exchange.query_param("labelSelector").as_deref(),
+            Some(
+                format!("smtpfleet.io/pool={pool},app.kubernetes.io/managed-by=smtpfleet-operator")
+                    .as_str()
+            )
+        );
+        exchange.ok(&list("apps/v1", "StatefulSet", items));
+    }
+
+    /// Takes the next request, asserts it is a forced server-side apply by the
+    /// operator's field manager at `path`, answers it and returns the applied body.
+    pub async fn serve_apply(
+        server: &mut ApiServer,
+        path: &str,
+        created: bool,
+        status: Option<Value>,
+    ) -> Value {
+        let exchange = server.expect(Method::PATCH, path).await;
+        exchange.assert_server_side_apply(FIELD_MANAGER);
+        let body = exchange.body.clone();
+        exchange.answer_apply(created, status);
+        body
+    }
+
+    /// The applied bodies of one reconciliation's children, in apply order.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Applied {
+        /// ServiceAccount, ConfigMap, peer Service, client Service.
+        pub before: Vec<Value>,
+        /// StatefulSets by name.
+        pub statefulsets: Vec<(String, Value)>,
+        /// PodDisruptionBudget.
+        pub pdb: Value,
+    }
+
+    /// Serves the server-side applies of every child of pool `pool` with StatefulSets
+    /// for `data_centres`, each StatefulSet answered with `status`.
+    pub async fn serve_children(
+        server: &mut ApiServer,
+        namespace: &str,
+        pool: &str,
+        data_centres: &[&str],
+        created: bool,
+        status: &Value,
+    ) -> Applied {
+        let mut before = Vec::new();
+        before.push(
+            serve_apply(
+                server,
+                &core(namespace, "serviceaccounts", pool),
+                created,
+                None,
+            )
+            .await,
+        );
+        before.push(
+            serve_apply(
+                server,
+                &core(namespace, "configmaps", &format!("{pool}-config")),
+                created,
+                None,
+            )
+            .await,
+        );
+        before.push(
+            serve_apply(
+                server,
+                &core(namespace, "services", &format!("{pool}-peers")),
+                created,
+                None,
+            )
+            .await,
+        );
+        before.push(serve_apply(server, &core(namespace, "services", pool), created, None).await);
+        let mut statefulsets = Vec::new();
+        for dc in data_centres {
+            let name = format!("{pool}-{dc}");
+            let path = grouped("apps/v1", namespace, "statefulsets", &name);
+            let body = serve_apply(server, &path, created, Some(status.clone())).await;
+            statefulsets.push((name, body));
+        }
+        let pdb = serve_apply(
+            server,
+            &grouped("policy/v1", namespace, "poddisruptionbudgets", pool),
+            created,
+            None,
+        )
+        .await;
+        Applied {
+            before,
+            statefulsets,
+            pdb,
+        }
+    }
+
+    /// A StatefulSet status with `ready` of `replicas` ready and nothing rolling.
+    pub fn settled_status(replicas: i32, ready: i32) -> Value {
+        json!({
+            "observedGeneration": 1,
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "updatedReplicas": replicas,
+            "currentRevision": "rev-1",
+            "updateRevision": "rev-1",
+        })
+    }
+
+    /// Takes the status patch of the pool, asserts its form and returns its body.
+    pub async fn serve_status_patch(
+        server: &mut ApiServer,
+        namespace: &str,
+        pool: &Value,
+    ) -> Value {
+        let name = pool["metadata"]["name"].as_str().expect("name");
+        let exchange = server
+            .expect(
+                Method::PATCH,
+                &format!("{}/status", pool_path(namespace, name)),
+            )
+            .await;
+        assert_eq!(
+            exchange.content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+        assert_eq!(
+            exchange.query_param("fieldManager").as_deref(),
+            Some(FIELD_MANAGER)
+        );
+        let body = exchange.body.clone();
+        let mut answer = pool.clone();
+        answer["status"] = body["status"].clone();
+        exchange.ok(&answer);
+        body
+    }
+
+    /// Takes `count` Event creations about the pool and returns `(type, reason, note)`.
+    pub async fn serve_events(
+        server: &mut ApiServer,
+        namespace: &str,
+        count: usize,
+    ) -> Vec<(String, String, String)> {
+        let mut events = Vec::new();
+        for _ in 0..count {
+            let exchange = server
+                .expect(
+                    Method::POST,
+                    &format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events"),
+                )
+                .await;
+            let body = exchange.body.clone();
+            assert_eq!(body["reportingController"], "smtpfleet-operator");
+            assert_eq!(body["regarding"]["kind"], "RelayPool");
+            events.push((
+                body["type"].as_str().unwrap_or_default().to_owned(),
+                body["reason"].as_str().unwrap_or_default().to_owned(),
+                body["note"].as_str().unwrap_or_default().to_owned(),
+            ));
+            let answer = body.clone();
+            exchange.respond(http::StatusCode::CREATED, &answer);
+        }
+        events
+    }
+
+    /// The condition of `type_` in a status patch body.
+    pub fn condition<'a>(patch: &'a Value, type_: &str) -> &'a Value {
+        patch["status"]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition in {patch}"))
+    }
+
+    /// Unused-variable guard for exchanges a scenario only needs to answer.
+    pub fn answer_ok(exchange: Exchange, body: &Value) {
+        exchange.ok(body);
+    }
+}

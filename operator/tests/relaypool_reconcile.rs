@@ -1,0 +1,655 @@
+//! The RelayPool reconciler against a scripted API server: each scenario plays the
+//! API server, asserting every request the reconciler makes (method, path, field
+//! manager, patch body) in order, answering it, and checking what the reconciler
+//! returns.
+
+mod relaypool_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::Method;
+use kube::runtime::controller::Action;
+use relaypool_support::reconcile::{
+    condition, grouped, pool_path, serve_apply, serve_children, serve_events, serve_mail_domains,
+    serve_secret, serve_statefulsets, serve_status_patch, settled_status, tls_secret,
+};
+use relaypool_support::{ApiServer, STEP_TIMEOUT, fixture, mock_client};
+use serde_json::{Value, json};
+use smtpfleet_operator::api::RelayPool;
+use smtpfleet_operator::relaypool::{
+    Context, Error, NoMetrics, ReconcileObserver, ReconcileSpan, Settings, error_policy, reconcile,
+};
+use tokio::task::JoinHandle;
+
+const NS: &str = "mail";
+const REQUEUE: Duration = Duration::from_secs(300);
+
+fn settings() -> Settings {
+    Settings {
+        namespaces: Vec::new(),
+        requeue_after: REQUEUE,
+        default_image: "ghcr.io/smtpfleet/smtp-node:test".into(),
+    }
+}
+
+fn start(pool: &RelayPool) -> (ApiServer, Arc<Context>, JoinHandle<Result<Action, Error>>) {
+    let (client, server) = mock_client();
+    let ctx = Arc::new(Context::new(client, Arc::new(NoMetrics), settings()));
+    let task = tokio::spawn(reconcile(Arc::new(pool.clone()), ctx.clone()));
+    (server, ctx, task)
+}
+
+async fn finish(task: JoinHandle<Result<Action, Error>>) -> Result<Action, Error> {
+    tokio::time::timeout(STEP_TIMEOUT, task)
+        .await
+        .expect("the reconciler finished in time")
+        .expect("the reconciler did not panic")
+}
+
+fn json_of(pool: &RelayPool) -> Value {
+    serde_json::to_value(pool).unwrap()
+}
+
+/// A StatefulSet of `pool` as the API server would list it.
+fn existing_sts(pool: &RelayPool, dc: &str, replicas: i32, status: Value) -> Value {
+    let name = pool.metadata.name.clone().unwrap();
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {
+            "name": format!("{name}-{dc}"),
+            "namespace": NS,
+            "uid": format!("uid-{name}-{dc}"),
+            "generation": 1,
+            "labels": {
+                "app.kubernetes.io/name": "smtp-node",
+                "app.kubernetes.io/instance": name,
+                "app.kubernetes.io/managed-by": "smtpfleet-operator",
+                "smtpfleet.io/pool": name,
+                "smtpfleet.io/data-centre": dc,
+            },
+            "ownerReferences": [{
+                "apiVersion": "smtpfleet.io/v1alpha1",
+                "kind": "RelayPool",
+                "name": name,
+                "uid": pool.metadata.uid.clone().unwrap(),
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": {
+            "replicas": replicas,
+            "serviceName": format!("{name}-peers"),
+            "selector": {"matchLabels": {"smtpfleet.io/pool": name}},
+            "template": {},
+        },
+        "status": status,
+    })
+}
+
+fn reasons(events: &[(String, String, String)]) -> Vec<(&str, &str)> {
+    events
+        .iter()
+        .map(|(t, r, _)| (t.as_str(), r.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn new_pool_gets_the_finalizer_first_and_nothing_else() {
+    let pool = fixture("minimal.yaml");
+    let (mut server, _ctx, task) = start(&pool);
+    let exchange = server.expect(Method::PATCH, &pool_path(NS, "relay")).await;
+    assert_eq!(
+        exchange.content_type.as_deref(),
+        Some("application/json-patch+json")
+    );
+    assert_eq!(
+        exchange.body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["smtpfleet.io/cleanup"]},
+        ])
+    );
+    let mut answer = json_of(&pool);
+    answer["metadata"]["finalizers"] = json!(["smtpfleet.io/cleanup"]);
+    exchange.ok(&answer);
+    // The patch triggers a new reconciliation through the watch; this one is done.
+    assert_eq!(finish(task).await.unwrap(), Action::await_change());
+    server.expect_silence(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn first_reconcile_creates_every_child_and_reports_progress() {
+    let pool = fixture("single.yaml");
+    let (mut server, _ctx, task) = start(&pool);
+    serve_secret(
+        &mut server,
+        NS,
+        "smtp-tls",
+        Some(tls_secret(NS, "smtp-tls")),
+    )
+    .await;
+    serve_mail_domains(&mut server, NS, "relay", vec![]).await;
+    serve_statefulsets(&mut server, NS, "relay", vec![]).await;
+    let applied = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        true,
+        &json!({"replicas": 0}),
+    )
+    .await;
+
+    let kinds: Vec<&str> = applied
+        .before
+        .iter()
+        .map(|b| b["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["ServiceAccount", "ConfigMap", "Service", "Service"]);
+    let (name, sts) = &applied.statefulsets[0];
+    assert_eq!(name, "relay-default");
+    assert_eq!(sts["apiVersion"], "apps/v1");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(sts["spec"]["serviceName"], "relay-peers");
+    assert_eq!(sts["metadata"]["ownerReferences"][0]["controller"], true);
+    assert!(sts.get("status").is_none(), "apply never writes status");
+    assert_eq!(applied.pdb["spec"]["maxUnavailable"], 1);
+
+    let patch = serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    assert_eq!(patch["status"]["observedGeneration"], 1);
+    assert_eq!(patch["status"]["replicas"], 3);
+    assert_eq!(patch["status"]["readyReplicas"], 0);
+    assert_eq!(
+        patch["status"]["dataCentres"],
+        json!([{"name": "default", "replicas": 3, "ready": 0}])
+    );
+    assert_eq!(condition(&patch, "Ready")["status"], "False");
+    assert_eq!(condition(&patch, "Ready")["reason"], "RollingOut");
+    assert_eq!(condition(&patch, "Progressing")["status"], "True");
+    assert_eq!(condition(&patch, "Available")["status"], "False");
+    assert_eq!(condition(&patch, "Degraded")["status"], "False");
+    assert_eq!(condition(&patch, "Degraded")["observedGeneration"], 1);
+    assert!(condition(&patch, "Ready")["lastTransitionTime"].is_string());
+
+    let events = serve_events(&mut server, NS, 6).await;
+    assert_eq!(
+        reasons(&events),
+        [
+            ("Normal", "Created"),
+            ("Normal", "Created"),
+            ("Normal", "Created"),
+            ("Normal", "Created"),
+            ("Normal", "DataCentreAdded"),
+            ("Normal", "Created"),
+        ]
+    );
+    assert!(
+        events[1].2.contains("ConfigMap relay-config"),
+        "{}",
+        events[1].2
+    );
+    assert!(
+        events[4].2.contains("\"default\" with 3 replica(s)"),
+        "{}",
+        events[4].2
+    );
+    assert_eq!(finish(task).await.unwrap(), Action::requeue(REQUEUE));
+    server.expect_silence(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn replica_change_is_applied_to_the_statefulset_and_announced() {
+    let mut pool = fixture("single.yaml");
+    pool.spec.replicas = 5;
+    pool.metadata.generation = Some(2);
+    let (mut server, _ctx, task) = start(&pool);
+    serve_secret(
+        &mut server,
+        NS,
+        "smtp-tls",
+        Some(tls_secret(NS, "smtp-tls")),
+    )
+    .await;
+    serve_mail_domains(&mut server, NS, "relay", vec![]).await;
+    serve_statefulsets(
+        &mut server,
+        NS,
+        "relay",
+        vec![existing_sts(&pool, "default", 3, settled_status(3, 3))],
+    )
+    .await;
+    // The StatefulSet controller has not caught up with the new replica count yet.
+    let applied = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &settled_status(3, 3),
+    )
+    .await;
+    assert_eq!(applied.statefulsets[0].1["spec"]["replicas"], 5);
+
+    let patch = serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    assert_eq!(patch["status"]["observedGeneration"], 2);
+    assert_eq!(patch["status"]["replicas"], 5);
+    assert_eq!(patch["status"]["readyReplicas"], 3);
+    assert_eq!(condition(&patch, "Progressing")["status"], "True");
+    assert_eq!(condition(&patch, "Progressing")["observedGeneration"], 2);
+
+    let events = serve_events(&mut server, NS, 1).await;
+    assert_eq!(reasons(&events), [("Normal", "Scaled")]);
+    assert_eq!(
+        events[0].2,
+        "Scaled data centre \"default\" from 3 to 5 replica(s)."
+    );
+    assert_eq!(finish(task).await.unwrap(), Action::requeue(REQUEUE));
+}
+
+#[tokio::test]
+async fn drift_is_overwritten_with_the_same_desired_content_every_time() {
+    let pool = fixture("single.yaml");
+    // Someone scaled the StatefulSet by hand to 7; the pool says 3.
+    let drifted = existing_sts(&pool, "default", 7, settled_status(7, 7));
+
+    let (mut server, _ctx, task) = start(&pool);
+    serve_secret(
+        &mut server,
+        NS,
+        "smtp-tls",
+        Some(tls_secret(NS, "smtp-tls")),
+    )
+    .await;
+    serve_mail_domains(&mut server, NS, "relay", vec![]).await;
+    serve_statefulsets(&mut server, NS, "relay", vec![drifted.clone()]).await;
+    let first = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &settled_status(3, 3),
+    )
+    .await;
+    assert_eq!(first.statefulsets[0].1["spec"]["replicas"], 3);
+    let patch = serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    assert_eq!(condition(&patch, "Ready")["status"], "True");
+    let events = serve_events(&mut server, NS, 2).await;
+    assert_eq!(
+        reasons(&events),
+        [("Normal", "Scaled"), ("Normal", "AllReplicasReady")]
+    );
+    assert_eq!(
+        events[0].2,
+        "Scaled data centre \"default\" from 7 to 3 replica(s)."
+    );
+    finish(task).await.unwrap();
+
+    // Next reconciliation: the pool now carries the status just written and the
+    // StatefulSet matches. Every child is applied again with identical content; the
+    // status is unchanged, so it is not written, and there is nothing to announce.
+    let mut settled_pool = pool.clone();
+    settled_pool.status = Some(serde_json::from_value(patch["status"].clone()).unwrap());
+    let (mut server, _ctx, task) = start(&settled_pool);
+    serve_secret(
+        &mut server,
+        NS,
+        "smtp-tls",
+        Some(tls_secret(NS, "smtp-tls")),
+    )
+    .await;
+    serve_mail_domains(&mut server, NS, "relay", vec![]).await;
+    serve_statefulsets(
+        &mut server,
+        NS,
+        "relay",
+        vec![existing_sts(&pool, "default", 3, settled_status(3, 3))],
+    )
+    .await;
+    let second = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &settled_status(3, 3),
+    )
+    .await;
+    assert_eq!(
+        first, second,
+        "the desired state does not depend on what was observed"
+    );
+    assert_eq!(finish(task).await.unwrap(), Action::requeue(REQUEUE));
+    server.expect_silence(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn deletion_runs_the_cleanup_and_removes_the_finalizer() {
+    let mut pool = fixture("single.yaml");
+    pool.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let (mut server, _ctx, task) = start(&pool);
+    let events = serve_events(&mut server, NS, 1).await;
+    assert_eq!(reasons(&events), [("Normal", "Deleting")]);
+    let exchange = server.expect(Method::PATCH, &pool_path(NS, "relay")).await;
+    assert_eq!(
+        exchange.content_type.as_deref(),
+        Some("application/json-patch+json")
+    );
+    assert_eq!(
+        exchange.body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": "smtpfleet.io/cleanup"},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ])
+    );
+    let mut answer = json_of(&pool);
+    answer["metadata"]["finalizers"] = json!([]);
+    exchange.ok(&answer);
+    assert_eq!(finish(task).await.unwrap(), Action::await_change());
+    // Children are left to garbage collection: no deletes.
+    server.expect_silence(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn missing_tls_secret_makes_the_pool_degraded_naming_the_secret() {
+    let pool = fixture("single.yaml");
+    let (mut server, _ctx, task) = start(&pool);
+    serve_secret(&mut server, NS, "smtp-tls", None).await;
+    serve_mail_domains(&mut server, NS, "relay", vec![]).await;
+    serve_statefulsets(
+        &mut server,
+        NS,
+        "relay",
+        vec![existing_sts(&pool, "default", 3, settled_status(3, 0))],
+    )
+    .await;
+    // The pool is still reconciled: every child is applied.
+    let applied = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &settled_status(3, 0),
+    )
+    .await;
+    assert_eq!(applied.statefulsets.len(), 1);
+    let patch = serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    let degraded = condition(&patch, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "SecretNotFound");
+    assert_eq!(
+        degraded["message"],
+        "Secret \"smtp-tls\" referenced by spec.tls.secretName not found in namespace \"mail\"."
+    );
+    assert_eq!(condition(&patch, "Ready")["reason"], "SecretNotFound");
+    let events = serve_events(&mut server, NS, 1).await;
+    assert_eq!(reasons(&events), [("Warning", "SecretNotFound")]);
+    assert!(events[0].2.contains("smtp-tls"));
+    assert_eq!(finish(task).await.unwrap(), Action::requeue(REQUEUE));
+}
+
+#[tokio::test]
+async fn removed_data_centre_statefulset_is_deleted() {
+    let mut pool = fixture("multi.yaml");
+    let removed = pool.spec.data_centres.remove(1);
+    assert_eq!(removed.name, "eu-west-1b");
+    let (mut server, _ctx, task) = start(&pool);
+    let users = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "submission-users", "namespace": NS},
+        "data": {"users": "YWxpY2U6eA=="},
+    });
+    serve_secret(&mut server, NS, "submission-users", Some(users)).await;
+    serve_mail_domains(&mut server, NS, "outbound", vec![]).await;
+    serve_statefulsets(
+        &mut server,
+        NS,
+        "outbound",
+        vec![
+            existing_sts(&pool, "eu-west-1a", 2, settled_status(2, 2)),
+            existing_sts(&pool, "eu-west-1b", 2, settled_status(2, 2)),
+            existing_sts(&pool, "on-prem", 1, settled_status(1, 1)),
+        ],
+    )
+    .await;
+    let mut applied_sts = Vec::new();
+    for path in [
+        "/api/v1/namespaces/mail/serviceaccounts/outbound",
+        "/api/v1/namespaces/mail/configmaps/outbound-config",
+        "/api/v1/namespaces/mail/services/outbound-peers",
+        "/api/v1/namespaces/mail/services/outbound",
+    ] {
+        serve_apply(&mut server, path, false, None).await;
+    }
+    for (dc, replicas) in [("eu-west-1a", 2), ("on-prem", 1)] {
+        let path = grouped("apps/v1", NS, "statefulsets", &format!("outbound-{dc}"));
+        applied_sts.push(
+            serve_apply(
+                &mut server,
+                &path,
+                false,
+                Some(settled_status(replicas, replicas)),
+            )
+            .await,
+        );
+    }
+    serve_apply(
+        &mut server,
+        &grouped("policy/v1", NS, "poddisruptionbudgets", "outbound"),
+        false,
+        None,
+    )
+    .await;
+
+    let delete = server
+        .expect(
+            Method::DELETE,
+            &grouped("apps/v1", NS, "statefulsets", "outbound-eu-west-1b"),
+        )
+        .await;
+    assert_eq!(
+        delete.body["preconditions"]["uid"],
+        "uid-outbound-eu-west-1b"
+    );
+    let gone = existing_sts(&pool, "eu-west-1b", 2, settled_status(2, 2));
+    delete.ok(&gone);
+
+    let patch = serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    let names: Vec<&str> = patch["status"]["dataCentres"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["eu-west-1a", "on-prem"]);
+    let events = serve_events(&mut server, NS, 2).await;
+    assert_eq!(
+        reasons(&events),
+        [
+            ("Normal", "DataCentreRemoved"),
+            ("Normal", "AllReplicasReady")
+        ]
+    );
+    assert!(events[0].2.contains("outbound-eu-west-1b"));
+    assert_eq!(finish(task).await.unwrap(), Action::requeue(REQUEUE));
+}
+
+#[tokio::test]
+async fn bound_mail_domains_mount_their_active_dkim_keys() {
+    let pool = fixture("single.yaml");
+    let (mut server, _ctx, task) = start(&pool);
+    serve_secret(
+        &mut server,
+        NS,
+        "smtp-tls",
+        Some(tls_secret(NS, "smtp-tls")),
+    )
+    .await;
+    let domain = json!({
+        "apiVersion": "smtpfleet.io/v1alpha1",
+        "kind": "MailDomain",
+        "metadata": {"name": "example", "namespace": NS},
+        "spec": {"domain": "Example.COM", "relayPoolRef": {"name": "relay"}},
+        "status": {"dkim": {"selector": "s2026", "publicKey": "MIIB"}},
+    });
+    let foreign = json!({
+        "apiVersion": "smtpfleet.io/v1alpha1",
+        "kind": "MailDomain",
+        "metadata": {"name": "other", "namespace": NS},
+        "spec": {"domain": "other.org", "relayPoolRef": {"name": "another-pool"}},
+    });
+    serve_mail_domains(&mut server, NS, "relay", vec![domain, foreign]).await;
+    serve_statefulsets(&mut server, NS, "relay", vec![]).await;
+    let applied = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &settled_status(3, 3),
+    )
+    .await;
+    let volumes = applied.statefulsets[0].1["spec"]["template"]["spec"]["volumes"].clone();
+    let dkim = volumes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "dkim")
+        .expect("a dkim volume");
+    assert_eq!(
+        dkim["projected"]["sources"],
+        json!([{"secret": {
+            "name": "example-dkim-s2026",
+            "items": [{"key": "private.key", "path": "example.com_s2026.key"}],
+            "optional": true,
+        }}])
+    );
+    serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    serve_events(&mut server, NS, 1).await;
+    finish(task).await.unwrap();
+}
+
+#[derive(Default)]
+struct Recorded {
+    started: usize,
+    finished: Vec<bool>,
+    errors: Vec<&'static str>,
+}
+
+#[derive(Default, Clone)]
+struct RecordingObserver(Arc<Mutex<Recorded>>);
+
+struct RecordingSpan(Arc<Mutex<Recorded>>);
+
+impl ReconcileSpan for RecordingSpan {
+    fn finish(self: Box<Self>, success: bool) {
+        self.0.lock().unwrap().finished.push(success);
+    }
+}
+
+impl ReconcileObserver for RecordingObserver {
+    fn start(&self) -> Box<dyn ReconcileSpan> {
+        self.0.lock().unwrap().started += 1;
+        Box::new(RecordingSpan(self.0.clone()))
+    }
+    fn error(&self, category: &'static str) {
+        self.0.lock().unwrap().errors.push(category);
+    }
+}
+
+#[tokio::test]
+async fn failures_back_off_per_pool_and_are_counted_by_stage() {
+    let pool = fixture("single.yaml");
+    let (client, mut server) = mock_client();
+    let observer = RecordingObserver::default();
+    let ctx = Arc::new(Context::new(client, Arc::new(observer.clone()), settings()));
+    let pool = Arc::new(pool);
+
+    for (attempt, expected_delay) in [(1, 5), (2, 10)] {
+        let task = tokio::spawn(reconcile(pool.clone(), ctx.clone()));
+        serve_secret(
+            &mut server,
+            NS,
+            "smtp-tls",
+            Some(tls_secret(NS, "smtp-tls")),
+        )
+        .await;
+        serve_mail_domains(&mut server, NS, "relay", vec![]).await;
+        serve_statefulsets(&mut server, NS, "relay", vec![]).await;
+        serve_apply(
+            &mut server,
+            "/api/v1/namespaces/mail/serviceaccounts/relay",
+            false,
+            None,
+        )
+        .await;
+        server
+            .expect(
+                Method::PATCH,
+                "/api/v1/namespaces/mail/configmaps/relay-config",
+            )
+            .await
+            .fail(500, "InternalError");
+        let err = finish(task).await.expect_err("the apply failed");
+        assert_eq!(err.category(), "apply");
+        assert!(
+            err.to_string().contains("ConfigMap \"relay-config\""),
+            "{err}"
+        );
+        let action = error_policy(pool.clone(), &err, ctx.clone());
+        assert_eq!(
+            action,
+            Action::requeue(Duration::from_secs(expected_delay)),
+            "attempt {attempt}"
+        );
+    }
+    // The secret lookup failing is a dereference error.
+    let task = tokio::spawn(reconcile(pool.clone(), ctx.clone()));
+    server
+        .expect(Method::GET, "/api/v1/namespaces/mail/secrets/smtp-tls")
+        .await
+        .fail(403, "Forbidden");
+    let err = finish(task).await.expect_err("forbidden");
+    assert_eq!(err.category(), "dereference");
+    assert_eq!(
+        error_policy(pool.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(20))
+    );
+
+    let recorded = observer.0.lock().unwrap();
+    assert_eq!(recorded.started, 3);
+    assert_eq!(recorded.finished, [false, false, false]);
+    assert_eq!(recorded.errors, ["apply", "apply", "dereference"]);
+    drop(recorded);
+
+    // A success resets the backoff.
+    let task = tokio::spawn(reconcile(pool.clone(), ctx.clone()));
+    serve_secret(
+        &mut server,
+        NS,
+        "smtp-tls",
+        Some(tls_secret(NS, "smtp-tls")),
+    )
+    .await;
+    serve_mail_domains(&mut server, NS, "relay", vec![]).await;
+    serve_statefulsets(&mut server, NS, "relay", vec![]).await;
+    serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &settled_status(3, 3),
+    )
+    .await;
+    serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    serve_events(&mut server, NS, 1).await;
+    finish(task).await.unwrap();
+    assert_eq!(ctx.failures.failures("mail/relay"), 0);
+    assert_eq!(observer.0.lock().unwrap().finished.last(), Some(&true));
+}
