@@ -621,11 +621,12 @@ async fn failures_back_off_per_pool_and_are_counted_by_stage() {
         Action::requeue(Duration::from_secs(20))
     );
 
-    let recorded = observer.0.lock().unwrap();
-    assert_eq!(recorded.started, 3);
-    assert_eq!(recorded.finished, [false, false, false]);
-    assert_eq!(recorded.errors, ["apply", "apply", "dereference"]);
-    drop(recorded);
+    {
+        let recorded = observer.0.lock().unwrap();
+        assert_eq!(recorded.started, 3);
+        assert_eq!(recorded.finished, [false, false, false]);
+        assert_eq!(recorded.errors, ["apply", "apply", "dereference"]);
+    }
 
     // A success resets the backoff.
     let task = tokio::spawn(reconcile(pool.clone(), ctx.clone()));
