@@ -6,6 +6,7 @@
 //! only `apply` writes children and only the final status patch writes the pool.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -87,11 +88,9 @@ pub async fn run(ctx: Arc<Context>) -> Result<(), RunError> {
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                synced = futures::future::join_all(stores.iter().map(|s| s.wait_until_ready())) => {
-                    if synced.iter().all(Result::is_ok) {
-                        tracing::info!("RelayPool caches synced");
-                        on_synced();
-                    }
+                () = all_ready(&stores) => {
+                    tracing::info!("RelayPool caches synced");
+                    on_synced();
                 }
             }
         });
@@ -111,6 +110,24 @@ where
 }
 
 type PoolStore = kube::runtime::reflector::Store<RelayPool>;
+
+/// How often readiness of the caches is looked at again.
+const READY_POLL: Duration = Duration::from_millis(250);
+
+/// Waits until every store has completed its initial list.
+///
+/// `Store::wait_until_ready` keeps a single waker: the controller's own applier waits
+/// on the same store, and whichever task polled last is the only one woken. Polling
+/// again at an interval re-registers this task and sees the state once the applier's
+/// wake-up has recorded it.
+async fn all_ready(stores: &[PoolStore]) {
+    for store in stores {
+        while tokio::time::timeout(READY_POLL, store.wait_until_ready())
+            .await
+            .is_err()
+        {}
+    }
+}
 
 fn controller(
     ctx: &Arc<Context>,
