@@ -103,7 +103,7 @@ const CEL_DATA_CENTRE_COUNT: &str =
         "size(self.metadata.name) + 1 + (has(self.spec.dataCentres) && size(self.spec.dataCentres) > 0 ? self.spec.dataCentres.map(dc, size(dc.name)).max() : 7) <= 52"
     )
     .message(Message::Expression(
-        "'metadata.name (' + string(size(self.metadata.name)) + ' characters) is too long: each data centre runs a StatefulSet named <pool>-<dataCentre>, which must not exceed 52 characters'".into()
+        "'metadata.name (%d characters) is too long: each data centre runs a StatefulSet named <pool>-<dataCentre>, which must not exceed 52 characters'.format([size(self.metadata.name)])".into()
     ))
     .reason(Reason::FieldValueInvalid),
 )]
@@ -667,7 +667,7 @@ fn relay_pool_spec_rules(schema: &mut Schema) {
                 "spec.queue.replicationFactor must not exceed the pool's total replicas",
             )
             .message_expression(format!(
-                "\"spec.queue.replicationFactor (\" + string(self.queue.replicationFactor) + \") must not exceed the pool's total replicas (\" + string({CEL_TOTAL_REPLICAS}) + \"): add replicas or lower the replication factor\""
+                "\"spec.queue.replicationFactor (%d) must not exceed the pool's total replicas (%d): add replicas or lower the replication factor\".format([self.queue.replicationFactor, {CEL_TOTAL_REPLICAS}])"
             ))
             .field_path(".queue.replicationFactor")
             .reason("FieldValueInvalid"),
@@ -676,7 +676,7 @@ fn relay_pool_spec_rules(schema: &mut Schema) {
                 "spec.queue.minDataCentres must not exceed the number of data centres",
             )
             .message_expression(format!(
-                "\"spec.queue.minDataCentres (\" + string(self.queue.minDataCentres) + \") must not exceed the number of data centres (\" + string({CEL_DATA_CENTRE_COUNT}) + \")\""
+                "\"spec.queue.minDataCentres (%d) must not exceed the number of data centres (%d)\".format([self.queue.minDataCentres, {CEL_DATA_CENTRE_COUNT}])"
             ))
             .field_path(".queue.minDataCentres")
             .reason("FieldValueInvalid"),
@@ -685,7 +685,7 @@ fn relay_pool_spec_rules(schema: &mut Schema) {
                 "spec.queue.replicationFactor must be at least spec.queue.minDataCentres: each data centre needs a copy",
             )
             .message_expression(
-                "\"spec.queue.replicationFactor (\" + string(self.queue.replicationFactor) + \") must be at least spec.queue.minDataCentres (\" + string(self.queue.minDataCentres) + \"): each data centre needs a copy\"",
+                "\"spec.queue.replicationFactor (%d) must be at least spec.queue.minDataCentres (%d): each data centre needs a copy\".format([self.queue.replicationFactor, self.queue.minDataCentres])",
             )
             .field_path(".queue.replicationFactor")
             .reason("FieldValueInvalid"),
@@ -707,7 +707,7 @@ fn data_centres_rules(schema: &mut Schema) {
             "self.all(a, self.exists_one(b, b.name == a.name))",
             "spec.dataCentres names must be unique",
         )
-        .reason("FieldValueDuplicate")],
+        .reason("FieldValueInvalid")],
     );
 }
 
@@ -747,7 +747,7 @@ fn listeners_rules(schema: &mut Schema) {
                 "!(has(self.relay) && has(self.submission) && self.relay.port == self.submission.port) && !(has(self.relay) && has(self.implicitTls) && self.relay.port == self.implicitTls.port) && !(has(self.submission) && has(self.implicitTls) && self.submission.port == self.implicitTls.port)",
                 "spec.listeners ports must differ from each other",
             )
-            .reason("FieldValueDuplicate"),
+            .reason("FieldValueInvalid"),
         ],
     );
 }
@@ -763,11 +763,14 @@ fn tls_rules(schema: &mut Schema) {
     );
 }
 
+/// The API server also checks each section's `default: {}` against the section's rules,
+/// without filling in the nested defaults first, so the rule tolerates absent fields
+/// (objects themselves always have both, from their defaults).
 fn limits_rules(schema: &mut Schema) {
     schema::push_rules(
         schema,
         [CelRule::new(
-            "self.maxConnectionsPerClient <= self.maxConnections",
+            "!has(self.maxConnectionsPerClient) || !has(self.maxConnections) || self.maxConnectionsPerClient <= self.maxConnections",
             "spec.limits.maxConnectionsPerClient must not exceed spec.limits.maxConnections",
         )
         .field_path(".maxConnectionsPerClient")
