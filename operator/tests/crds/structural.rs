@@ -308,7 +308,11 @@ fn spec_collections_are_bounded_for_cel_cost() {
 fn cel_rules_are_well_formed() {
     // `FieldValueDuplicate` is a valid reason, but the API server renders it as a bare
     // "Duplicate value" without the rule's message, so the API does not use it.
-    const REASONS: [&str; 3] = ["FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired"];
+    const REASONS: [&str; 3] = [
+        "FieldValueInvalid",
+        "FieldValueForbidden",
+        "FieldValueRequired",
+    ];
     for kind in KINDS {
         let schema = schema(kind);
         let rules = rules(&schema);
