@@ -1,3 +1,5 @@
 //! smtpfleet operator.
 
+pub mod api;
+pub mod crdgen;
 pub mod runtime;
