@@ -95,6 +95,27 @@ current-context: e2e
 EOF
 }
 
+# Statically provisioned volumes: the cluster has no storage provisioner, and every
+# smtp-node pod claims a spool volume. Unclassed PVs bind to claims without a class.
+volumes() {
+  local i
+  for i in $(seq 1 40); do
+    cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: e2e-pv-$i
+  labels: { smtpfleet.io/e2e: "true" }
+spec:
+  capacity: { storage: 100Gi }
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: { path: /tmp/e2e-pv-$i }
+EOF
+  done
+}
+
 nodes() {
   local i zone
   for i in 1 2 3 4; do
@@ -170,6 +191,7 @@ up() {
   wait_until kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$KCM/healthz"
   wait_until kube-scheduler 60 curl -fsSk "https://127.0.0.1:$SCHEDULER/healthz"
   nodes | "$bin/kubectl" --kubeconfig "$kc" apply -f - >/dev/null
+  volumes | "$bin/kubectl" --kubeconfig "$kc" apply -f - >/dev/null
   wait_until kwok 60 "$bin/kubectl" --kubeconfig "$kc" wait --for=condition=Ready node --all --timeout=5s
   # New nodes carry the not-ready taint until the node lifecycle controller sees them Ready.
   wait_until kube-controller-manager 60 sh -c "! '$bin/kubectl' --kubeconfig '$kc' get nodes -o jsonpath='{.items[*].spec.taints}' | grep -q not-ready"
