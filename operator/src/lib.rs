@@ -1,1 +1,2 @@
 //! smtpfleet operator.
+pub mod dkim_keys;
