@@ -1,2 +1,3 @@
 //! smtpfleet operator.
 pub mod dkim_keys;
+pub mod dns;
