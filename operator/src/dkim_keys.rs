@@ -524,10 +524,75 @@ pub fn decide_rotation(
     RotationAction::Idle { until }
 }
 
+/// The key ring after `action` was carried out at `now` (a generated key gets
+/// `algorithm`). The controller persists the result on the key Secrets.
+pub fn apply_rotation(
+    ring: &KeyRing,
+    action: &RotationAction,
+    algorithm: KeyAlgorithm,
+    now: DateTime<Utc>,
+) -> KeyRing {
+    let mut out = ring.clone();
+    let fresh = |selector: &str| KeyMeta {
+        selector: selector.to_string(),
+        algorithm,
+        created_at: now,
+    };
+    match action {
+        RotationAction::GenerateInitial { selector } => out.active = Some(fresh(selector)),
+        RotationAction::GenerateNext { selector, .. } => out.next = Some(fresh(selector)),
+        RotationAction::SwitchSigning {
+            selector,
+            retire_at,
+        } => {
+            if let Some(next) = out.next.take_if(|n| &n.selector == selector) {
+                if let Some(old) = out.active.replace(next) {
+                    out.retiring.push(RetiringKey {
+                        key: old,
+                        retire_at: *retire_at,
+                    });
+                }
+            }
+        }
+        RotationAction::Retire { selector } => out.retiring.retain(|r| &r.key.selector != selector),
+        RotationAction::WaitForDns { .. }
+        | RotationAction::Stalled { .. }
+        | RotationAction::Idle { .. } => {}
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone as _;
+
+    #[test]
+    fn applying_actions_moves_keys_through_the_ring() {
+        let p = policy();
+        let mut ring = KeyRing::default();
+        let mut now = t(1, 0);
+        let a = decide_rotation(&p, &ring, false, now);
+        ring = apply_rotation(&ring, &a, p.algorithm, now);
+        assert_eq!(ring.active.as_ref().unwrap().selector, "mail");
+        now = t(12, 0);
+        let a = decide_rotation(&p, &ring, false, now);
+        ring = apply_rotation(&ring, &a, p.algorithm, now);
+        assert_eq!(ring.next.as_ref().unwrap().selector, "mail-20260312");
+        assert_eq!(ring.next.as_ref().unwrap().created_at, now);
+        let wait = decide_rotation(&p, &ring, false, now);
+        assert_eq!(apply_rotation(&ring, &wait, p.algorithm, now), ring);
+        let a = decide_rotation(&p, &ring, true, now);
+        ring = apply_rotation(&ring, &a, p.algorithm, now);
+        assert_eq!(ring.active.as_ref().unwrap().selector, "mail-20260312");
+        assert!(ring.next.is_none());
+        assert_eq!(ring.retiring[0].key.selector, "mail");
+        assert_eq!(ring.retiring[0].retire_at, t(14, 0));
+        let a = decide_rotation(&p, &ring, false, t(14, 0));
+        ring = apply_rotation(&ring, &a, p.algorithm, t(14, 0));
+        assert!(ring.retiring.is_empty());
+        assert_eq!(ring.selectors(), vec!["mail-20260312"]);
+    }
 
     fn t(day: u32, hour: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 3, day, hour, 0, 0).unwrap()

@@ -33,6 +33,17 @@ impl DomainCheck {
             .all(|r| r.result == CheckResult::Match)
     }
 
+    /// Whether DNS shows the DKIM record of `selector` with the right key: the condition
+    /// for switching signing to a new key.
+    pub fn dkim_published(&self, selector: &str) -> bool {
+        let prefix = format!("{}._domainkey.", selector.to_ascii_lowercase());
+        self.records.iter().any(|r| {
+            r.kind == super::RecordKind::Dkim
+                && r.name.starts_with(&prefix)
+                && r.result == CheckResult::Match
+        })
+    }
+
     /// Required records that do not match.
     pub fn to_fix(&self) -> impl Iterator<Item = &RecordCheck> {
         self.records
