@@ -545,13 +545,13 @@ pub fn apply_rotation(
             selector,
             retire_at,
         } => {
-            if let Some(next) = out.next.take_if(|n| &n.selector == selector) {
-                if let Some(old) = out.active.replace(next) {
-                    out.retiring.push(RetiringKey {
-                        key: old,
-                        retire_at: *retire_at,
-                    });
-                }
+            if let Some(next) = out.next.take_if(|n| &n.selector == selector)
+                && let Some(old) = out.active.replace(next)
+            {
+                out.retiring.push(RetiringKey {
+                    key: old,
+                    retire_at: *retire_at,
+                });
             }
         }
         RotationAction::Retire { selector } => out.retiring.retain(|r| &r.key.selector != selector),
