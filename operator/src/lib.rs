@@ -1,3 +1,4 @@
 //! smtpfleet operator.
 pub mod dkim_keys;
 pub mod dns;
+pub mod maildomain;

@@ -1,0 +1,4 @@
+//! The MailDomain controller.
+
+pub mod duration;
+pub mod keys;
