@@ -168,7 +168,7 @@ pub fn read_key_ring(secrets: &[Secret], now: DateTime<Utc>) -> StoredKeys {
             },
         );
     }
-    let newest_first = |v: &mut Vec<KeyMeta>| v.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    let newest_first = |v: &mut Vec<KeyMeta>| v.sort_by_key(|k| std::cmp::Reverse(k.created_at));
     newest_first(&mut actives);
     newest_first(&mut nexts);
     let mut extra = Vec::new();
@@ -184,9 +184,7 @@ pub fn read_key_ring(secrets: &[Secret], now: DateTime<Utc>) -> StoredKeys {
             key,
             retire_at: now,
         }));
-    out.ring
-        .retiring
-        .sort_by(|a, b| a.retire_at.cmp(&b.retire_at));
+    out.ring.retiring.sort_by_key(|r| r.retire_at);
     out
 }
 
