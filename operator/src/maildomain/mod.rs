@@ -2,4 +2,5 @@
 
 pub mod duration;
 pub mod keys;
+pub mod settings;
 pub mod status;
