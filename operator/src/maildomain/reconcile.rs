@@ -509,9 +509,17 @@ async fn dns_check(
         return Some((cached.check, cached.due - now));
     }
     let check = check_domain(&ctx.resolver, &expected).await;
+    // A next key waiting for its record keeps the fast schedule too: the user is about
+    // to publish it, and signing switches on the first check that sees it.
+    let settled = check.verified()
+        && stored
+            .ring
+            .next
+            .as_ref()
+            .is_none_or(|n| check.dkim_published(&n.selector));
     let delay = next_check_delay(
         &ctx.schedule,
-        check.verified(),
+        settled,
         check.shortest_ttl,
         rand::random::<f64>(),
     );
