@@ -1,4 +1,7 @@
 //! smtpfleet operator.
+
+pub mod api;
+pub mod crdgen;
 pub mod dkim_keys;
 pub mod dns;
 pub mod maildomain;

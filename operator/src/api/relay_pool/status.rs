@@ -1,0 +1,166 @@
+//! What the operator reports about a RelayPool.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::api::conditions::conditions_list_schema;
+use crate::api::schema;
+
+/// Observed state of a RelayPool.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::unwrap_descriptions, transform = schema::strip_defaults)]
+pub struct RelayPoolStatus {
+    /// The `metadata.generation` this status describes. When it is lower than the
+    /// object's generation, the operator has not yet acted on the latest spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Desired nodes over all data centres.
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// Nodes ready to accept mail.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// Nodes per data centre.
+    #[serde(default)]
+    #[schemars(transform = data_centre_status_list)]
+    pub data_centres: Vec<DataCentreStatus>,
+
+    /// Summary of the shared delivery queue, as the nodes report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueStatus>,
+
+    /// The listener certificate currently served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateStatus>,
+
+    /// Current state of the pool: `Ready`, `Available`, `Progressing`, `Degraded`,
+    /// `CertificateReady` and `QueueReplicated`.
+    #[serde(default)]
+    #[schemars(transform = conditions_list_schema)]
+    pub conditions: Vec<Condition>,
+}
+
+/// Nodes of one data centre.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::unwrap_descriptions)]
+pub struct DataCentreStatus {
+    /// Name of the data centre (`default` for a pool without `spec.dataCentres`).
+    pub name: String,
+    /// Desired nodes.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Nodes ready to accept mail.
+    #[serde(default)]
+    pub ready: i32,
+}
+
+/// Summary of the delivery queue.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::unwrap_descriptions)]
+pub struct QueueStatus {
+    /// Messages accepted and not yet delivered or bounced, counted once however many
+    /// copies exist.
+    #[serde(default)]
+    pub depth: i64,
+    /// Age in seconds of the oldest queued message; absent when the queue is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_seconds: Option<i64>,
+    /// Whether every queued message has its full `replicationFactor` of copies spread
+    /// over `minDataCentres` data centres.
+    #[serde(default)]
+    pub replication_healthy: bool,
+}
+
+/// The certificate the listeners serve.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::unwrap_descriptions)]
+pub struct CertificateStatus {
+    /// End of the certificate's validity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Time>,
+}
+
+fn data_centre_status_list(schema: &mut schemars::Schema) {
+    crate::api::schema::list_map(schema, &["name"]);
+}
+
+/// Condition types of a RelayPool.
+pub mod condition_types {
+    /// The pool accepts mail on every listener with its full set of nodes, and the
+    /// queue is replicated as asked. The summary a person looks at first.
+    pub const READY: &str = "Ready";
+    /// Enough nodes are ready to accept mail with the configured replication factor.
+    pub const AVAILABLE: &str = "Available";
+    /// A change is being rolled out: pods replaced, scaled or drained.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Something needs a person: a missing Secret, too few nodes, an invalid spec.
+    pub const DEGRADED: &str = "Degraded";
+    /// The listener certificate is present, valid and not about to expire.
+    pub const CERTIFICATE_READY: &str = "CertificateReady";
+    /// Every queued message has its required copies.
+    pub const QUEUE_REPLICATED: &str = "QueueReplicated";
+
+    /// All types, in the order they are listed in a status.
+    pub const ALL: [&str; 6] = [
+        READY,
+        AVAILABLE,
+        PROGRESSING,
+        DEGRADED,
+        CERTIFICATE_READY,
+        QUEUE_REPLICATED,
+    ];
+}
+
+/// CamelCase reasons of RelayPool conditions.
+pub mod reasons {
+    /// Every desired node is ready (Ready, Available).
+    pub const ALL_REPLICAS_READY: &str = "AllReplicasReady";
+    /// Some nodes are not ready yet (Ready).
+    pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
+    /// Enough nodes are ready to place every copy of a message (Available).
+    pub const MINIMUM_REPLICAS_AVAILABLE: &str = "MinimumReplicasAvailable";
+    /// Too few ready nodes to place `replicationFactor` copies; nodes answer 451 (Available).
+    pub const INSUFFICIENT_REPLICAS: &str = "InsufficientReplicas";
+    /// Too few data centres with ready nodes for `minDataCentres` (Available, Degraded).
+    pub const INSUFFICIENT_DATA_CENTRES: &str = "InsufficientDataCentres";
+    /// Pods are being created or replaced (Progressing).
+    pub const ROLLING_OUT: &str = "RollingOut";
+    /// Nodes are draining their queues before scale-down (Progressing).
+    pub const DRAINING: &str = "Draining";
+    /// The running pods match the spec (Progressing = False).
+    pub const UP_TO_DATE: &str = "UpToDate";
+    /// Nothing needs attention (Degraded = False).
+    pub const AS_EXPECTED: &str = "AsExpected";
+    /// A referenced Secret does not exist (Degraded, CertificateReady).
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// A referenced Secret lacks keys or holds unusable data (Degraded, CertificateReady).
+    pub const SECRET_INVALID: &str = "SecretInvalid";
+    /// The spec cannot be acted on (Degraded).
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Applying child objects failed; the operator retries (Degraded).
+    pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+    /// The certificate is valid (CertificateReady).
+    pub const CERTIFICATE_ISSUED: &str = "CertificateIssued";
+    /// The certificate has been requested and not issued yet (CertificateReady).
+    pub const CERTIFICATE_PENDING: &str = "CertificatePending";
+    /// The certificate expires soon and has not been renewed (CertificateReady).
+    pub const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
+    /// `spec.tls.certManager` is set but cert-manager's CRDs are not installed
+    /// (CertificateReady, Degraded).
+    pub const CERT_MANAGER_MISSING: &str = "CertManagerMissing";
+    /// Every queued message has its copies (QueueReplicated).
+    pub const FULLY_REPLICATED: &str = "FullyReplicated";
+    /// Some queued messages lack copies, for example after a node lost its disk
+    /// (QueueReplicated).
+    pub const UNDER_REPLICATED: &str = "UnderReplicated";
+    /// The nodes' queue summary could not be read (QueueReplicated = Unknown).
+    pub const QUEUE_STATUS_UNKNOWN: &str = "QueueStatusUnknown";
+}
