@@ -19,7 +19,7 @@ use dnsserver::KnotServer;
 use smtpfleet_operator::dkim_keys::{DkimKey, KeyAlgorithm};
 use smtpfleet_operator::dns::{
     DkimPublication, DmarcPolicy, DmarcSpec, DnsResolver, PublishSpec, QueryLimiter,
-    ResolverSettings, check_domain, expected_records,
+    ResolverSettings, SpfAll, check_domain, expected_records,
 };
 
 const ZONE: &str = "bench.test";
@@ -66,6 +66,7 @@ fn spec(i: usize, key: &DkimKey) -> PublishSpec {
             note: None,
         }],
         spf_mechanisms: vec![],
+        spf_all: SpfAll::default(),
         dmarc: Some(DmarcSpec {
             policy: Some(DmarcPolicy::Reject),
             rua: vec![],

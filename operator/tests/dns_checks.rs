@@ -9,8 +9,8 @@ use dnsserver::{KnotServer, NEGATIVE_TTL, SilentNameserver};
 use smtpfleet_operator::dkim_keys::{DkimKey, KeyAlgorithm};
 use smtpfleet_operator::dns::{
     CheckResult, DkimPublication, DmarcPolicy, DmarcSpec, DnsResolver, DomainCheck, MtaStsMode,
-    MtaStsSpec, PublishSpec, QueryLimiter, RecordKind, ResolverSettings, TlsRptSpec, check_domain,
-    expected_records,
+    MtaStsSpec, PublishSpec, QueryLimiter, RecordKind, ResolverSettings, SpfAll, TlsRptSpec,
+    check_domain, expected_records,
 };
 
 const POOL: &str = "relay.pool.example.net";
@@ -27,6 +27,7 @@ fn spec(domain: &str, key: &DkimKey) -> PublishSpec {
             note: None,
         }],
         spf_mechanisms: vec!["include:_spf.partner.test".into()],
+        spf_all: SpfAll::SoftFail,
         dmarc: Some(DmarcSpec {
             policy: Some(DmarcPolicy::Quarantine),
             rua: vec!["dmarc-reports@example.org".into()],
@@ -199,7 +200,7 @@ async fn wrong_and_malformed_records() {
     assert_eq!(r, CheckResult::Mismatch, "{m}");
     assert!(m.contains("is not the signing key"), "{m}");
     let (r, m) = result_of(&check, RecordKind::Dmarc);
-    assert_eq!(r, CheckResult::Error, "{m}");
+    assert_eq!(r, CheckResult::Mismatch, "{m}");
     assert!(m.contains("does not parse"), "{m}");
     let (r, m) = result_of(&check, RecordKind::MtaSts);
     assert_eq!(r, CheckResult::Mismatch, "{m}");
@@ -230,14 +231,15 @@ async fn spf_lookup_limit_and_duplicate_spf() {
     // 4 at the top, 5 in deep1, 4 in deep2: 13 lookups, found only by following includes.
     let check = check_domain(&r, &expected_records(&many)).await;
     let (res, m) = result_of(&check, RecordKind::Spf);
-    assert_eq!(res, CheckResult::Error, "{m}");
+    assert_eq!(res, CheckResult::Mismatch, "{m}");
     assert!(m.contains("more than 10 DNS lookups"), "{m}");
     assert!(m.contains("counted 13"), "{m}");
 
     let check = check_domain(&r, &expected_records(&two)).await;
     let (res, m) = result_of(&check, RecordKind::Spf);
-    assert_eq!(res, CheckResult::Error, "{m}");
+    assert_eq!(res, CheckResult::Mismatch, "{m}");
     assert!(m.contains("2 SPF records"), "{m}");
+    assert!(m.contains("permanent error"), "{m}");
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use smtpfleet_operator::dkim_keys::{
     decide_rotation,
 };
 use smtpfleet_operator::dns::{
-    DkimPublication, DnsResolver, DomainCheck, PublishSpec, QueryLimiter, ResolverSettings,
+    DkimPublication, DnsResolver, DomainCheck, PublishSpec, QueryLimiter, ResolverSettings, SpfAll,
     check_domain, expected_records,
 };
 
@@ -58,6 +58,7 @@ impl World {
             pool_hostname: "relay.pool.example.net".into(),
             dkim,
             spf_mechanisms: vec![],
+            spf_all: SpfAll::default(),
             dmarc: None,
             mta_sts: None,
             tls_rpt: None,

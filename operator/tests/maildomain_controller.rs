@@ -17,7 +17,7 @@ use kube::client::Body;
 use serde_json::{Value, json};
 use smtpfleet_operator::dkim_keys::KeyAlgorithm;
 use smtpfleet_operator::dns::{
-    CheckSchedule, DmarcPolicy, DmarcSpec, DnsResolver, QueryLimiter, ResolverSettings,
+    CheckSchedule, DmarcPolicy, DmarcSpec, DnsResolver, QueryLimiter, ResolverSettings, SpfAll,
 };
 use smtpfleet_operator::maildomain::reconcile::{MailDomainView, reconcile_view};
 use smtpfleet_operator::maildomain::settings::{DomainSettings, InvalidSpec, KeySettings};
@@ -195,6 +195,7 @@ fn settings(key: KeySettings) -> DomainSettings {
         relay_pool: "blue".into(),
         key,
         spf_mechanisms: vec![],
+        spf_all: SpfAll::default(),
         dmarc: Some(DmarcSpec {
             policy: Some(DmarcPolicy::Reject),
             rua: vec![],

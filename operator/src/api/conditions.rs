@@ -70,7 +70,10 @@ mod tests {
             condition("Ready", TRUE, "AllGood", 10),
             condition("Degraded", FALSE, "AllGood", 10),
         ];
-        assert_eq!(find(&list, "Degraded").map(|c| c.status.as_str()), Some(FALSE));
+        assert_eq!(
+            find(&list, "Degraded").map(|c| c.status.as_str()),
+            Some(FALSE)
+        );
         assert!(find(&list, "Available").is_none());
         assert!(is_true(&list, "Ready"));
         assert!(!is_true(&list, "Degraded"));

@@ -126,7 +126,10 @@ mod tests {
         assert_eq!(parse("5w"), Err(DurationError::MissingUnit(5)));
         assert_eq!(parse("h"), Err(DurationError::MissingNumber("h".into())));
         assert_eq!(parse("1.5h"), Err(DurationError::MissingUnit(1)));
-        assert_eq!(parse("-5m"), Err(DurationError::MissingNumber("-5m".into())));
+        assert_eq!(
+            parse("-5m"),
+            Err(DurationError::MissingNumber("-5m".into()))
+        );
         assert_eq!(parse("99999999999999999999d"), Err(DurationError::Overflow));
         assert_eq!(parse("999999999999999d"), Err(DurationError::Overflow));
     }

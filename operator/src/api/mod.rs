@@ -6,7 +6,6 @@
 //! API server enforces; the helpers here assume a spec that passed it, and return
 //! [`SpecError`] rather than panic when one did not.
 
-pub mod schema;
 pub mod conditions;
 pub mod duration;
 pub mod error;
@@ -15,6 +14,7 @@ pub mod patterns;
 pub mod quantity;
 pub mod refs;
 pub mod relay_pool;
+pub mod schema;
 
 pub use error::SpecError;
 pub use mail_domain::{MailDomain, MailDomainSpec, MailDomainStatus};

@@ -9,14 +9,16 @@
 /// Used for the EHLO name and for mail domains: RFC 5321 wants an FQDN in EHLO, and a
 /// single-label mail domain cannot carry the DKIM, SPF and DMARC records we publish.
 /// Each label is at most 63 characters; the overall limit of 253 is a `maxLength`.
-pub const FQDN: &str = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+pub const FQDN: &str =
+    r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 
 /// An RFC 1123 DNS label (`eu-west-1`): names that end up inside Kubernetes object names
 /// and DNS records.
 pub const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 
 /// An RFC 1123 subdomain, the rule for most Kubernetes object names (Secrets, issuers).
-pub const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+pub const DNS_SUBDOMAIN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// A key inside a Secret's `data`.
 pub const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";

@@ -147,9 +147,18 @@ mod tests {
     fn rejects_garbage_negative_and_huge() {
         assert_eq!(parse_bytes(""), Err(QuantityError::Syntax("empty")));
         assert_eq!(parse_bytes("Mi"), Err(QuantityError::Syntax("no digits")));
-        assert_eq!(parse_bytes("10MB"), Err(QuantityError::Syntax("unknown suffix")));
-        assert_eq!(parse_bytes("1e"), Err(QuantityError::Syntax("malformed exponent")));
-        assert_eq!(parse_bytes("1.2.3"), Err(QuantityError::Syntax("more than one decimal point")));
+        assert_eq!(
+            parse_bytes("10MB"),
+            Err(QuantityError::Syntax("unknown suffix"))
+        );
+        assert_eq!(
+            parse_bytes("1e"),
+            Err(QuantityError::Syntax("malformed exponent"))
+        );
+        assert_eq!(
+            parse_bytes("1.2.3"),
+            Err(QuantityError::Syntax("more than one decimal point"))
+        );
         assert_eq!(parse_bytes("-1Mi"), Err(QuantityError::Negative));
         assert_eq!(parse_bytes("16Ei"), Err(QuantityError::Overflow));
         assert_eq!(parse_bytes("1e40"), Err(QuantityError::Overflow));

@@ -183,7 +183,10 @@ mod tests {
 
     #[test]
     fn unwrap_text_joins_lines_and_keeps_paragraphs() {
-        assert_eq!(unwrap_text("one\ntwo\n\nthree\n four"), "one two\n\nthree four");
+        assert_eq!(
+            unwrap_text("one\ntwo\n\nthree\n four"),
+            "one two\n\nthree four"
+        );
         assert_eq!(unwrap_text("single line"), "single line");
     }
 

@@ -12,8 +12,13 @@
 //!   name is taken as the user's statement that it covers the pool's addresses, which
 //!   the checker cannot know; declared `include:`s are followed like any other, so a
 //!   third-party include such as a mailbox provider's does not count). Every declared
-//!   mechanism must be present. The void-lookup limit and the 10-name limit of `mx` are
-//!   not checked.
+//!   mechanism must be present, and a final `all` must have the spec's qualifier (`+all`
+//!   never matches). The void-lookup limit and the 10-name limit of `mx` are not
+//!   checked.
+//!
+//! Records receivers cannot use (they do not parse, two SPF or DMARC records, more than
+//! ten SPF lookups) are a `Mismatch` whose message says receivers treat them as a
+//! permanent error; `Error` is kept for lookups that failed.
 //! - DKIM: exactly one record at the selector, which parses (mail-auth) and whose `p=` is
 //!   the same public key (RSA keys compared as keys, so PKCS#1 and SubjectPublicKeyInfo
 //!   encodings of the same key match).
@@ -132,9 +137,10 @@ pub fn compare(expected: &ExpectedRecord, answer: &Answer, ctx: &SpfContext<'_>)
                 domain,
                 pool_host,
                 mechanisms,
+                all,
             },
             Outcome::Txt(txt),
-        ) => compare_spf(domain, pool_host, mechanisms, txt, ctx),
+        ) => compare_spf(domain, pool_host, mechanisms, *all, txt, ctx),
         (
             Expectation::Dkim {
                 algorithm,
@@ -500,6 +506,7 @@ fn compare_spf(
     domain: &str,
     pool: &str,
     mechanisms: &[String],
+    want_all: super::expected::SpfAll,
     txt: &[String],
     ctx: &SpfContext<'_>,
 ) -> Verdict {
@@ -518,7 +525,7 @@ fn compare_spf(
         [one] => *one,
         more => {
             return Verdict::new(
-                CheckResult::Error,
+                CheckResult::Mismatch,
                 Some(join_records(more)),
                 format!(
                     "{} SPF records are published; receivers treat that as a permanent error \
@@ -533,7 +540,7 @@ fn compare_spf(
         Ok(p) => p,
         Err(e) => {
             return Verdict::new(
-                CheckResult::Error,
+                CheckResult::Mismatch,
                 observed,
                 format!(
                     "the SPF record does not parse ({e}); receivers treat it as a permanent error"
@@ -557,7 +564,7 @@ fn compare_spf(
     };
     if lookups.count > SPF_MAX_LOOKUPS {
         return Verdict::new(
-            CheckResult::Error,
+            CheckResult::Mismatch,
             observed,
             format!(
                 "the SPF record needs more than {SPF_MAX_LOOKUPS} DNS lookups (counted {} including \
@@ -569,7 +576,7 @@ fn compare_spf(
     }
     if !lookups.broken.is_empty() {
         return Verdict::new(
-            CheckResult::Error,
+            CheckResult::Mismatch,
             observed,
             format!(
                 "receivers get a permanent error evaluating this SPF record: {}",
@@ -637,6 +644,19 @@ fn compare_spf(
                 missing_declared.join(" ")
             ),
         );
+    }
+    if let Some(all) = all_directive {
+        let published = show_directive(all);
+        if published != want_all.as_str() {
+            return Verdict::new(
+                CheckResult::Mismatch,
+                observed,
+                format!(
+                    "the SPF record ends in {published}, the spec asks {}",
+                    want_all.as_str()
+                ),
+            );
+        }
     }
     Verdict::new(
         CheckResult::Match,
@@ -712,7 +732,7 @@ fn compare_dkim(name: &str, algorithm: KeyAlgorithm, expected_p: &str, txt: &[St
         [one] => one,
         more => {
             return Verdict::new(
-                CheckResult::Error,
+                CheckResult::Mismatch,
                 Some(join_records(&more.iter().collect::<Vec<_>>())),
                 format!(
                     "{} TXT records at {name}; verifiers may pick any of them: publish exactly one",
@@ -733,7 +753,7 @@ fn compare_dkim(name: &str, algorithm: KeyAlgorithm, expected_p: &str, txt: &[St
         }
         Err(e) => {
             return Verdict::new(
-                CheckResult::Error,
+                CheckResult::Mismatch,
                 observed,
                 format!("the DKIM record does not parse ({e}); signatures with this selector fail"),
             );
@@ -813,7 +833,7 @@ fn single_versioned<'a>(
         )),
         [one] => Ok(one),
         more => Err(Verdict::new(
-            CheckResult::Error,
+            CheckResult::Mismatch,
             Some(join_records(more)),
             format!(
                 "{} {what} records are published; receivers ignore them all: keep exactly one",
@@ -841,7 +861,7 @@ fn compare_dmarc(spec: &DmarcSpec, txt: &[String]) -> Verdict {
         Ok(p) => p,
         Err(e) => {
             return Verdict::new(
-                CheckResult::Error,
+                CheckResult::Mismatch,
                 observed,
                 format!("the DMARC record does not parse ({e}); receivers ignore it"),
             );
@@ -854,7 +874,7 @@ fn compare_dmarc(spec: &DmarcSpec, txt: &[String]) -> Verdict {
         Policy::Reject => super::DmarcPolicy::Reject,
         Policy::Unspecified => {
             return Verdict::new(
-                CheckResult::Error,
+                CheckResult::Mismatch,
                 observed,
                 "the DMARC record has no p= tag, which receivers require",
             );
@@ -928,7 +948,7 @@ fn compare_mta_sts(name: &str, id: &str, policy: &str, txt: &[String]) -> Verdic
     let observed = Some(record.clone());
     match mail_auth::mta_sts::MtaSts::parse(record.as_bytes()) {
         Err(e) => Verdict::new(
-            CheckResult::Error,
+            CheckResult::Mismatch,
             observed,
             format!("the MTA-STS record does not parse ({e}); {serve}"),
         ),
@@ -959,7 +979,7 @@ fn compare_tls_rpt(rua: &[String], txt: &[String]) -> Verdict {
         Ok(p) => p,
         Err(e) => {
             return Verdict::new(
-                CheckResult::Error,
+                CheckResult::Mismatch,
                 observed,
                 format!("the TLS-RPT record does not parse ({e})"),
             );
@@ -1017,6 +1037,7 @@ mod tests {
                 note: None,
             }],
             spf_mechanisms: vec!["include:_spf.partner.example".into()],
+            spf_all: SpfAll::Fail,
             dmarc: Some(DmarcSpec {
                 policy: Some(DmarcPolicy::Reject),
                 rua: vec!["dmarc@example.com".into()],
@@ -1190,9 +1211,18 @@ mod tests {
         );
 
         // The pool through `mx`, since the domain's MX is the pool.
-        let c = ok("v=spf1 mx include:_spf.partner.example ~all");
+        let c = ok("v=spf1 mx include:_spf.partner.example -all");
         assert_eq!(c.result, CheckResult::Match, "{}", c.message);
         assert!(c.message.contains("through mx"), "{}", c.message);
+
+        // The spec asks -all; ~all is reported.
+        let c = ok("v=spf1 mx include:_spf.partner.example ~all");
+        assert_eq!(c.result, CheckResult::Mismatch, "{}", c.message);
+        assert!(
+            c.message.contains("ends in ~all, the spec asks -all"),
+            "{}",
+            c.message
+        );
 
         // Not authorizing the pool.
         let c = ok("v=spf1 include:_spf.partner.example ip4:192.0.2.1 ~all");
@@ -1229,12 +1259,12 @@ mod tests {
             &rec,
             &txt(&["v=spf1 a:relay.pool.example.net ~all", "v=spf1 -all"]),
         );
-        assert_eq!(c.result, CheckResult::Error);
+        assert_eq!(c.result, CheckResult::Mismatch);
         assert!(c.message.contains("2 SPF records"), "{}", c.message);
 
         // Unparseable.
         let c = ok("v=spf1 a:relay.pool.example.net include: ~all");
-        assert_eq!(c.result, CheckResult::Error, "{}", c.message);
+        assert_eq!(c.result, CheckResult::Mismatch, "{}", c.message);
 
         // No SPF among other TXT records.
         let c = check(&rec, &txt(&["google-site-verification=abc"]));
@@ -1287,7 +1317,7 @@ mod tests {
                 )])),
             },
         );
-        assert_eq!(c.result, CheckResult::Error, "{}", c.message);
+        assert_eq!(c.result, CheckResult::Mismatch, "{}", c.message);
         assert!(c.message.contains("gone.example has no SPF record"));
     }
 
@@ -1311,7 +1341,7 @@ mod tests {
         let v =
             "v=spf1 a:relay.pool.example.net include:_spf.partner.example include:a.example ~all";
         let c = compare(&rec, &txt(&[v]), &ctx);
-        assert_eq!(c.result, CheckResult::Error, "{}", c.message);
+        assert_eq!(c.result, CheckResult::Mismatch, "{}", c.message);
         assert!(
             c.message.contains("more than 10 DNS lookups"),
             "{}",
@@ -1324,12 +1354,12 @@ mod tests {
                     a:2.example a:3.example a:4.example a:5.example a:6.example a:7.example \
                     a:8.example a:9.example ~all";
         let c = compare(&rec, &txt(&[flat]), &ctx);
-        assert_eq!(c.result, CheckResult::Error, "{}", c.message);
+        assert_eq!(c.result, CheckResult::Mismatch, "{}", c.message);
 
         // Exactly 10 is fine; an unresolved include is counted once and named.
         let ten = "v=spf1 a:relay.pool.example.net include:_spf.partner.example include:u.example \
                    a:1.example a:2.example a:3.example a:4.example a:5.example a:6.example \
-                   a:7.example ~all";
+                   a:7.example -all";
         let c = compare(&rec, &txt(&[ten]), &ctx);
         assert_eq!(c.result, CheckResult::Match, "{}", c.message);
         assert!(c.message.contains("10 of 10"), "{}", c.message);
@@ -1348,7 +1378,7 @@ mod tests {
                 includes: Some(&looped),
             },
         );
-        assert_eq!(c.result, CheckResult::Error, "{}", c.message);
+        assert_eq!(c.result, CheckResult::Mismatch, "{}", c.message);
         assert!(c.message.contains("loops back"), "{}", c.message);
     }
 
@@ -1398,13 +1428,13 @@ mod tests {
         );
         assert_eq!(
             check(&rec, &txt(&["v=DKIM1; k=rsa; p=!!!"])).result,
-            CheckResult::Error
+            CheckResult::Mismatch
         );
         let two = check(
             &rec,
             &txt(&[&key.dns_record_value(), &key.dns_record_value()]),
         );
-        assert_eq!(two.result, CheckResult::Error);
+        assert_eq!(two.result, CheckResult::Mismatch);
         let ed = ed_key();
         let c = check(&rec, &txt(&[&ed.dns_record_value()]));
         assert_eq!(c.result, CheckResult::Mismatch);
@@ -1442,23 +1472,33 @@ mod tests {
         );
 
         let c = check(&rec, &txt(&["v=DMARC1; p=bogus"]));
-        assert_eq!(c.result, CheckResult::Error, "{}", c.message);
+        assert_eq!(c.result, CheckResult::Mismatch, "{}", c.message);
         assert!(c.message.contains("does not parse"));
         let c = check(&rec, &txt(&["v=DMARC1; rua=mailto:dmarc@example.com"]));
-        assert_eq!(c.result, CheckResult::Error, "{}", c.message);
+        assert_eq!(c.result, CheckResult::Mismatch, "{}", c.message);
         let c = check(&rec, &txt(&["v=DMARC1; p=reject", "v=DMARC1; p=none"]));
-        assert_eq!(c.result, CheckResult::Error);
+        assert_eq!(c.result, CheckResult::Mismatch);
         let c = check(&rec, &txt(&["some other text"]));
         assert_eq!(c.result, CheckResult::Missing);
 
-        // Without a spec any valid policy matches, and it is reported.
+        // A DMARC spec without a policy accepts any valid one, and reports it.
         let mut s = spec(&ed_key());
-        s.dmarc = None;
+        s.dmarc = Some(DmarcSpec {
+            policy: None,
+            rua: vec![],
+            pct: None,
+        });
         let rec = by_kind(&expected_records(&s), RecordKind::Dmarc);
         let c = check(&rec, &txt(&["v=DMARC1; p=quarantine"]));
         assert_eq!(c.result, CheckResult::Match);
         assert!(c.message.contains("p=quarantine"));
-        assert!(!c.required);
+        // Without a DMARC spec no record is expected.
+        s.dmarc = None;
+        assert!(
+            expected_records(&s)
+                .iter()
+                .all(|r| r.kind() != RecordKind::Dmarc)
+        );
     }
 
     #[test]
@@ -1473,7 +1513,7 @@ mod tests {
         );
         assert!(c.message.contains("mode: enforce"), "{}", c.message);
         let c = check(&sts, &txt(&["v=STSv1"]));
-        assert_eq!(c.result, CheckResult::Error, "{}", c.message);
+        assert_eq!(c.result, CheckResult::Mismatch, "{}", c.message);
         let c = check(&sts, &txt(&[]));
         assert_eq!(c.result, CheckResult::Missing);
 
@@ -1486,6 +1526,6 @@ mod tests {
         let c = check(&rpt, &txt(&["v=TLSRPTv1; rua=mailto:other@example.com"]));
         assert_eq!(c.result, CheckResult::Mismatch);
         let c = check(&rpt, &txt(&["v=TLSRPTv1; rua=ftp://nope"]));
-        assert_eq!(c.result, CheckResult::Error, "{}", c.message);
+        assert_eq!(c.result, CheckResult::Mismatch, "{}", c.message);
     }
 }

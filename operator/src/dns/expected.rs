@@ -29,7 +29,9 @@ pub struct PublishSpec {
     pub dkim: Vec<DkimPublication>,
     /// `spec.spf` extra mechanisms, in order, e.g. `include:_spf.google.com`.
     pub spf_mechanisms: Vec<String>,
-    /// `None`: a DMARC record is recommended (`p=none`) but not required.
+    /// The final `all` of the SPF record.
+    pub spf_all: SpfAll,
+    /// `None`: no DMARC record is expected.
     pub dmarc: Option<DmarcSpec>,
     pub mta_sts: Option<MtaStsSpec>,
     pub tls_rpt: Option<TlsRptSpec>,
@@ -48,6 +50,29 @@ pub struct DkimPublication {
     /// Extra words for the status message, e.g. "next key: publish it so signing can
     /// switch".
     pub note: Option<String>,
+}
+
+/// Qualifier of the SPF record's final `all`: what receivers do with mail from hosts no
+/// mechanism matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpfAll {
+    /// `~all`
+    #[default]
+    SoftFail,
+    /// `-all`
+    Fail,
+    /// `?all`
+    Neutral,
+}
+
+impl SpfAll {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SoftFail => "~all",
+            Self::Fail => "-all",
+            Self::Neutral => "?all",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +94,7 @@ impl DmarcPolicy {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DmarcSpec {
-    /// `None` accepts any policy (the recommended record when the user asked for none).
+    /// `None` accepts any published policy (and renders `p=none`).
     pub policy: Option<DmarcPolicy>,
     /// Aggregate report addresses (`mailto:` URIs; a bare address gets `mailto:`).
     pub rua: Vec<String>,
@@ -142,6 +167,7 @@ pub enum Expectation {
         domain: String,
         pool_host: String,
         mechanisms: Vec<String>,
+        all: SpfAll,
     },
     Dkim {
         selector: String,
@@ -249,7 +275,8 @@ pub fn expected_records(spec: &PublishSpec) -> Vec<ExpectedRecord> {
         spf.push(' ');
         spf.push_str(m);
     }
-    spf.push_str(" ~all");
+    spf.push(' ');
+    spf.push_str(spec.spf_all.as_str());
     out.push(ExpectedRecord {
         name: fqdn(&domain),
         value: spf,
@@ -257,6 +284,7 @@ pub fn expected_records(spec: &PublishSpec) -> Vec<ExpectedRecord> {
             domain: domain.clone(),
             pool_host: pool.clone(),
             mechanisms,
+            all: spec.spf_all,
         },
         required: true,
         note: None,
@@ -276,25 +304,15 @@ pub fn expected_records(spec: &PublishSpec) -> Vec<ExpectedRecord> {
         });
     }
 
-    let (dmarc, dmarc_required, dmarc_note) = match &spec.dmarc {
-        Some(d) => (d.clone(), true, None),
-        None => (
-            DmarcSpec {
-                policy: None,
-                rua: vec![],
-                pct: None,
-            },
-            false,
-            Some("recommended: large mailbox providers expect a DMARC record".to_string()),
-        ),
-    };
-    out.push(ExpectedRecord {
-        name: fqdn(&format!("_dmarc.{domain}")),
-        value: dmarc_value(&dmarc),
-        expectation: Expectation::Dmarc(dmarc),
-        required: dmarc_required,
-        note: dmarc_note,
-    });
+    if let Some(dmarc) = &spec.dmarc {
+        out.push(ExpectedRecord {
+            name: fqdn(&format!("_dmarc.{domain}")),
+            value: dmarc_value(dmarc),
+            expectation: Expectation::Dmarc(dmarc.clone()),
+            required: true,
+            note: None,
+        });
+    }
 
     if let Some(sts) = &spec.mta_sts {
         let policy = mta_sts_policy(sts, &pool);
@@ -385,6 +403,7 @@ mod tests {
                 "include:_spf.google.com".into(),
                 " ip4:192.0.2.0/24 ".into(),
             ],
+            spf_all: SpfAll::Fail,
             dmarc: Some(DmarcSpec {
                 policy: Some(DmarcPolicy::Reject),
                 rua: vec!["dmarc@example.com".into()],
@@ -420,7 +439,7 @@ mod tests {
                 (
                     RecordKind::Spf,
                     "example.com.",
-                    "v=spf1 a:relay.pool.example.net include:_spf.google.com ip4:192.0.2.0/24 ~all"
+                    "v=spf1 a:relay.pool.example.net include:_spf.google.com ip4:192.0.2.0/24 -all"
                 ),
                 (
                     RecordKind::Dkim,
@@ -462,14 +481,18 @@ mod tests {
         s.mta_sts = None;
         s.tls_rpt = None;
         s.spf_mechanisms.clear();
+        s.spf_all = SpfAll::default();
         s.dkim[0].required = false;
         let recs = expected_records(&s);
-        assert_eq!(recs.len(), 4);
+        assert_eq!(recs.len(), 3);
         assert_eq!(recs[1].value, "v=spf1 a:relay.pool.example.net ~all");
         assert!(!recs[2].required, "next/retiring DKIM keys are optional");
-        assert_eq!(recs[3].value, "v=DMARC1; p=none");
-        assert!(!recs[3].required);
-        assert!(recs[3].note.is_some());
+        s.dmarc = Some(DmarcSpec {
+            policy: None,
+            rua: vec![],
+            pct: Some(100),
+        });
+        assert_eq!(expected_records(&s)[3].value, "v=DMARC1; p=none");
     }
 
     #[test]

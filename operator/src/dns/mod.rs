@@ -11,10 +11,11 @@
 //! - `Match`: DNS publishes what is expected (in meaning, not byte for byte).
 //! - `Missing`: nothing of that kind is published (NXDOMAIN, no data, or no TXT record
 //!   with the right version tag at the name).
-//! - `Mismatch`: a well-formed record is published but says something else.
-//! - `Error`: DNS could not be asked (timeout, SERVFAIL, refused), or what is published
-//!   makes receivers fail with a permanent error (two SPF records, too many SPF lookups,
-//!   a record that does not parse).
+//! - `Mismatch`: something is published but it is not what is needed: another value, or
+//!   a record receivers cannot use (it does not parse, two SPF records, more than ten
+//!   SPF lookups — receivers treat those as permanent errors; the message says so).
+//! - `Error`: DNS could not be asked (timeout, SERVFAIL, REFUSED, network error); the
+//!   record's state is unknown.
 
 pub mod check;
 pub mod compare;
@@ -26,7 +27,7 @@ pub use check::{DomainCheck, check_domain};
 pub use compare::{Answer, MxHost, Outcome};
 pub use expected::{
     DkimPublication, DmarcPolicy, DmarcSpec, Expectation, ExpectedRecord, MtaStsMode, MtaStsSpec,
-    PublishSpec, RecordKind, TlsRptSpec, expected_records,
+    PublishSpec, RecordKind, SpfAll, TlsRptSpec, expected_records,
 };
 pub use limiter::{CheckSchedule, QueryLimiter, next_check_delay};
 pub use resolver::{DnsResolver, ResolverError, ResolverSettings};

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::keys::StoredKeys;
 use crate::dkim_keys::{KeyAlgorithm, RotationPolicy};
-use crate::dns::{DkimPublication, DmarcSpec, MtaStsSpec, PublishSpec, TlsRptSpec};
+use crate::dns::{DkimPublication, DmarcSpec, MtaStsSpec, PublishSpec, SpfAll, TlsRptSpec};
 
 /// Default overlap after signing switched to a new key, before the old key is deleted:
 /// long enough for mail queued elsewhere with the old signature to be delivered.
@@ -50,6 +50,7 @@ pub struct DomainSettings {
     pub relay_pool: String,
     pub key: KeySettings,
     pub spf_mechanisms: Vec<String>,
+    pub spf_all: SpfAll,
     pub dmarc: Option<DmarcSpec>,
     pub mta_sts: Option<MtaStsSpec>,
     pub tls_rpt: Option<TlsRptSpec>,
@@ -243,6 +244,7 @@ pub fn publish_spec(
         pool_hostname: pool_hostname.to_string(),
         dkim,
         spf_mechanisms: settings.spf_mechanisms.clone(),
+        spf_all: settings.spf_all,
         dmarc: settings.dmarc.clone(),
         mta_sts: settings.mta_sts.clone(),
         tls_rpt: settings.tls_rpt.clone(),

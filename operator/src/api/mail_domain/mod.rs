@@ -16,8 +16,8 @@ use kube::CustomResource;
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
-use super::schema::{self, CelRule};
 use super::patterns;
+use super::schema::{self, CelRule};
 
 /// A mail domain the operator sets up for sending through a RelayPool.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::DkimSpec;
-use crate::api::error::SpecError;
 use crate::api::duration::parse_field;
+use crate::api::error::SpecError;
 
 impl DkimSpec {
     /// Rotation period of generated keys; `None` when keys are not rotated.
@@ -50,7 +50,10 @@ mod tests {
         assert_eq!(spec.dkim.algorithm, DkimAlgorithm::Rsa2048);
         assert!(spec.dkim.generates_key());
         assert_eq!(spec.dkim.rotate_after(), Ok(None));
-        assert_eq!(spec.dkim.rotation_overlap(), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(
+            spec.dkim.rotation_overlap(),
+            Ok(Duration::from_secs(7 * 86_400))
+        );
     }
 
     #[test]
@@ -62,8 +65,14 @@ mod tests {
              mtaSts: {mode: enforce, maxAge: 30d}\n",
         );
         assert_eq!(spec.dkim.algorithm, DkimAlgorithm::Ed25519);
-        assert_eq!(spec.dkim.rotate_after(), Ok(Some(Duration::from_secs(90 * 86_400))));
-        assert_eq!(spec.dkim.rotation_overlap(), Ok(Duration::from_secs(36 * 3_600)));
+        assert_eq!(
+            spec.dkim.rotate_after(),
+            Ok(Some(Duration::from_secs(90 * 86_400)))
+        );
+        assert_eq!(
+            spec.dkim.rotation_overlap(),
+            Ok(Duration::from_secs(36 * 3_600))
+        );
         let sts = spec.mta_sts.expect("mtaSts set");
         assert_eq!(sts.mode, MtaStsMode::Enforce);
         assert_eq!(sts.max_age(), Ok(Duration::from_secs(30 * 86_400)));
@@ -87,6 +96,9 @@ mod tests {
             "domain: example.com\nrelayPoolRef: {name: outbound}\ndkim: {rotateAfter: 3 months}\n",
         );
         let err = spec.dkim.rotate_after().unwrap_err().to_string();
-        assert!(err.starts_with("spec.dkim.rotateAfter: invalid duration"), "{err}");
+        assert!(
+            err.starts_with("spec.dkim.rotateAfter: invalid duration"),
+            "{err}"
+        );
     }
 }

@@ -94,7 +94,9 @@ pub struct DnsRecordStatus {
 }
 
 /// DNS record type.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
 pub enum DnsRecordType {
     /// Mail exchanger.
     #[serde(rename = "MX")]

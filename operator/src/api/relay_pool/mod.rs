@@ -22,9 +22,9 @@ use kube::CustomResource;
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
-use super::schema::{self, CelRule};
 use super::patterns;
 use super::refs::SecretReference;
+use super::schema::{self, CelRule};
 
 /// Most data centres a pool may list. Bounds the cost of the CEL rules that walk the list.
 pub const MAX_DATA_CENTRES: usize = 8;

@@ -144,7 +144,10 @@ impl ListenersSpec {
             kind: ListenerKind::ImplicitTls,
             port: l.port,
         });
-        [relay, submission, implicit_tls].into_iter().flatten().collect()
+        [relay, submission, implicit_tls]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Whether a listener that requires AUTH is enabled, so that the pool needs
@@ -161,7 +164,9 @@ impl QueueSpec {
             .schedule
             .iter()
             .enumerate()
-            .map(|(i, text)| duration::parse_field(&format!("spec.queue.retry.schedule[{i}]"), text))
+            .map(|(i, text)| {
+                duration::parse_field(&format!("spec.queue.retry.schedule[{i}]"), text)
+            })
             .collect()
     }
 
@@ -236,7 +241,8 @@ mod tests {
         assert_eq!(single.effective_replication_factor(), 1);
         let three = spec("hostname: smtp.example.com\nreplicas: 3\n");
         assert_eq!(three.effective_replication_factor(), 2);
-        let explicit = spec("hostname: smtp.example.com\nreplicas: 5\nqueue: {replicationFactor: 3}\n");
+        let explicit =
+            spec("hostname: smtp.example.com\nreplicas: 5\nqueue: {replicationFactor: 3}\n");
         assert_eq!(explicit.effective_replication_factor(), 3);
         let spread = spec(
             "hostname: smtp.example.com\n\
@@ -332,7 +338,10 @@ mod tests {
             spec.queue.retry_schedule().unwrap(),
             [300, 600, 1800, 3600, 7200, 14400].map(Duration::from_secs)
         );
-        assert_eq!(spec.queue.max_age().unwrap(), Duration::from_secs(5 * 86_400));
+        assert_eq!(
+            spec.queue.max_age().unwrap(),
+            Duration::from_secs(5 * 86_400)
+        );
         assert_eq!(spec.limits.max_message_size_bytes(), Ok(25 * 1024 * 1024));
     }
 
@@ -344,10 +353,20 @@ mod tests {
              limits: {maxMessageSize: 25MB}\n",
         );
         let err = spec.queue.retry_schedule().unwrap_err().to_string();
-        assert!(err.starts_with("spec.queue.retry.schedule[1]: invalid duration \"soon\""), "{err}");
+        assert!(
+            err.starts_with("spec.queue.retry.schedule[1]: invalid duration \"soon\""),
+            "{err}"
+        );
         let err = spec.queue.max_age().unwrap_err().to_string();
         assert!(err.starts_with("spec.queue.maxAge:"), "{err}");
-        let err = spec.limits.max_message_size_bytes().unwrap_err().to_string();
-        assert!(err.starts_with("spec.limits.maxMessageSize: invalid quantity \"25MB\""), "{err}");
+        let err = spec
+            .limits
+            .max_message_size_bytes()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("spec.limits.maxMessageSize: invalid quantity \"25MB\""),
+            "{err}"
+        );
     }
 }
