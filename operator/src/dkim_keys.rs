@@ -354,8 +354,11 @@ pub struct RotationPolicy {
     pub algorithm: KeyAlgorithm,
     /// `spec.dkim.rotateAfter`; `None` never rotates on age.
     pub rotate_after: Option<Duration>,
-    /// How long the previous key stays (and its DNS record stays expected) after signing
-    /// switched, so mail signed just before the switch still verifies.
+    /// `spec.dkim.rotationOverlap`, applied on both sides of the switch: the next key's
+    /// record must have been visible this long before signing switches (so resolvers
+    /// that cached its absence have forgotten it), and the previous key stays (its
+    /// record still expected) this long after, so mail signed just before the switch
+    /// still verifies.
     pub overlap: Duration,
     /// How long the next key may wait for its DNS record before the rotation is reported
     /// as stalled (it keeps waiting; this only changes what status says).
@@ -384,6 +387,8 @@ pub struct KeyRing {
     pub active: Option<KeyMeta>,
     /// A generated key waiting for its DNS record before signing switches to it.
     pub next: Option<KeyMeta>,
+    /// When DNS was first seen publishing the next key's record (cleared if it vanishes).
+    pub next_published_at: Option<DateTime<Utc>>,
     pub retiring: Vec<RetiringKey>,
 }
 
@@ -419,9 +424,18 @@ pub enum RotationAction {
         selector: String,
         reason: RotationReason,
     },
-    /// The next key's DNS record is not visible yet; signing must not switch.
+    /// The next key's DNS record is not visible (or no longer); signing must not switch.
     WaitForDns { selector: String },
-    /// DNS shows the next key: sign with it, keep the old one until `retire_at`.
+    /// DNS shows the next key's record for the first time: note when.
+    MarkPublished { selector: String },
+    /// DNS shows the next key; signing switches at `until`, one overlap after it first
+    /// appeared.
+    WaitForOverlap {
+        selector: String,
+        until: DateTime<Utc>,
+    },
+    /// The next key has been visible for the overlap: sign with it, keep the old one
+    /// until `retire_at`.
     SwitchSigning {
         selector: String,
         retire_at: DateTime<Utc>,
@@ -433,6 +447,41 @@ pub enum RotationAction {
     Stalled { selector: String, reason: String },
     /// Nothing to do until `until` (if any).
     Idle { until: Option<DateTime<Utc>> },
+}
+
+impl RotationAction {
+    /// Whether carrying the action out changes the key ring (and so the Secrets).
+    pub fn changes_keys(&self) -> bool {
+        matches!(
+            self,
+            Self::GenerateInitial { .. }
+                | Self::GenerateNext { .. }
+                | Self::MarkPublished { .. }
+                | Self::SwitchSigning { .. }
+                | Self::Retire { .. }
+        )
+    }
+
+    /// When the ring next needs attention by time alone.
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Idle { until } => *until,
+            Self::WaitForOverlap { until, .. } => Some(*until),
+            _ => None,
+        }
+    }
+
+    /// Whether a rotation is under way (a next key exists or is being made).
+    pub fn rotating(&self) -> bool {
+        matches!(
+            self,
+            Self::GenerateNext { .. }
+                | Self::WaitForDns { .. }
+                | Self::MarkPublished { .. }
+                | Self::WaitForOverlap { .. }
+                | Self::Stalled { .. }
+        )
+    }
 }
 
 /// Decides the next rotation step for operator-generated keys (user-provided keys are not
@@ -464,10 +513,18 @@ pub fn decide_rotation(
     }
 
     if let Some(next) = &ring.next {
+        let selector = next.selector.clone();
         if next_published {
-            return RotationAction::SwitchSigning {
-                selector: next.selector.clone(),
-                retire_at: now + policy.overlap,
+            return match ring.next_published_at {
+                None => RotationAction::MarkPublished { selector },
+                Some(at) if at + policy.overlap <= now => RotationAction::SwitchSigning {
+                    selector,
+                    retire_at: now + policy.overlap,
+                },
+                Some(at) => RotationAction::WaitForOverlap {
+                    selector,
+                    until: at + policy.overlap,
+                },
             };
         }
         let waited = now - next.created_at;
@@ -540,7 +597,12 @@ pub fn apply_rotation(
     };
     match action {
         RotationAction::GenerateInitial { selector } => out.active = Some(fresh(selector)),
-        RotationAction::GenerateNext { selector, .. } => out.next = Some(fresh(selector)),
+        RotationAction::GenerateNext { selector, .. } => {
+            out.next = Some(fresh(selector));
+            out.next_published_at = None;
+        }
+        RotationAction::MarkPublished { .. } => out.next_published_at = Some(now),
+        RotationAction::WaitForDns { .. } => out.next_published_at = None,
         RotationAction::SwitchSigning {
             selector,
             retire_at,
@@ -553,9 +615,10 @@ pub fn apply_rotation(
                     retire_at: *retire_at,
                 });
             }
+            out.next_published_at = None;
         }
         RotationAction::Retire { selector } => out.retiring.retain(|r| &r.key.selector != selector),
-        RotationAction::WaitForDns { .. }
+        RotationAction::WaitForOverlap { .. }
         | RotationAction::Stalled { .. }
         | RotationAction::Idle { .. } => {}
     }
@@ -582,14 +645,26 @@ mod tests {
         assert_eq!(ring.next.as_ref().unwrap().created_at, now);
         let wait = decide_rotation(&p, &ring, false, now);
         assert_eq!(apply_rotation(&ring, &wait, p.algorithm, now), ring);
+        // Seen in DNS: noted, then signing switches one overlap (2 days) later.
         let a = decide_rotation(&p, &ring, true, now);
+        assert!(a.changes_keys());
         ring = apply_rotation(&ring, &a, p.algorithm, now);
+        assert_eq!(ring.next_published_at, Some(now));
+        let a = decide_rotation(&p, &ring, true, t(13, 0));
+        assert_eq!(a.deadline(), Some(t(14, 0)));
+        assert!(!a.changes_keys());
+        // The record vanished meanwhile: the clock starts again.
+        let gone = decide_rotation(&p, &ring, false, t(13, 0));
+        assert_eq!(apply_rotation(&ring, &gone, p.algorithm, t(13, 0)).next_published_at, None);
+        let a = decide_rotation(&p, &ring, true, t(14, 0));
+        ring = apply_rotation(&ring, &a, p.algorithm, t(14, 0));
         assert_eq!(ring.active.as_ref().unwrap().selector, "mail-20260312");
         assert!(ring.next.is_none());
+        assert_eq!(ring.next_published_at, None);
         assert_eq!(ring.retiring[0].key.selector, "mail");
-        assert_eq!(ring.retiring[0].retire_at, t(14, 0));
-        let a = decide_rotation(&p, &ring, false, t(14, 0));
-        ring = apply_rotation(&ring, &a, p.algorithm, t(14, 0));
+        assert_eq!(ring.retiring[0].retire_at, t(16, 0));
+        let a = decide_rotation(&p, &ring, false, t(16, 0));
+        ring = apply_rotation(&ring, &a, p.algorithm, t(16, 0));
         assert!(ring.retiring.is_empty());
         assert_eq!(ring.selectors(), vec!["mail-20260312"]);
     }
@@ -753,7 +828,7 @@ mod tests {
         let mut ring = KeyRing {
             active: Some(key("mail", t(1, 0))),
             next: Some(key("mail-20260311", t(11, 0))),
-            retiring: vec![],
+            ..Default::default()
         };
         assert_eq!(
             decide_rotation(&policy(), &ring, false, t(12, 0)),
@@ -770,15 +845,30 @@ mod tests {
         }
         assert_eq!(
             decide_rotation(&policy(), &ring, true, t(15, 0)),
+            RotationAction::MarkPublished {
+                selector: "mail-20260311".into()
+            }
+        );
+        ring.next_published_at = Some(t(15, 0));
+        assert_eq!(
+            decide_rotation(&policy(), &ring, true, t(16, 0)),
+            RotationAction::WaitForOverlap {
+                selector: "mail-20260311".into(),
+                until: t(17, 0)
+            }
+        );
+        assert_eq!(
+            decide_rotation(&policy(), &ring, true, t(17, 0)),
             RotationAction::SwitchSigning {
                 selector: "mail-20260311".into(),
-                retire_at: t(17, 0)
+                retire_at: t(19, 0)
             }
         );
         // After the switch: the old key waits for the overlap, no new rotation starts.
         ring = KeyRing {
             active: ring.next.clone(),
             next: None,
+            next_published_at: None,
             retiring: vec![RetiringKey {
                 key: key("mail", t(1, 0)),
                 retire_at: t(17, 0),
@@ -833,6 +923,7 @@ mod tests {
         let ring = KeyRing {
             active: None,
             next: None,
+            next_published_at: None,
             retiring: vec![RetiringKey {
                 key: key("mail", t(1, 0)),
                 retire_at: t(9, 0),

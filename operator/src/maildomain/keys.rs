@@ -10,7 +10,8 @@
 //! - annotations [`ANN_SELECTOR`] (the exact selector), [`ANN_ALGORITHM`],
 //!   [`ANN_CREATED_AT`] (RFC 3339), [`ANN_STATE`] (`active`: smtp-node signs with it;
 //!   `next`: generated, waiting for its DNS record; `retiring`: signing moved on, kept
-//!   until [`ANN_RETIRE_AT`]) and [`ANN_SOURCE`] (`generated` or `user`).
+//!   until [`ANN_RETIRE_AT`]), [`ANN_PUBLISHED_AT`] on a `next` key once DNS shows its
+//!   record, and [`ANN_SOURCE`] (`generated` or `user`).
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,7 @@ pub const ANN_ALGORITHM: &str = "smtpfleet.io/dkim-algorithm";
 pub const ANN_CREATED_AT: &str = "smtpfleet.io/dkim-created-at";
 pub const ANN_STATE: &str = "smtpfleet.io/dkim-state";
 pub const ANN_RETIRE_AT: &str = "smtpfleet.io/dkim-retire-at";
+pub const ANN_PUBLISHED_AT: &str = "smtpfleet.io/dkim-published-at";
 pub const ANN_SOURCE: &str = "smtpfleet.io/dkim-source";
 /// Data key of the private key (PKCS#8 PEM).
 pub const PRIVATE_KEY: &str = "private.key";
@@ -107,7 +109,7 @@ fn secret_key(secret: &Secret) -> Result<DkimKey, String> {
 pub fn read_key_ring(secrets: &[Secret], now: DateTime<Utc>) -> StoredKeys {
     let mut out = StoredKeys::default();
     let mut actives = Vec::new();
-    let mut nexts = Vec::new();
+    let mut nexts: Vec<(KeyMeta, Option<DateTime<Utc>>)> = Vec::new();
     for s in secrets {
         let name = s.metadata.name.clone().unwrap_or_default();
         if s.metadata.deletion_timestamp.is_some() {
@@ -149,7 +151,10 @@ pub fn read_key_ring(secrets: &[Secret], now: DateTime<Utc>) -> StoredKeys {
             _ => KeySource::Generated,
         };
         match ann.get(ANN_STATE).map(String::as_str) {
-            Some("next") => nexts.push(meta),
+            Some("next") => nexts.push((
+                meta,
+                ann.get(ANN_PUBLISHED_AT).and_then(|t| parse_time(t)),
+            )),
             Some("retiring") => out.ring.retiring.push(RetiringKey {
                 key: meta,
                 retire_at: ann
@@ -170,14 +175,17 @@ pub fn read_key_ring(secrets: &[Secret], now: DateTime<Utc>) -> StoredKeys {
     }
     let newest_first = |v: &mut Vec<KeyMeta>| v.sort_by_key(|k| std::cmp::Reverse(k.created_at));
     newest_first(&mut actives);
-    newest_first(&mut nexts);
+    nexts.sort_by_key(|(k, _)| std::cmp::Reverse(k.created_at));
     let mut extra = Vec::new();
     let mut actives = actives.into_iter();
     out.ring.active = actives.next();
     extra.extend(actives);
     let mut nexts = nexts.into_iter();
-    out.ring.next = nexts.next();
-    extra.extend(nexts);
+    if let Some((next, published_at)) = nexts.next() {
+        out.ring.next = Some(next);
+        out.ring.next_published_at = published_at;
+    }
+    extra.extend(nexts.map(|(k, _)| k));
     out.ring
         .retiring
         .extend(extra.into_iter().map(|key| RetiringKey {
@@ -248,6 +256,9 @@ pub fn build_key_secret(
     ]);
     if let Some(at) = retire_at {
         annotations.insert(ANN_RETIRE_AT.to_string(), at.to_rfc3339());
+    }
+    if let (Some(at), "next") = (ring.next_published_at, state) {
+        annotations.insert(ANN_PUBLISHED_AT.to_string(), at.to_rfc3339());
     }
     Some(Secret {
         metadata: ObjectMeta {
@@ -332,6 +343,7 @@ mod tests {
                 algorithm: KeyAlgorithm::Ed25519,
                 created_at: t(20),
             }),
+            next_published_at: Some(t(21)),
             retiring: vec![RetiringKey {
                 key: KeyMeta {
                     selector: "mail".into(),

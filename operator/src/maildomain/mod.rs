@@ -1,42 +1,58 @@
 //! The MailDomain controller: DKIM keys (generated and rotated, or the user's own), DNS
 //! verification with the exact records to publish, and the domain's conditions.
 //!
-//! Pipeline per reconciliation (see [`reconcile`]): dereference the RelayPool and the
-//! key Secrets → validate the spec ([`settings`]) → build and apply the key Secrets
-//! ([`keys`], server-side apply with field manager [`FIELD_MANAGER`]) → check DNS through
-//! the shared rate limit ([`crate::dns`]) → take a rotation step if one is due
-//! ([`crate::dkim_keys`]) → compute conditions and events ([`status`]) → one status
-//! patch, requeued for the next scheduled DNS check.
+//! Pipeline per reconciliation (see [`reconcile`]): dereference the RelayPool, competing
+//! MailDomains and the key Secrets → validate the spec ([`validate`]) → build and apply
+//! the key Secrets ([`keys`], server-side apply with field manager [`FIELD_MANAGER`]) →
+//! check DNS through the shared rate limit ([`crate::dns`]) → take a rotation step if
+//! one is due ([`crate::dkim_keys`]) → compute conditions and events ([`status`]) → one
+//! status apply, requeued for the next scheduled DNS check or key deadline.
 //!
-//! For the RelayPool controller: `status.dkim.selector` and `status.dkim.secretName`
-//! name the signing key; the Secret holds `private.key` (PKCS#8 PEM) and `public.key`
-//! (see [`keys`] for the full layout).
+//! # For the RelayPool controller
+//!
+//! The signing key of a MailDomain is in the Secret named
+//! [`active_key_secret_name`]`(maildomain)` (that is `<maildomain>-dkim-<status.dkim.selector>`,
+//! see [`crate::dkim_keys::secret_name`]), in the MailDomain's namespace, with
+//! `private.key` (PKCS#8 PEM) and `public.key` (SubjectPublicKeyInfo PEM); the full layout
+//! is in [`keys`]. User-provided keys are copied into such a Secret too, so the rule
+//! holds for every domain. Only domains whose `PoolBound` condition is True should be
+//! served.
 
-pub mod duration;
+pub mod controller;
 pub mod keys;
 pub mod reconcile;
 pub mod settings;
 pub mod status;
+pub mod validate;
+
+pub use controller::{error_policy, reconcile, run};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::ResourceExt as _;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::api::mail_domain::{MailDomain, MailDomainStatus};
+use crate::api::relay_pool::RelayPool;
 use crate::dkim_keys::KeyError;
 use crate::dns::{CheckSchedule, DnsResolver, DomainCheck, ExpectedRecord};
 
 /// Field manager for everything this controller writes.
 pub const FIELD_MANAGER: &str = "smtpfleet-operator";
-pub const GROUP: &str = "smtpfleet.io";
-pub const VERSION: &str = "v1alpha1";
-pub const API_VERSION: &str = "smtpfleet.io/v1alpha1";
+pub const API_VERSION: &str = crate::api::API_VERSION;
 pub const KIND: &str = "MailDomain";
 
 /// The clock rotation decisions use; tests inject their own.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The Secret holding the key `maildomain` signs with, once it has one.
+pub fn active_key_secret_name(maildomain: &MailDomain) -> Option<String> {
+    let selector = &maildomain.status.as_ref()?.dkim.as_ref()?.selector;
+    Some(crate::dkim_keys::secret_name(&maildomain.name_any(), selector))
+}
 
 /// Identity of a MailDomain object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +67,7 @@ pub struct MailDomainRef {
 pub(crate) struct CachedCheck {
     pub expected: Vec<ExpectedRecord>,
     pub check: DomainCheck,
+    pub checked_at: DateTime<Utc>,
     pub due: tokio::time::Instant,
 }
 
@@ -68,6 +85,9 @@ pub struct Context {
 }
 
 impl Context {
+    /// `nameservers`/`query_rate` come from the operator's `--dns-nameserver` and
+    /// `--dns-query-rate` flags: see [`crate::dns::DnsResolver::new`] and
+    /// [`crate::dns::QueryLimiter::new`] for how they are used.
     pub fn new(client: kube::Client, resolver: DnsResolver, namespaces: Vec<String>) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -101,8 +121,11 @@ impl Context {
         (self.clock)()
     }
 
-    fn resource(kind: &str, plural: &str) -> ApiResource {
-        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, kind), plural)
+    /// Forgets a deleted domain's cached DNS check.
+    pub(crate) fn forget(&self, object: &MailDomainRef) {
+        if let Ok(mut m) = self.checks.lock() {
+            m.remove(&(object.namespace.clone(), object.name.clone()));
+        }
     }
 
     /// `spec.hostname` of a RelayPool, `None` if the pool does not exist.
@@ -111,38 +134,61 @@ impl Context {
         namespace: &str,
         name: &str,
     ) -> Result<Option<String>, Error> {
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            namespace,
-            &Self::resource("RelayPool", "relaypools"),
-        );
+        let api: Api<RelayPool> = Api::namespaced(self.client.clone(), namespace);
         let pool = api.get_opt(name).await.map_err(|source| Error::Read {
             what: format!("RelayPool {name}"),
             source,
         })?;
-        Ok(pool.map(|p| {
-            p.data
-                .get("spec")
-                .and_then(|s| s.get("hostname"))
-                .and_then(|h| h.as_str())
-                .unwrap_or_default()
-                .to_string()
-        }))
+        Ok(pool.map(|p| p.spec.hostname))
     }
 
-    pub(crate) async fn patch_status(
+    /// Other MailDomains in `namespace` that claim `domain`.
+    pub(crate) async fn domain_claims(
+        &self,
+        namespace: &str,
+        domain: &str,
+    ) -> Result<Vec<MailDomain>, Error> {
+        let api: Api<MailDomain> = Api::namespaced(self.client.clone(), namespace);
+        let read = |source| Error::Read {
+            what: "MailDomains".into(),
+            source,
+        };
+        // `spec.domain` is a selectable field of the CRD; an API server that does not
+        // support selectable fields gets the whole list, filtered here.
+        let listed = match api
+            .list(&ListParams::default().fields(&format!("spec.domain={domain}")))
+            .await
+        {
+            Ok(list) => list.items,
+            Err(kube::Error::Api(e)) if e.code == 400 => {
+                api.list(&ListParams::default()).await.map_err(read)?.items
+            }
+            Err(e) => return Err(read(e)),
+        };
+        Ok(listed
+            .into_iter()
+            .filter(|md| md.spec.domain.eq_ignore_ascii_case(domain))
+            .collect())
+    }
+
+    pub(crate) async fn apply_status(
         &self,
         object: &MailDomainRef,
-        patch: serde_json::Value,
+        status: &MailDomainStatus,
     ) -> Result<(), kube::Error> {
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &object.namespace,
-            &Self::resource(KIND, "maildomains"),
-        );
-        api.patch_status(&object.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map(|_| ())
+        let api: Api<MailDomain> = Api::namespaced(self.client.clone(), &object.namespace);
+        let patch = serde_json::json!({
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "status": status,
+        });
+        api.patch_status(
+            &object.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -165,6 +211,8 @@ pub enum Error {
     KeyGeneration(#[source] KeyError),
     #[error("the key generation task failed: {0}")]
     Join(String),
+    #[error("the MailDomain has no {0}")]
+    MissingMetadata(&'static str),
 }
 
 impl Error {
@@ -174,6 +222,7 @@ impl Error {
             Self::Read { .. } => "read",
             Self::Write { .. } => "write",
             Self::KeyGeneration(_) | Self::Join(_) => "keygen",
+            Self::MissingMetadata(_) => "metadata",
         }
     }
 }

@@ -9,40 +9,73 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
+use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use serde_json::json;
 
 use super::keys::{
-    KeySource, StoredKeys, build_key_secret, key_secret_selector, new_stored_key, read_key_ring,
-    secret_up_to_date,
+    KeySource, StoredKey, StoredKeys, build_key_secret, key_secret_selector, new_stored_key,
+    read_key_ring, secret_up_to_date,
 };
 use super::settings::{DomainSettings, InvalidSpec, KeySettings, publish_spec, rotation_policy};
 use super::status::{
-    DnsState, EventSpec, KeyState, PoolState, StatusInputs, conditions, rotation_event,
-    transition_events,
+    DnsState, EventSpec, KeyOrigin, KeyState, PoolState, StatusInputs, conditions,
+    invalid_spec_conditions, k8s_time, rotation_event, transition_events,
 };
+use super::validate::settings_from_spec;
 use super::{Context, Error, FIELD_MANAGER, MailDomainRef};
+use crate::api::mail_domain::{
+    DkimStatus, DnsCheckResult, DnsRecordStatus, DnsRecordType, DnsStatus, MailDomain,
+    MailDomainStatus, reasons,
+};
 use crate::dkim_keys::{
     DkimKey, KeyAlgorithm, KeyMeta, KeyRing, RetiringKey, RotationAction, apply_rotation,
     decide_rotation,
 };
-use crate::dns::{DomainCheck, ExpectedRecord, check_domain, expected_records, next_check_delay};
+use crate::dns::{
+    CheckResult, DomainCheck, ExpectedRecord, RecordType, check_domain, expected_records,
+    next_check_delay,
+};
 
-/// What the reconciler needs to know about a MailDomain, independent of how the API type
-/// spells it.
+/// What the reconciler needs to know about a MailDomain.
 #[derive(Debug, Clone)]
 pub struct MailDomainView {
     pub object: MailDomainRef,
     pub generation: Option<i64>,
+    /// Orders competing claims on one domain: the oldest wins.
+    pub created: Option<DateTime<Utc>>,
     /// The spec, validated; or the first problem found.
     pub settings: Result<DomainSettings, InvalidSpec>,
-    /// `spec.relayPoolRef` as written (also when the rest is invalid).
+    /// `spec.relayPoolRef.name`.
     pub relay_pool: String,
     /// The current status, to carry over transition times and skip no-op writes.
-    pub conditions: Vec<Condition>,
-    pub status: serde_json::Value,
+    pub status: Option<MailDomainStatus>,
+}
+
+impl MailDomainView {
+    pub fn from_object(md: &MailDomain) -> Result<Self, Error> {
+        Ok(Self {
+            object: MailDomainRef {
+                name: md.name_any(),
+                namespace: md.namespace().ok_or(Error::MissingMetadata("namespace"))?,
+                uid: md.uid().ok_or(Error::MissingMetadata("uid"))?,
+            },
+            generation: md.metadata.generation,
+            created: md
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0)),
+            settings: settings_from_spec(&md.spec),
+            relay_pool: md.spec.relay_pool_ref.name.clone(),
+            status: md.status.clone(),
+        })
+    }
+
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
+    }
 }
 
 impl MailDomainRef {
@@ -72,30 +105,62 @@ impl MailDomainRef {
 /// What dereferencing found.
 struct Dereferenced {
     pool: PoolState,
+    /// Set only when the domain is bound (pool exists, no older claim on the domain).
     hostname: Option<String>,
     secrets: Vec<Secret>,
-    /// The user's private key PEM, or why it cannot be read.
+    /// The user's private key PEM, or why it cannot be read (reason, message).
     user_key: Option<Result<String, (String, String)>>,
 }
 
-async fn dereference(ctx: &Context, view: &MailDomainView) -> Result<Dereferenced, Error> {
+async fn dereference(
+    ctx: &Context,
+    view: &MailDomainView,
+    settings: &DomainSettings,
+) -> Result<Dereferenced, Error> {
     let ns = &view.object.namespace;
-    let pool = ctx.pool_hostname(ns, &view.relay_pool).await?;
-    let (pool, hostname) = match pool {
-        Some(h) => (
-            PoolState::Bound {
-                name: view.relay_pool.clone(),
-                hostname: h.clone(),
-            },
-            Some(h),
-        ),
-        None => (
-            PoolState::NotFound {
-                name: view.relay_pool.clone(),
-                namespace: ns.clone(),
+    let older_claim = ctx
+        .domain_claims(ns, &settings.domain)
+        .await?
+        .into_iter()
+        .filter(|md| {
+            md.uid().as_deref() != Some(view.object.uid.as_str())
+                && md.metadata.deletion_timestamp.is_none()
+        })
+        .map(|md| {
+            let created = md
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0));
+            (created, md.name_any())
+        })
+        .filter(|claim| *claim < (view.created, view.object.name.clone()))
+        .min();
+    let (pool, hostname) = if let Some((_, other)) = older_claim {
+        (
+            PoolState::Conflict {
+                other,
+                domain: settings.domain.clone(),
             },
             None,
-        ),
+        )
+    } else {
+        match ctx.pool_hostname(ns, &view.relay_pool).await? {
+            Some(h) => (
+                PoolState::Bound {
+                    name: view.relay_pool.clone(),
+                    hostname: h.clone(),
+                },
+                Some(h),
+            ),
+            None => (
+                PoolState::NotFound {
+                    name: view.relay_pool.clone(),
+                    namespace: ns.clone(),
+                },
+                None,
+            ),
+        }
     };
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secrets = secrets_api
@@ -106,17 +171,13 @@ async fn dereference(ctx: &Context, view: &MailDomainView) -> Result<Dereference
             source,
         })?
         .items;
-    let user_key = match &view.settings {
-        Ok(DomainSettings {
-            key:
-                KeySettings::UserProvided {
-                    secret_name,
-                    secret_key,
-                    ..
-                },
+    let user_key = match &settings.key {
+        KeySettings::UserProvided {
+            secret_name,
+            secret_key,
             ..
-        }) => Some(read_user_key(&secrets_api, secret_name, secret_key).await?),
-        _ => None,
+        } => Some(read_user_key(&secrets_api, secret_name, secret_key).await?),
+        KeySettings::Generated { .. } => None,
     };
     Ok(Dereferenced {
         pool,
@@ -137,31 +198,20 @@ async fn read_user_key(
     })?;
     let Some(secret) = secret else {
         return Ok(Err((
-            "PrivateKeySecretNotFound".into(),
+            reasons::KEY_SECRET_NOT_FOUND.into(),
             format!("Secret {name} named by spec.dkim.privateKeySecretRef does not exist"),
         )));
     };
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|s| s.clone().into_bytes())
-        });
+    let value = secret.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone());
     Ok(match value.map(String::from_utf8) {
         Some(Ok(pem)) => Ok(pem),
         Some(Err(_)) => Err((
-            "InvalidPrivateKey".into(),
+            reasons::KEY_SECRET_INVALID.into(),
             format!("key {key} of Secret {name} is not PEM text"),
         )),
         None => Err((
-            "InvalidPrivateKey".into(),
-            format!("Secret {name} has no key {key}"),
+            reasons::KEY_SECRET_INVALID.into(),
+            format!("Secret {name} has no key {key} (spec.dkim.privateKeySecretRef.key)"),
         )),
     })
 }
@@ -174,45 +224,34 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
     let settings = match &view.settings {
         Ok(s) => s.clone(),
         Err(invalid) => {
-            let inputs = StatusInputs {
-                generation: view.generation,
-                invalid_spec: Some(invalid.to_string()),
-                pool: PoolState::NotFound {
-                    name: view.relay_pool.clone(),
-                    namespace: view.object.namespace.clone(),
-                },
-                keys: KeyState::Failed {
-                    reason: "InvalidSpec".into(),
-                    message: invalid.to_string(),
-                },
-                dns: DnsState::NotChecked {
-                    reason: "InvalidSpec".into(),
-                    message: invalid.to_string(),
-                },
-            };
-            let conds = conditions(&inputs, &view.conditions, now);
-            events.extend(transition_events(&view.conditions, &conds));
-            let status = status_json(view.generation, None, None, &conds);
+            let conds =
+                invalid_spec_conditions(&invalid.to_string(), view.generation, view.conditions(), now);
+            events.extend(transition_events(view.conditions(), &conds));
+            let mut status = view.status.clone().unwrap_or_default();
+            status.observed_generation = view.generation;
+            status.conditions = conds;
             write_status(ctx, view, status).await?;
             publish_events(ctx, view, &events).await;
             return Ok(Action::await_change());
         }
     };
 
-    let deref = dereference(ctx, view).await?;
+    let deref = dereference(ctx, view, &settings).await?;
     let mut stored = read_key_ring(&deref.secrets, now);
-    // The key Secrets as they are after this reconciliation's own writes.
-    let mut secrets = deref.secrets.clone();
     for (name, why) in &stored.unusable {
         tracing::warn!(secret = %name, reason = %why, "ignoring an unusable DKIM key Secret");
     }
+    // The key Secrets as they are after this reconciliation's own writes.
+    let mut secrets = deref.secrets.clone();
+    let conflict = matches!(deref.pool, PoolState::Conflict { .. });
 
-    // Keys that do not depend on DNS: the first key, or the user's key.
+    // Keys that do not depend on DNS: the first generated key, or the user's key.
     let mut key_failure: Option<(String, String)> = None;
     let policy = rotation_policy(&settings.key);
     match (&settings.key, &deref.user_key) {
-        (KeySettings::UserProvided { selector, .. }, Some(user)) => match user {
-            Ok(pem) => match DkimKey::from_private_key_pem(pem) {
+        _ if conflict => {}
+        (KeySettings::UserProvided { selector, .. }, Some(Ok(pem))) => {
+            match DkimKey::from_private_key_pem(pem) {
                 Ok(key) => {
                     let ring = adopt_user_key(&stored, selector, &key, now);
                     if ring != stored.ring || !user_key_stored(&stored, selector, &key) {
@@ -225,19 +264,23 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
                         events.push(EventSpec {
                             warning: false,
                             reason: "DKIMKeyImported".into(),
-                            note: format!("signing with the key from spec.dkim.privateKeySecretRef under selector {selector}"),
+                            note: format!(
+                                "signing with the key from spec.dkim.privateKeySecretRef under \
+                                 selector {selector}"
+                            ),
                         });
                     }
                 }
                 Err(e) => {
                     key_failure = Some((
-                        "InvalidPrivateKey".into(),
+                        reasons::KEY_SECRET_INVALID.into(),
                         format!("the key in spec.dkim.privateKeySecretRef cannot be used: {e}"),
                     ))
                 }
-            },
-            Err(failure) => key_failure = Some(failure.clone()),
-        },
+            }
+        }
+        (KeySettings::UserProvided { .. }, Some(Err(failure))) => key_failure = Some(failure.clone()),
+        (KeySettings::UserProvided { .. }, None) => {}
         (KeySettings::Generated { .. }, _) => {
             if let Some(policy) = &policy
                 && stored.ring.active.is_none()
@@ -248,29 +291,21 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
                 events.extend(rotation_event(&action));
             }
         }
-        (KeySettings::UserProvided { .. }, None) => {}
     }
 
     // DNS, then rotation steps that depend on it; a step that changes the published keys
-    // is followed by a fresh check, so status shows the records as they now are.
+    // is followed by a check of the new set (cached when the records did not change).
     let mut rotation: Option<RotationAction> = None;
     let mut check = dns_check(ctx, view, &settings, deref.hostname.as_deref(), &stored).await;
-    if let Some(policy) = &policy {
-        for _ in 0..3 {
+    if let Some(policy) = policy.as_ref().filter(|_| !conflict) {
+        for _ in 0..4 {
             let next_published = match (&stored.ring.next, &check) {
-                (Some(next), Some((c, _))) => c.dkim_published(&next.selector),
+                (Some(next), Some(c)) => c.check.dkim_published(&next.selector),
                 _ => false,
             };
             let action = decide_rotation(policy, &stored.ring, next_published, now);
-            let changes = matches!(
-                action,
-                RotationAction::GenerateInitial { .. }
-                    | RotationAction::GenerateNext { .. }
-                    | RotationAction::SwitchSigning { .. }
-                    | RotationAction::Retire { .. }
-            );
             rotation = Some(action.clone());
-            if !changes {
+            if !action.changes_keys() {
                 break;
             }
             (stored, secrets) =
@@ -285,39 +320,44 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
             reason: reason.clone(),
             message: message.clone(),
         },
-        (None, Some((meta, _))) => KeyState::Active {
+        (None, Some((meta, key))) => KeyState::Active {
             selector: meta.selector.clone(),
+            origin: match (&settings.key, key.source) {
+                (KeySettings::UserProvided { secret_name, .. }, KeySource::User) => {
+                    KeyOrigin::Provided {
+                        secret: secret_name.clone(),
+                    }
+                }
+                _ => KeyOrigin::Generated,
+            },
             rotation: rotation.clone(),
         },
         (None, None) => KeyState::Failed {
-            reason: "KeyMissing".into(),
+            reason: reasons::NOT_READY.into(),
             message: "no signing key yet".into(),
         },
     };
     let dns_state = match &check {
-        Some((c, _)) => DnsState::Checked(c.clone()),
+        Some(c) => DnsState::Checked(c.check.clone()),
         None => DnsState::NotChecked {
-            reason: "RelayPoolNotFound".into(),
-            message: format!(
-                "the records depend on the pool's hostname: RelayPool {} does not exist",
-                view.relay_pool
-            ),
+            message: "DNS is checked once the domain is bound to its RelayPool: the expected \
+                      records depend on the pool's hostname"
+                .into(),
         },
     };
     let inputs = StatusInputs {
         generation: view.generation,
-        invalid_spec: None,
         pool: deref.pool.clone(),
         keys: key_state,
         dns: dns_state,
     };
-    let conds = conditions(&inputs, &view.conditions, now);
-    events.extend(transition_events(&view.conditions, &conds));
-    let status = status_json(
+    let conds = conditions(&inputs, view.conditions(), now);
+    events.extend(transition_events(view.conditions(), &conds));
+    let status = build_status(
         view.generation,
-        stored.active(),
-        check.as_ref().map(|(c, _)| c),
-        &conds,
+        if conflict { None } else { Some(&stored) },
+        check.as_ref(),
+        conds,
     );
     write_status(ctx, view, status).await?;
     publish_events(ctx, view, &events).await;
@@ -325,10 +365,10 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
     // Requeue at the next DNS check, or sooner when the key ring has a deadline.
     let mut delay = check
         .as_ref()
-        .map(|(_, due)| *due)
-        .unwrap_or(ctx.schedule.unverified_interval);
-    if let Some(RotationAction::Idle { until: Some(at) }) = &rotation {
-        let until = (*at - now).to_std().unwrap_or(Duration::ZERO);
+        .map(|c| c.delay)
+        .unwrap_or(ctx.schedule.unverified_interval.max(Duration::from_secs(1)));
+    if let Some(at) = rotation.as_ref().and_then(RotationAction::deadline) {
+        let until = (at - now).to_std().unwrap_or(Duration::ZERO);
         delay = delay.min(until.max(Duration::from_secs(1)));
     }
     Ok(Action::requeue(delay))
@@ -357,6 +397,7 @@ fn adopt_user_key(
     }
     let previous = ring.active.take();
     ring.next = None;
+    ring.next_published_at = None;
     ring.retiring.retain(|r| r.key.selector != selector);
     if let Some(prev) = previous.filter(|p| p.selector != selector) {
         ring.retiring.push(RetiringKey {
@@ -393,7 +434,12 @@ async fn carry_out(
         );
     }
     let ring = apply_rotation(&stored.ring, action, algorithm, now);
-    tracing::info!(maildomain = %view.object.name, ?action, "DKIM key step");
+    tracing::info!(
+        namespace = %view.object.namespace,
+        maildomain = %view.object.name,
+        ?action,
+        "DKIM key step"
+    );
     persist(ctx, view, existing, ring, keys).await
 }
 
@@ -413,15 +459,11 @@ async fn persist(
     view: &MailDomainView,
     existing: &[Secret],
     ring: KeyRing,
-    mut keys: BTreeMap<String, super::keys::StoredKey>,
+    mut keys: BTreeMap<String, StoredKey>,
 ) -> Result<(StoredKeys, Vec<Secret>), Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &view.object.namespace);
     let owner = view.object.owner_reference();
-    let in_ring = ring
-        .selectors()
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
+    let in_ring: Vec<String> = ring.selectors().into_iter().map(String::from).collect();
     keys.retain(|sel, _| in_ring.contains(sel));
     let mut now_existing = Vec::new();
     for (selector, stored) in &keys {
@@ -460,12 +502,12 @@ async fn persist(
         let Some(name) = s.metadata.name.as_deref() else {
             continue;
         };
-        let annotated = s
+        let ours = s
             .metadata
             .annotations
             .as_ref()
             .is_some_and(|a| a.contains_key(super::keys::ANN_SELECTOR));
-        if annotated && !keep.contains(&name) {
+        if ours && !keep.contains(&name) {
             match api.delete(name, &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.is_not_found() => {}
@@ -488,29 +530,41 @@ async fn persist(
     ))
 }
 
+/// A DNS check and when to run the next one.
+struct CheckOutcome {
+    check: DomainCheck,
+    checked_at: DateTime<Utc>,
+    delay: Duration,
+}
+
 /// Runs (or reuses) the DNS check. Reused while the expected records are unchanged and
-/// the scheduled time has not come, so events that wake the reconciler do not cause
-/// queries. Returns the check and the delay until the next one.
+/// the scheduled time has not come, so events that wake the reconciler cause no queries.
 async fn dns_check(
     ctx: &Context,
     view: &MailDomainView,
     settings: &DomainSettings,
     hostname: Option<&str>,
     stored: &StoredKeys,
-) -> Option<(DomainCheck, Duration)> {
+) -> Option<CheckOutcome> {
     let hostname = hostname?;
-    let expected: Vec<ExpectedRecord> = expected_records(&publish_spec(settings, hostname, stored));
+    let expected: Vec<ExpectedRecord> =
+        expected_records(&publish_spec(settings, hostname, stored));
     let key = (view.object.namespace.clone(), view.object.name.clone());
     let now = tokio::time::Instant::now();
     if let Some(cached) = ctx.checks.lock().ok().and_then(|m| m.get(&key).cloned())
         && cached.expected == expected
         && cached.due > now
     {
-        return Some((cached.check, cached.due - now));
+        return Some(CheckOutcome {
+            check: cached.check,
+            checked_at: cached.checked_at,
+            delay: cached.due - now,
+        });
     }
+    let checked_at = ctx.now();
     let check = check_domain(&ctx.resolver, &expected).await;
     // A next key waiting for its record keeps the fast schedule too: the user is about
-    // to publish it, and signing switches on the first check that sees it.
+    // to publish it, and the rotation proceeds on the first check that sees it.
     let settled = check.verified()
         && stored
             .ring
@@ -529,62 +583,75 @@ async fn dns_check(
             super::CachedCheck {
                 expected,
                 check: check.clone(),
+                checked_at,
                 due: now + delay,
             },
         );
     }
-    Some((check, delay))
+    Some(CheckOutcome {
+        check,
+        checked_at,
+        delay,
+    })
 }
 
-/// The status object (camelCase, as the CRD's status schema spells it).
-pub fn status_json(
+/// The status to apply.
+fn build_status(
     generation: Option<i64>,
-    active: Option<(&KeyMeta, &super::keys::StoredKey)>,
-    check: Option<&DomainCheck>,
-    conditions: &[Condition],
-) -> serde_json::Value {
-    let dkim = active.map(|(meta, stored)| {
-        json!({
-            "selector": meta.selector,
-            "publicKey": stored.key.dns_public_key,
-            "createdAt": meta.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "secretName": stored.secret_name,
+    stored: Option<&StoredKeys>,
+    check: Option<&CheckOutcome>,
+    conditions: Vec<Condition>,
+) -> MailDomainStatus {
+    let dkim = stored.and_then(|s| {
+        let (meta, key) = s.active()?;
+        Some(DkimStatus {
+            selector: meta.selector.clone(),
+            public_key: key.key.dns_public_key.clone(),
+            created_at: Some(k8s_time(meta.created_at)),
+            next_selector: s.ring.next.as_ref().map(|n| n.selector.clone()),
         })
     });
-    let dns = check.map(|c| {
-        json!({
-            "records": c.records.iter().map(|r| {
-                let mut rec = json!({
-                    "type": r.record_type.as_str(),
-                    "name": r.name,
-                    "expected": r.expected,
-                    "result": r.result.as_str(),
-                    "message": r.message,
-                });
-                if let Some(o) = &r.observed {
-                    rec["observed"] = json!(o);
-                }
-                rec
-            }).collect::<Vec<_>>(),
-        })
+    let dns = check.map(|c| DnsStatus {
+        records: c
+            .check
+            .records
+            .iter()
+            .map(|r| DnsRecordStatus {
+                type_: match r.record_type {
+                    RecordType::Mx => DnsRecordType::Mx,
+                    RecordType::Txt => DnsRecordType::Txt,
+                },
+                name: r.name.clone(),
+                expected: r.expected.clone(),
+                observed: r.observed.clone(),
+                result: match r.result {
+                    CheckResult::Match => DnsCheckResult::Match,
+                    CheckResult::Missing => DnsCheckResult::Missing,
+                    CheckResult::Mismatch => DnsCheckResult::Mismatch,
+                    CheckResult::Error => DnsCheckResult::Error,
+                },
+                message: Some(r.message.clone()),
+            })
+            .collect(),
+        checked_at: Some(k8s_time(c.checked_at)),
     });
-    json!({
-        "observedGeneration": generation,
-        "dkim": dkim,
-        "dns": dns,
-        "conditions": conditions,
-    })
+    MailDomainStatus {
+        observed_generation: generation,
+        dkim,
+        dns,
+        conditions,
+    }
 }
 
 async fn write_status(
     ctx: &Context,
     view: &MailDomainView,
-    status: serde_json::Value,
+    status: MailDomainStatus,
 ) -> Result<(), Error> {
-    if view.status == status {
+    if view.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    ctx.patch_status(&view.object, json!({ "status": status }))
+    ctx.apply_status(&view.object, &status)
         .await
         .map_err(|source| Error::Write {
             what: "MailDomain status".into(),
