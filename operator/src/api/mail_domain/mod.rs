@@ -20,6 +20,9 @@ use super::patterns;
 use super::schema::{self, CelRule};
 
 /// A mail domain the operator sets up for sending through a RelayPool.
+// Each `printcolumn(...)` repeats `type_ = "string"`; clippy reads the repetition as a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "smtpfleet.io",

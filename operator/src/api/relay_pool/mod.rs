@@ -98,7 +98,6 @@ const CEL_DATA_CENTRE_COUNT: &str =
     .message(Message::Message(
         "metadata.name must start with a letter and contain only lower-case letters, digits and '-': the pool's Service takes this name".into()
     ))
-    .field_path(".metadata.name")
     .reason(Reason::FieldValueInvalid),
     validation = Rule::new(
         "size(self.metadata.name) + 1 + (has(self.spec.dataCentres) && size(self.spec.dataCentres) > 0 ? self.spec.dataCentres.map(dc, size(dc.name)).max() : 7) <= 52"
@@ -106,7 +105,6 @@ const CEL_DATA_CENTRE_COUNT: &str =
     .message(Message::Expression(
         "'metadata.name (' + string(size(self.metadata.name)) + ' characters) is too long: each data centre runs a StatefulSet named <pool>-<dataCentre>, which must not exceed 52 characters'".into()
     ))
-    .field_path(".metadata.name")
     .reason(Reason::FieldValueInvalid),
 )]
 #[serde(rename_all = "camelCase")]
@@ -424,7 +422,7 @@ pub struct RelaySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 64),
-        inner(length(min = 9, max = 49), regex(pattern = patterns::CIDR))
+        inner(length(min = 4, max = 49), regex(pattern = patterns::CIDR))
     )]
     pub allowed_networks: Vec<String>,
 
@@ -725,8 +723,15 @@ fn data_centre_rules(schema: &mut Schema) {
     );
 }
 
+/// At most 16 labels, each value at most 63 characters like every label value; the
+/// bounds keep the CEL cost estimate of rules on data centres small.
 fn node_selector_bounds(schema: &mut Schema) {
     schema::max_properties(schema, 16);
+    if let Some(serde_json::Value::Object(values)) =
+        schema.ensure_object().get_mut("additionalProperties")
+    {
+        values.insert("maxLength".into(), serde_json::Value::from(63));
+    }
 }
 
 fn listeners_rules(schema: &mut Schema) {
