@@ -655,7 +655,10 @@ mod tests {
         assert!(!a.changes_keys());
         // The record vanished meanwhile: the clock starts again.
         let gone = decide_rotation(&p, &ring, false, t(13, 0));
-        assert_eq!(apply_rotation(&ring, &gone, p.algorithm, t(13, 0)).next_published_at, None);
+        assert_eq!(
+            apply_rotation(&ring, &gone, p.algorithm, t(13, 0)).next_published_at,
+            None
+        );
         let a = decide_rotation(&p, &ring, true, t(14, 0));
         ring = apply_rotation(&ring, &a, p.algorithm, t(14, 0));
         assert_eq!(ring.active.as_ref().unwrap().selector, "mail-20260312");

@@ -1,6 +1,7 @@
 //! A DKIM key rotation walked end to end against a real DNS server (Knot): the rotation
 //! state machine decides, keys are really generated, the zone is really changed and
-//! reloaded, and signing only switches once DNS serves the new record. Time is injected.
+//! reloaded, and signing only switches once DNS has served the new record for the
+//! overlap. Time is injected.
 
 mod dnsserver;
 
@@ -186,9 +187,25 @@ async fn rotation_switches_only_after_dns_shows_the_new_key() {
     ));
     assert_eq!(w.signing_selector(), "mail");
 
-    // The user publishes it; the zone is reloaded; signing switches.
+    // The user publishes it and the zone is reloaded: the operator notes when it first
+    // saw the record, and switches signing one overlap later, not before.
     w.publish_all();
-    let switch_at = due + Duration::days(3) + Duration::minutes(5);
+    let seen_at = due + Duration::days(3) + Duration::minutes(5);
+    assert_eq!(
+        w.step(seen_at).await,
+        RotationAction::MarkPublished {
+            selector: "mail-20260501".into()
+        }
+    );
+    assert_eq!(
+        w.step(seen_at + Duration::minutes(9)).await,
+        RotationAction::WaitForOverlap {
+            selector: "mail-20260501".into(),
+            until: seen_at + Duration::minutes(10)
+        }
+    );
+    assert_eq!(w.signing_selector(), "mail");
+    let switch_at = seen_at + Duration::minutes(10);
     assert_eq!(
         w.step(switch_at).await,
         RotationAction::SwitchSigning {

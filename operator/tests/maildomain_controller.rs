@@ -1,6 +1,8 @@
 //! MailDomain reconciliation against a mock Kubernetes API server (tower-test) that keeps
-//! Secrets, RelayPools and the MailDomain's status in memory and records every request,
-//! with DNS answered by a real Knot server.
+//! MailDomains, RelayPools and Secrets in memory and records every request, with DNS
+//! answered by a real Knot server. The reconciler under test is the real one
+//! ([`smtpfleet_operator::maildomain::reconcile`]), fed the objects as the API server
+//! holds them.
 
 mod dnsserver;
 
@@ -12,19 +14,13 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone as _, Utc};
 use dnsserver::KnotServer;
 use http::{Method, Request, Response, StatusCode};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::client::Body;
 use serde_json::{Value, json};
-use smtpfleet_operator::dkim_keys::KeyAlgorithm;
-use smtpfleet_operator::dns::{
-    CheckSchedule, DmarcPolicy, DmarcSpec, DnsResolver, QueryLimiter, ResolverSettings, SpfAll,
-};
-use smtpfleet_operator::maildomain::reconcile::{MailDomainView, reconcile_view};
-use smtpfleet_operator::maildomain::settings::{DomainSettings, InvalidSpec, KeySettings};
-use smtpfleet_operator::maildomain::{Context, MailDomainRef};
+use smtpfleet_operator::api::mail_domain::MailDomain;
+use smtpfleet_operator::dns::{CheckSchedule, DnsResolver, QueryLimiter, ResolverSettings};
+use smtpfleet_operator::maildomain::{Context, reconcile};
 
 const NS: &str = "mail";
-const MD: &str = "shop";
 const DOMAIN: &str = "shop.test";
 const POOL_HOST: &str = "relay.pool.example.net";
 
@@ -34,14 +30,15 @@ struct Recorded {
     method: Method,
     path: String,
     query: String,
+    content_type: String,
     body: Option<Value>,
 }
 
 #[derive(Default)]
 struct ApiState {
-    pools: BTreeMap<String, String>,
+    maildomains: BTreeMap<String, Value>,
+    pools: BTreeMap<String, Value>,
     secrets: BTreeMap<String, Value>,
-    status: Option<Value>,
     requests: Vec<Recorded>,
 }
 
@@ -59,6 +56,12 @@ fn not_found(what: &str) -> Response<Body> {
 
 fn ok(v: &Value) -> Response<Body> {
     Response::new(Body::from(serde_json::to_vec(v).unwrap()))
+}
+
+fn list(kind: &str, items: Vec<Value>) -> Response<Body> {
+    ok(
+        &json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items}),
+    )
 }
 
 fn labels_match(secret: &Value, selector: &str) -> bool {
@@ -79,10 +82,16 @@ fn query_param(query: &str, key: &str) -> Option<String> {
     })
 }
 
-async fn handle(state: &Shared, req: Request<Body>) -> Response<Body> {
+async fn answer(state: &Shared, req: Request<Body>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let bytes = req.into_body().collect_bytes().await.unwrap();
     let body: Option<Value> = serde_json::from_slice(&bytes).ok();
     let mut s = state.lock().unwrap();
@@ -90,6 +99,7 @@ async fn handle(state: &Shared, req: Request<Body>) -> Response<Body> {
         method: method.clone(),
         path: path.clone(),
         query: query.clone(),
+        content_type,
         body: body.clone(),
     });
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -101,28 +111,70 @@ async fn handle(state: &Shared, req: Request<Body>) -> Response<Body> {
                 "smtpfleet.io",
                 "v1alpha1",
                 "namespaces",
-                ns,
+                _,
                 "relaypools",
                 name,
             ],
         ) => match s.pools.get(*name) {
-            Some(host) => ok(&json!({
-                "apiVersion": "smtpfleet.io/v1alpha1", "kind": "RelayPool",
-                "metadata": {"name": name, "namespace": ns},
-                "spec": {"hostname": host}
-            })),
+            Some(v) => ok(v),
             None => not_found("relaypool"),
         },
+        (
+            Method::GET,
+            [
+                "apis",
+                "smtpfleet.io",
+                "v1alpha1",
+                "namespaces",
+                _,
+                "maildomains",
+            ],
+        ) => {
+            let selector = query_param(&query, "fieldSelector").unwrap_or_default();
+            let want = selector.strip_prefix("spec.domain=").map(str::to_string);
+            let items = s
+                .maildomains
+                .values()
+                .filter(|md| want.as_deref().is_none_or(|d| md["spec"]["domain"] == d))
+                .cloned()
+                .collect();
+            list("MailDomainList", items)
+        }
+        (
+            Method::PATCH,
+            [
+                "apis",
+                "smtpfleet.io",
+                "v1alpha1",
+                "namespaces",
+                _,
+                "maildomains",
+                name,
+                "status",
+            ],
+        ) => {
+            let status = body
+                .as_ref()
+                .map(|b| b["status"].clone())
+                .unwrap_or_default();
+            match s.maildomains.get_mut(*name) {
+                Some(md) => {
+                    md["status"] = status;
+                    let v = md.clone();
+                    ok(&v)
+                }
+                None => not_found("maildomain"),
+            }
+        }
         (Method::GET, ["api", "v1", "namespaces", _, "secrets"]) => {
             let selector = query_param(&query, "labelSelector").unwrap_or_default();
-            let items: Vec<Value> = s
+            let items = s
                 .secrets
                 .values()
                 .filter(|v| labels_match(v, &selector))
                 .cloned()
                 .collect();
-            ok(&json!({"apiVersion": "v1", "kind": "SecretList",
-                       "metadata": {"resourceVersion": "1"}, "items": items}))
+            list("SecretList", items)
         }
         (Method::GET, ["api", "v1", "namespaces", _, "secrets", name]) => {
             match s.secrets.get(*name) {
@@ -142,30 +194,6 @@ async fn handle(state: &Shared, req: Request<Body>) -> Response<Body> {
                 None => not_found("secret"),
             }
         }
-        (
-            Method::PATCH,
-            [
-                "apis",
-                "smtpfleet.io",
-                "v1alpha1",
-                "namespaces",
-                ns,
-                "maildomains",
-                name,
-                "status",
-            ],
-        ) => {
-            let status = body
-                .as_ref()
-                .map(|b| b["status"].clone())
-                .unwrap_or_default();
-            s.status = Some(status.clone());
-            ok(&json!({
-                "apiVersion": "smtpfleet.io/v1alpha1", "kind": "MailDomain",
-                "metadata": {"name": name, "namespace": ns, "uid": "uid-shop"},
-                "spec": {}, "status": status
-            }))
-        }
         (Method::POST, ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
             ok(&body.unwrap_or_default())
         }
@@ -179,60 +207,47 @@ fn mock_client(state: Shared) -> kube::Client {
     tokio::spawn(async move {
         let mut handle = pin!(handle);
         while let Some((req, send)) = handle.next_request().await {
-            send.send_response(handle_req(&state, req).await);
+            send.send_response(answer(&state, req).await);
         }
     });
     kube::Client::new(service, "default")
 }
 
-async fn handle_req(state: &Shared, req: Request<Body>) -> Response<Body> {
-    handle(state, req).await
+/// A MailDomain as the API server would hold it (defaults applied by serde).
+fn maildomain(name: &str, created: &str, spec_yaml: &str) -> Value {
+    let spec: Value = serde_yaml::from_str(spec_yaml).unwrap();
+    let md = json!({
+        "apiVersion": "smtpfleet.io/v1alpha1", "kind": "MailDomain",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+                     "generation": 1, "creationTimestamp": created},
+        "spec": spec,
+    });
+    // Round-trip through the typed API so the stored object is what a real server returns.
+    let typed: MailDomain = serde_json::from_value(md).unwrap();
+    serde_json::to_value(typed).unwrap()
 }
 
-fn settings(key: KeySettings) -> DomainSettings {
-    DomainSettings {
-        domain: DOMAIN.into(),
-        relay_pool: "blue".into(),
-        key,
-        spf_mechanisms: vec![],
-        spf_all: SpfAll::default(),
-        dmarc: Some(DmarcSpec {
-            policy: Some(DmarcPolicy::Reject),
-            rua: vec![],
-            pct: None,
-        }),
-        mta_sts: None,
-        tls_rpt: None,
-    }
+fn relay_pool(name: &str, hostname: &str) -> Value {
+    json!({
+        "apiVersion": "smtpfleet.io/v1alpha1", "kind": "RelayPool",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}")},
+        "spec": {"hostname": hostname},
+    })
 }
 
-fn generated(rotate_after: Option<chrono::Duration>) -> KeySettings {
-    KeySettings::Generated {
-        selector: "mail".into(),
-        algorithm: KeyAlgorithm::Ed25519,
-        rotate_after,
-        overlap: chrono::Duration::hours(1),
-    }
-}
+const GENERATED: &str = "
+domain: shop.test
+relayPoolRef: {name: blue}
+dkim: {selector: mail, algorithm: ed25519}
+dmarc: {policy: reject}
+";
 
-/// The view the reconciler gets, with the status the mock server holds now.
-fn view(state: &Shared, settings: Result<DomainSettings, InvalidSpec>) -> MailDomainView {
-    let status = state.lock().unwrap().status.clone().unwrap_or(Value::Null);
-    let conditions: Vec<Condition> =
-        serde_json::from_value(status["conditions"].clone()).unwrap_or_default();
-    MailDomainView {
-        object: MailDomainRef {
-            name: MD.into(),
-            namespace: NS.into(),
-            uid: "uid-shop".into(),
-        },
-        generation: Some(1),
-        settings,
-        relay_pool: "blue".into(),
-        conditions,
-        status,
-    }
-}
+const ROTATING: &str = "
+domain: shop.test
+relayPoolRef: {name: blue}
+dkim: {selector: mail, algorithm: ed25519, rotateAfter: 30d, rotationOverlap: 1h}
+dmarc: {policy: reject}
+";
 
 struct Harness {
     state: Shared,
@@ -275,16 +290,25 @@ fn harness(dns: std::net::SocketAddr) -> Harness {
 }
 
 impl Harness {
-    fn requests(&self) -> Vec<Recorded> {
-        std::mem::take(&mut self.state.lock().unwrap().requests)
-    }
-    fn status(&self) -> Value {
+    fn add_domain(&self, name: &str, created: &str, spec: &str) {
         self.state
             .lock()
             .unwrap()
-            .status
-            .clone()
-            .unwrap_or(Value::Null)
+            .maildomains
+            .insert(name.into(), maildomain(name, created, spec));
+    }
+    fn add_pool(&self, name: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .pools
+            .insert(name.into(), relay_pool(name, POOL_HOST));
+    }
+    fn requests(&self) -> Vec<Recorded> {
+        std::mem::take(&mut self.state.lock().unwrap().requests)
+    }
+    fn status(&self, name: &str) -> Value {
+        self.state.lock().unwrap().maildomains[name]["status"].clone()
     }
     fn secret(&self, name: &str) -> Option<Value> {
         self.state.lock().unwrap().secrets.get(name).cloned()
@@ -292,15 +316,17 @@ impl Harness {
     fn advance(&self, by: chrono::Duration) {
         *self.now.lock().unwrap() += by;
     }
-    async fn reconcile(
-        &self,
-        s: &Result<DomainSettings, InvalidSpec>,
-    ) -> kube::runtime::controller::Action {
-        let v = view(&self.state, s.clone());
-        tokio::time::timeout(Duration::from_secs(30), reconcile_view(&v, &self.ctx))
-            .await
-            .expect("reconcile timed out")
-            .expect("reconcile failed")
+    /// Reconciles `name` as the API server holds it now.
+    async fn reconcile(&self, name: &str) -> kube::runtime::controller::Action {
+        let md: MailDomain =
+            serde_json::from_value(self.state.lock().unwrap().maildomains[name].clone()).unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            reconcile(Arc::new(md), self.ctx.clone()),
+        )
+        .await
+        .expect("reconcile timed out")
+        .expect("reconcile failed")
     }
 }
 
@@ -325,7 +351,14 @@ fn event_reasons(reqs: &[Recorded]) -> Vec<String> {
         .collect()
 }
 
-/// Zone lines publishing every record the status lists.
+fn writes(reqs: &[Recorded]) -> Vec<(Method, String)> {
+    reqs.iter()
+        .filter(|r| r.method != Method::GET)
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect()
+}
+
+/// Zone lines publishing every record the status lists, as a user would.
 fn zone_from_status(status: &Value) -> String {
     status["dns"]["records"]
         .as_array()
@@ -353,8 +386,8 @@ fn zone_from_status(status: &Value) -> String {
 async fn missing_pool_creates_the_key_and_reports_pool_not_bound() {
     let knot = KnotServer::start(&[(DOMAIN, "")]);
     let h = harness(knot.addr());
-    let s = Ok(settings(generated(None)));
-    h.reconcile(&s).await;
+    h.add_domain("shop", "2026-05-01T00:00:00Z", GENERATED);
+    h.reconcile("shop").await;
     let reqs = h.requests();
 
     // The DKIM key Secret: server-side apply with our field manager, owned by the domain.
@@ -368,9 +401,13 @@ async fn missing_pool_creates_the_key_and_reports_pool_not_bound() {
         apply.query
     );
     assert!(apply.query.contains("force=true"), "{}", apply.query);
+    assert_eq!(apply.content_type, "application/apply-patch+yaml");
     let secret = h.secret("shop-dkim-mail").unwrap();
     assert_eq!(secret["type"], "Opaque");
-    assert_eq!(secret["metadata"]["labels"]["smtpfleet.io/maildomain"], MD);
+    assert_eq!(
+        secret["metadata"]["labels"]["smtpfleet.io/maildomain"],
+        "shop"
+    );
     assert_eq!(
         secret["metadata"]["annotations"]["smtpfleet.io/dkim-state"],
         "active"
@@ -383,10 +420,9 @@ async fn missing_pool_creates_the_key_and_reports_pool_not_bound() {
     assert_eq!(owner["kind"], "MailDomain");
     assert_eq!(owner["uid"], "uid-shop");
     assert_eq!(owner["controller"], true);
-    let private = secret["data"]["private.key"].as_str().unwrap();
     use base64::Engine as _;
     let pem = base64::engine::general_purpose::STANDARD
-        .decode(private)
+        .decode(secret["data"]["private.key"].as_str().unwrap())
         .unwrap();
     assert!(
         String::from_utf8(pem)
@@ -394,19 +430,29 @@ async fn missing_pool_creates_the_key_and_reports_pool_not_bound() {
             .starts_with("-----BEGIN PRIVATE KEY-----")
     );
 
-    // Status: PoolBound False naming the pool; the key is published in status.
-    let status = h.status();
+    // Status, applied server-side: PoolBound False naming the pool; the key is in status.
+    let status_write = reqs
+        .iter()
+        .find(|r| r.path.ends_with("/maildomains/shop/status"))
+        .expect("status written");
+    assert_eq!(status_write.method, Method::PATCH);
+    assert!(
+        status_write
+            .query
+            .contains("fieldManager=smtpfleet-operator")
+    );
+    let status = h.status("shop");
     let pb = condition(&status, "PoolBound");
     assert_eq!(pb["status"], "False");
-    assert_eq!(pb["reason"], "RelayPoolNotFound");
+    assert_eq!(pb["reason"], "PoolNotFound");
     assert!(
         pb["message"].as_str().unwrap().contains("RelayPool blue"),
         "{pb}"
     );
     assert_eq!(condition(&status, "Ready")["status"], "False");
     assert_eq!(condition(&status, "DKIMKeyReady")["status"], "True");
+    assert_eq!(condition(&status, "DNSVerified")["status"], "Unknown");
     assert_eq!(status["dkim"]["selector"], "mail");
-    assert_eq!(status["dkim"]["secretName"], "shop-dkim-mail");
     assert!(status["dns"].is_null());
     assert_eq!(status["observedGeneration"], 1);
     let reasons = event_reasons(&reqs);
@@ -414,30 +460,31 @@ async fn missing_pool_creates_the_key_and_reports_pool_not_bound() {
         reasons.contains(&"DKIMKeyGenerated".to_string()),
         "{reasons:?}"
     );
-    assert!(
-        reasons.contains(&"RelayPoolNotFound".to_string()),
-        "{reasons:?}"
-    );
+    assert!(reasons.contains(&"PoolNotFound".to_string()), "{reasons:?}");
     // No DNS queries without a pool hostname to check against.
     assert_eq!(knot.queries_answered(), 0);
+
+    // The RelayPool controller finds the key from status alone.
+    let md: MailDomain =
+        serde_json::from_value(h.state.lock().unwrap().maildomains["shop"].clone()).unwrap();
+    assert_eq!(
+        smtpfleet_operator::maildomain::active_key_secret_name(&md).as_deref(),
+        Some("shop-dkim-mail")
+    );
 }
 
 #[tokio::test]
 async fn records_are_reported_then_verified_and_quiet_afterwards() {
     let mut knot = KnotServer::start(&[(DOMAIN, "")]);
     let h = harness(knot.addr());
-    h.state
-        .lock()
-        .unwrap()
-        .pools
-        .insert("blue".into(), POOL_HOST.into());
-    let s = Ok(settings(generated(None)));
+    h.add_pool("blue");
+    h.add_domain("shop", "2026-05-01T00:00:00Z", GENERATED);
 
-    h.reconcile(&s).await;
-    let reqs = h.requests();
-    let status = h.status();
+    h.reconcile("shop").await;
+    h.requests();
+    let status = h.status("shop");
     let records = status["dns"]["records"].as_array().unwrap();
-    let kinds: Vec<(&str, &str, &str)> = records
+    let rows: Vec<(&str, &str, &str)> = records
         .iter()
         .map(|r| {
             (
@@ -448,7 +495,7 @@ async fn records_are_reported_then_verified_and_quiet_afterwards() {
         })
         .collect();
     assert_eq!(
-        kinds,
+        rows,
         vec![
             ("MX", "shop.test.", "Missing"),
             ("TXT", "shop.test.", "Missing"),
@@ -457,11 +504,17 @@ async fn records_are_reported_then_verified_and_quiet_afterwards() {
         ]
     );
     assert_eq!(records[0]["expected"], "10 relay.pool.example.net.");
+    assert_eq!(
+        records[1]["expected"],
+        "v=spf1 a:relay.pool.example.net ~all"
+    );
+    assert_eq!(records[3]["expected"], "v=DMARC1; p=reject");
     let pubkey = status["dkim"]["publicKey"].as_str().unwrap();
     assert_eq!(
         records[2]["expected"],
         format!("v=DKIM1; k=ed25519; p={pubkey}")
     );
+    assert!(status["dns"]["checkedAt"].is_string());
     let dns = condition(&status, "DNSVerified");
     assert_eq!(dns["status"], "False");
     assert_eq!(dns["reason"], "RecordsMissing");
@@ -472,16 +525,12 @@ async fn records_are_reported_then_verified_and_quiet_afterwards() {
             .contains("mail._domainkey.shop.test.")
     );
     assert_eq!(condition(&status, "PoolBound")["status"], "True");
-    assert!(
-        reqs.iter()
-            .any(|r| r.path.ends_with("/maildomains/shop/status"))
-    );
 
     // The user publishes exactly what status says.
     knot.set_zone(DOMAIN, &zone_from_status(&status));
-    h.reconcile(&s).await;
+    h.reconcile("shop").await;
     let reqs = h.requests();
-    let status = h.status();
+    let status = h.status("shop");
     assert!(
         status["dns"]["records"]
             .as_array()
@@ -493,26 +542,16 @@ async fn records_are_reported_then_verified_and_quiet_afterwards() {
     for t in ["DNSVerified", "Ready", "PoolBound", "DKIMKeyReady"] {
         assert_eq!(condition(&status, t)["status"], "True", "{t}");
     }
-    assert_eq!(event_reasons(&reqs), vec!["DNSVerifiedTrue", "ReadyTrue"]);
+    assert_eq!(event_reasons(&reqs), vec!["DomainReady", "RecordsMatch"]);
     // The key exists and is unchanged: not written again.
-    assert!(
-        !reqs
-            .iter()
-            .any(|r| r.path.contains("/secrets/") && r.method == Method::PATCH)
-    );
+    assert!(!writes(&reqs).iter().any(|(_, p)| p.contains("/secrets/")));
 
     // Woken again before the next scheduled check: no DNS queries, no writes, no events.
     let queries = knot.queries_answered();
-    let action = h.reconcile(&s).await;
+    let action = h.reconcile("shop").await;
     let reqs = h.requests();
     assert_eq!(knot.queries_answered(), queries);
-    assert!(
-        reqs.iter().all(|r| r.method == Method::GET),
-        "{:?}",
-        reqs.iter()
-            .map(|r| (&r.method, &r.path))
-            .collect::<Vec<_>>()
-    );
+    assert!(writes(&reqs).is_empty(), "{:?}", writes(&reqs));
     let text = format!("{action:?}");
     assert!(text.contains("requeue_after: Some("), "{text}");
 }
@@ -521,21 +560,17 @@ async fn records_are_reported_then_verified_and_quiet_afterwards() {
 async fn rotation_through_the_controller() {
     let mut knot = KnotServer::start(&[(DOMAIN, "")]);
     let h = harness(knot.addr());
-    h.state
-        .lock()
-        .unwrap()
-        .pools
-        .insert("blue".into(), POOL_HOST.into());
-    let s = Ok(settings(generated(Some(chrono::Duration::days(30)))));
-    h.reconcile(&s).await;
-    knot.set_zone(DOMAIN, &zone_from_status(&h.status()));
-    h.reconcile(&s).await;
-    assert_eq!(condition(&h.status(), "Ready")["status"], "True");
+    h.add_pool("blue");
+    h.add_domain("shop", "2026-05-01T00:00:00Z", ROTATING);
+    h.reconcile("shop").await;
+    knot.set_zone(DOMAIN, &zone_from_status(&h.status("shop")));
+    h.reconcile("shop").await;
+    assert_eq!(condition(&h.status("shop"), "Ready")["status"], "True");
     h.requests();
 
     // Rotation due: the next key appears, signing stays.
     h.advance(chrono::Duration::days(31));
-    h.reconcile(&s).await;
+    h.reconcile("shop").await;
     let reqs = h.requests();
     let next_name = "shop-dkim-mail-20260702";
     let next = h.secret(next_name).expect("next key Secret");
@@ -543,10 +578,10 @@ async fn rotation_through_the_controller() {
         next["metadata"]["annotations"]["smtpfleet.io/dkim-state"],
         "next"
     );
-    let status = h.status();
+    let status = h.status("shop");
     assert_eq!(status["dkim"]["selector"], "mail");
-    let key_cond = condition(&status, "DKIMKeyReady");
-    assert_eq!(key_cond["reason"], "RotationPending");
+    assert_eq!(status["dkim"]["nextSelector"], "mail-20260702");
+    assert_eq!(condition(&status, "DKIMKeyReady")["reason"], "KeyRotating");
     assert_eq!(
         condition(&status, "Ready")["status"],
         "True",
@@ -557,24 +592,38 @@ async fn rotation_through_the_controller() {
         .unwrap()
         .iter()
         .find(|r| r["name"] == "mail-20260702._domainkey.shop.test.")
-        .expect("next key listed");
+        .expect("next key listed")
+        .clone();
     assert_eq!(next_row["result"], "Missing");
     assert!(next_row["message"].as_str().unwrap().contains("next key"));
     assert!(event_reasons(&reqs).contains(&"DKIMRotationStarted".to_string()));
 
-    // Still not published: no switch.
+    // Not published yet: no switch.
     h.advance(chrono::Duration::hours(2));
-    h.reconcile(&s).await;
-    assert_eq!(h.status()["dkim"]["selector"], "mail");
+    h.reconcile("shop").await;
+    assert_eq!(h.status("shop")["dkim"]["selector"], "mail");
     h.requests();
 
-    // Published: signing switches; the old key is kept, marked retiring.
-    knot.set_zone(DOMAIN, &zone_from_status(&h.status()));
-    h.reconcile(&s).await;
+    // Published: noted, but signing waits for the overlap (1h).
+    knot.set_zone(DOMAIN, &zone_from_status(&h.status("shop")));
+    h.reconcile("shop").await;
     let reqs = h.requests();
-    let status = h.status();
+    assert!(event_reasons(&reqs).contains(&"DKIMNextKeyPublished".to_string()));
+    assert_eq!(h.status("shop")["dkim"]["selector"], "mail");
+    let next = h.secret(next_name).unwrap();
+    assert!(next["metadata"]["annotations"]["smtpfleet.io/dkim-published-at"].is_string());
+    let action = h.reconcile("shop").await;
+    assert!(format!("{action:?}").contains("requeue_after: Some("));
+    assert_eq!(h.status("shop")["dkim"]["selector"], "mail");
+    h.requests();
+
+    // After the overlap: signing switches; the old key is kept, marked retiring.
+    h.advance(chrono::Duration::minutes(61));
+    h.reconcile("shop").await;
+    let reqs = h.requests();
+    let status = h.status("shop");
     assert_eq!(status["dkim"]["selector"], "mail-20260702");
-    assert_eq!(status["dkim"]["secretName"], next_name);
+    assert!(status["dkim"]["nextSelector"].is_null());
     let old = h.secret("shop-dkim-mail").unwrap();
     assert_eq!(
         old["metadata"]["annotations"]["smtpfleet.io/dkim-state"],
@@ -585,19 +634,19 @@ async fn rotation_through_the_controller() {
         "active"
     );
     assert!(event_reasons(&reqs).contains(&"DKIMSigningSwitched".to_string()));
-    assert_eq!(condition(&status, "DKIMKeyReady")["reason"], "KeyActive");
+    assert_eq!(condition(&status, "DKIMKeyReady")["reason"], "KeyGenerated");
 
-    // After the overlap the old key's Secret is deleted.
+    // After the overlap again the old key's Secret is deleted.
     h.advance(chrono::Duration::minutes(61));
-    h.reconcile(&s).await;
+    h.reconcile("shop").await;
     let reqs = h.requests();
-    assert!(
-        reqs.iter()
-            .any(|r| r.method == Method::DELETE && r.path.ends_with("/secrets/shop-dkim-mail"))
-    );
+    assert!(writes(&reqs).contains(&(
+        Method::DELETE,
+        "/api/v1/namespaces/mail/secrets/shop-dkim-mail".to_string()
+    )));
     assert!(h.secret("shop-dkim-mail").is_none());
     assert!(event_reasons(&reqs).contains(&"DKIMKeyRetired".to_string()));
-    let status = h.status();
+    let status = h.status("shop");
     assert!(
         status["dns"]["records"]
             .as_array()
@@ -613,18 +662,23 @@ async fn rotation_through_the_controller() {
 async fn user_provided_key_is_copied_and_a_missing_one_is_reported() {
     let knot = KnotServer::start(&[(DOMAIN, "")]);
     let h = harness(knot.addr());
-    let s = Ok(settings(KeySettings::UserProvided {
-        selector: "byo".into(),
-        secret_name: "my-dkim".into(),
-        secret_key: "key.pem".into(),
-    }));
-    h.reconcile(&s).await;
-    let status = h.status();
+    h.add_domain(
+        "shop",
+        "2026-05-01T00:00:00Z",
+        "domain: shop.test\nrelayPoolRef: {name: blue}\n\
+         dkim: {selector: byo, privateKeySecretRef: {name: my-dkim, key: key.pem}}\n",
+    );
+    h.reconcile("shop").await;
+    let status = h.status("shop");
     let k = condition(&status, "DKIMKeyReady");
     assert_eq!(k["status"], "False");
-    assert_eq!(k["reason"], "PrivateKeySecretNotFound");
+    assert_eq!(k["reason"], "KeySecretNotFound");
     assert!(k["message"].as_str().unwrap().contains("my-dkim"));
-    h.requests();
+    assert!(
+        !writes(&h.requests())
+            .iter()
+            .any(|(_, p)| p.contains("/secrets/"))
+    );
 
     // PKCS#1 RSA, as `openssl genrsa -traditional` writes it.
     use rsa::pkcs1::EncodeRsaPrivateKey as _;
@@ -640,11 +694,14 @@ async fn user_provided_key_is_copied_and_a_missing_one_is_reported() {
                "metadata": {"name": "my-dkim", "namespace": NS},
                "data": {"key.pem": base64::engine::general_purpose::STANDARD.encode(pem.as_bytes())}}),
     );
-    h.reconcile(&s).await;
-    let status = h.status();
-    assert_eq!(condition(&status, "DKIMKeyReady")["status"], "True");
+    h.reconcile("shop").await;
+    let status = h.status("shop");
+    let k = condition(&status, "DKIMKeyReady");
+    assert_eq!(
+        (&k["status"], &k["reason"]),
+        (&json!("True"), &json!("KeyProvided"))
+    );
     assert_eq!(status["dkim"]["selector"], "byo");
-    assert_eq!(status["dkim"]["secretName"], "shop-dkim-byo");
     let copy = h.secret("shop-dkim-byo").unwrap();
     assert_eq!(
         copy["metadata"]["annotations"]["smtpfleet.io/dkim-source"],
@@ -654,31 +711,59 @@ async fn user_provided_key_is_copied_and_a_missing_one_is_reported() {
     assert_eq!(status["dkim"]["publicKey"], expected.dns_public_key);
     assert!(event_reasons(&h.requests()).contains(&"DKIMKeyImported".to_string()));
     // Unchanged user key: nothing written the second time.
-    h.reconcile(&s).await;
-    assert!(h.requests().iter().all(|r| r.method == Method::GET));
+    h.reconcile("shop").await;
+    assert!(writes(&h.requests()).is_empty());
 }
 
 #[tokio::test]
-async fn invalid_spec_is_reported_without_touching_keys() {
+async fn spec_the_schema_lets_through_but_that_cannot_work_is_invalid() {
     let knot = KnotServer::start(&[(DOMAIN, "")]);
     let h = harness(knot.addr());
-    let s = Err(InvalidSpec::new(
-        "spec.spf.mechanisms[0]",
-        "\"ip4:300.1.1.1\" is not an IP address",
-    ));
-    h.reconcile(&s).await;
+    // Matches the CRD's ip4 pattern, but is not an address.
+    h.add_domain(
+        "shop",
+        "2026-05-01T00:00:00Z",
+        "domain: shop.test\nrelayPoolRef: {name: blue}\nspf: {mechanisms: [\"ip4:300.1.1.1\"]}\n",
+    );
+    let action = h.reconcile("shop").await;
     let reqs = h.requests();
     assert!(
         reqs.iter().all(|r| !r.path.contains("/secrets")),
         "{reqs:?}"
     );
-    let status = h.status();
-    let ready = condition(&status, "Ready");
+    let ready = condition(&h.status("shop"), "Ready").clone();
     assert_eq!(ready["reason"], "InvalidSpec");
     assert!(
         ready["message"]
             .as_str()
             .unwrap()
-            .starts_with("spec.spf.mechanisms[0]:")
+            .starts_with("spec.spf.mechanisms[0]: \"ip4:300.1.1.1\""),
+        "{ready}"
     );
+    assert!(format!("{action:?}").contains("requeue_after: None"));
+}
+
+#[tokio::test]
+async fn second_claim_on_a_domain_is_a_conflict() {
+    let knot = KnotServer::start(&[(DOMAIN, "")]);
+    let h = harness(knot.addr());
+    h.add_pool("blue");
+    h.add_domain("first", "2026-05-01T00:00:00Z", GENERATED);
+    h.add_domain("second", "2026-05-02T00:00:00Z", GENERATED);
+    h.reconcile("second").await;
+    let reqs = h.requests();
+    let status = h.status("second");
+    let pb = condition(&status, "PoolBound");
+    assert_eq!(
+        (&pb["status"], &pb["reason"]),
+        (&json!("False"), &json!("DomainConflict"))
+    );
+    assert!(pb["message"].as_str().unwrap().contains("MailDomain first"));
+    assert_eq!(condition(&status, "Ready")["reason"], "DomainConflict");
+    assert!(!writes(&reqs).iter().any(|(_, p)| p.contains("/secrets/")));
+    assert!(status["dkim"].is_null());
+    // The older claim is served as usual.
+    h.reconcile("first").await;
+    assert_eq!(condition(&h.status("first"), "PoolBound")["status"], "True");
+    assert!(h.secret("first-dkim-mail").is_some());
 }

@@ -97,5 +97,8 @@ async fn run_scope(ctx: Arc<Context>, namespace: Option<String>) {
             }
         })
         .await;
-    tracing::info!(namespace = ns.unwrap_or("*"), "MailDomain controller stopped");
+    tracing::info!(
+        namespace = ns.unwrap_or("*"),
+        "MailDomain controller stopped"
+    );
 }

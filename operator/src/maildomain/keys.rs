@@ -151,10 +151,9 @@ pub fn read_key_ring(secrets: &[Secret], now: DateTime<Utc>) -> StoredKeys {
             _ => KeySource::Generated,
         };
         match ann.get(ANN_STATE).map(String::as_str) {
-            Some("next") => nexts.push((
-                meta,
-                ann.get(ANN_PUBLISHED_AT).and_then(|t| parse_time(t)),
-            )),
+            Some("next") => {
+                nexts.push((meta, ann.get(ANN_PUBLISHED_AT).and_then(|t| parse_time(t))))
+            }
             Some("retiring") => out.ring.retiring.push(RetiringKey {
                 key: meta,
                 retire_at: ann

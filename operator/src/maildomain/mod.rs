@@ -51,7 +51,10 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 /// The Secret holding the key `maildomain` signs with, once it has one.
 pub fn active_key_secret_name(maildomain: &MailDomain) -> Option<String> {
     let selector = &maildomain.status.as_ref()?.dkim.as_ref()?.selector;
-    Some(crate::dkim_keys::secret_name(&maildomain.name_any(), selector))
+    Some(crate::dkim_keys::secret_name(
+        &maildomain.name_any(),
+        selector,
+    ))
 }
 
 /// Identity of a MailDomain object.

@@ -74,7 +74,9 @@ impl MailDomainView {
     }
 
     fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
     }
 }
 
@@ -202,7 +204,11 @@ async fn read_user_key(
             format!("Secret {name} named by spec.dkim.privateKeySecretRef does not exist"),
         )));
     };
-    let value = secret.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone());
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone());
     Ok(match value.map(String::from_utf8) {
         Some(Ok(pem)) => Ok(pem),
         Some(Err(_)) => Err((
@@ -224,8 +230,12 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
     let settings = match &view.settings {
         Ok(s) => s.clone(),
         Err(invalid) => {
-            let conds =
-                invalid_spec_conditions(&invalid.to_string(), view.generation, view.conditions(), now);
+            let conds = invalid_spec_conditions(
+                &invalid.to_string(),
+                view.generation,
+                view.conditions(),
+                now,
+            );
             events.extend(transition_events(view.conditions(), &conds));
             let mut status = view.status.clone().unwrap_or_default();
             status.observed_generation = view.generation;
@@ -279,7 +289,9 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
                 }
             }
         }
-        (KeySettings::UserProvided { .. }, Some(Err(failure))) => key_failure = Some(failure.clone()),
+        (KeySettings::UserProvided { .. }, Some(Err(failure))) => {
+            key_failure = Some(failure.clone())
+        }
         (KeySettings::UserProvided { .. }, None) => {}
         (KeySettings::Generated { .. }, _) => {
             if let Some(policy) = &policy
@@ -547,8 +559,7 @@ async fn dns_check(
     stored: &StoredKeys,
 ) -> Option<CheckOutcome> {
     let hostname = hostname?;
-    let expected: Vec<ExpectedRecord> =
-        expected_records(&publish_spec(settings, hostname, stored));
+    let expected: Vec<ExpectedRecord> = expected_records(&publish_spec(settings, hostname, stored));
     let key = (view.object.namespace.clone(), view.object.name.clone());
     let now = tokio::time::Instant::now();
     if let Some(cached) = ctx.checks.lock().ok().and_then(|m| m.get(&key).cloned())

@@ -24,10 +24,19 @@ use crate::dns::{CheckResult, DomainCheck};
 /// What the pool lookup found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolState {
-    Bound { name: String, hostname: String },
-    NotFound { name: String, namespace: String },
+    Bound {
+        name: String,
+        hostname: String,
+    },
+    NotFound {
+        name: String,
+        namespace: String,
+    },
     /// An older MailDomain (`other`) claims the same domain.
-    Conflict { other: String, domain: String },
+    Conflict {
+        other: String,
+        domain: String,
+    },
 }
 
 /// Where the signing key comes from.
@@ -35,7 +44,9 @@ pub enum PoolState {
 pub enum KeyOrigin {
     Generated,
     /// From the named Secret.
-    Provided { secret: String },
+    Provided {
+        secret: String,
+    },
 }
 
 /// What the key step found or did.
@@ -56,7 +67,9 @@ pub enum KeyState {
 pub enum DnsState {
     Checked(DomainCheck),
     /// Not checked yet; the message says why.
-    NotChecked { message: String },
+    NotChecked {
+        message: String,
+    },
 }
 
 /// Everything the conditions depend on.
@@ -186,8 +199,7 @@ pub fn conditions(
         (
             TRUE,
             reasons::DOMAIN_READY,
-            "the domain is bound to its pool, signed, and its DNS records are verified"
-                .to_string(),
+            "the domain is bound to its pool, signed, and its DNS records are verified".to_string(),
         )
     } else if matches!(inputs.pool, PoolState::Conflict { .. }) {
         (FALSE, reasons::DOMAIN_CONFLICT, failing.join("; "))
@@ -198,9 +210,30 @@ pub fn conditions(
     let mut out = previous.to_vec();
     for c in [
         condition(types::READY, ready_status, ready_reason, ready_msg, g, now),
-        condition(types::DNS_VERIFIED, dns_status, &dns_reason, dns_msg, g, now),
-        condition(types::DKIM_KEY_READY, key_status, &key_reason, key_msg, g, now),
-        condition(types::POOL_BOUND, pool_status, pool_reason, pool_msg, g, now),
+        condition(
+            types::DNS_VERIFIED,
+            dns_status,
+            &dns_reason,
+            dns_msg,
+            g,
+            now,
+        ),
+        condition(
+            types::DKIM_KEY_READY,
+            key_status,
+            &key_reason,
+            key_msg,
+            g,
+            now,
+        ),
+        condition(
+            types::POOL_BOUND,
+            pool_status,
+            pool_reason,
+            pool_msg,
+            g,
+            now,
+        ),
     ] {
         upsert(&mut out, c);
     }
@@ -219,7 +252,13 @@ fn key_condition(
     rotation: Option<&RotationAction>,
 ) -> (&'static str, String, String) {
     let signing = format!("signing with selector {selector}");
-    let rotating = |what: String| (TRUE, reasons::KEY_ROTATING.to_string(), format!("{signing}; {what}"));
+    let rotating = |what: String| {
+        (
+            TRUE,
+            reasons::KEY_ROTATING.to_string(),
+            format!("{signing}; {what}"),
+        )
+    };
     match rotation {
         Some(RotationAction::GenerateNext { selector: next, .. })
         | Some(RotationAction::WaitForDns { selector: next }) => rotating(format!(
@@ -424,7 +463,10 @@ mod tests {
             assert_eq!(get(&c, t).observed_generation, Some(3));
         }
         assert_eq!(get(&c, types::READY).reason, reasons::DOMAIN_READY);
-        assert_eq!(get(&c, types::DKIM_KEY_READY).reason, reasons::KEY_GENERATED);
+        assert_eq!(
+            get(&c, types::DKIM_KEY_READY).reason,
+            reasons::KEY_GENERATED
+        );
         assert_eq!(
             get(&c, types::DNS_VERIFIED).message,
             "all 1 required DNS records match"
@@ -445,13 +487,27 @@ mod tests {
         let dns = get(&c, types::DNS_VERIFIED);
         assert_eq!(dns.status, FALSE);
         assert_eq!(dns.reason, reasons::RECORDS_MISMATCH);
-        assert!(dns.message.starts_with("2 of the required"), "{}", dns.message);
-        assert!(dns.message.contains("MX MX example.com. is Missing: Mx says Missing"));
+        assert!(
+            dns.message.starts_with("2 of the required"),
+            "{}",
+            dns.message
+        );
+        assert!(
+            dns.message
+                .contains("MX MX example.com. is Missing: Mx says Missing")
+        );
         assert!(dns.message.contains("SPF TXT example.com. is Mismatch"));
         assert!(!dns.message.contains("DKIM"));
         let ready = get(&c, types::READY);
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), (FALSE, reasons::NOT_READY));
-        assert!(ready.message.starts_with("DNSVerified: 2 of the required"), "{}", ready.message);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            (FALSE, reasons::NOT_READY)
+        );
+        assert!(
+            ready.message.starts_with("DNSVerified: 2 of the required"),
+            "{}",
+            ready.message
+        );
 
         let missing = conditions(
             &inputs(vec![
@@ -461,14 +517,20 @@ mod tests {
             &[],
             now(),
         );
-        assert_eq!(get(&missing, types::DNS_VERIFIED).reason, reasons::RECORDS_MISSING);
+        assert_eq!(
+            get(&missing, types::DNS_VERIFIED).reason,
+            reasons::RECORDS_MISSING
+        );
         let errors = conditions(
             &inputs(vec![rc(RecordKind::Mx, CheckResult::Error, true)]),
             &[],
             now(),
         );
         let dns = get(&errors, types::DNS_VERIFIED);
-        assert_eq!((dns.status.as_str(), dns.reason.as_str()), (UNKNOWN, reasons::LOOKUP_FAILED));
+        assert_eq!(
+            (dns.status.as_str(), dns.reason.as_str()),
+            (UNKNOWN, reasons::LOOKUP_FAILED)
+        );
         assert_eq!(get(&errors, types::READY).status, FALSE);
     }
 
@@ -484,13 +546,26 @@ mod tests {
         };
         let c = conditions(&i, &[], now());
         let pb = get(&c, types::POOL_BOUND);
-        assert_eq!((pb.status.as_str(), pb.reason.as_str()), (FALSE, reasons::POOL_NOT_FOUND));
-        assert!(pb.message.contains("RelayPool blue does not exist in namespace mail"));
+        assert_eq!(
+            (pb.status.as_str(), pb.reason.as_str()),
+            (FALSE, reasons::POOL_NOT_FOUND)
+        );
+        assert!(
+            pb.message
+                .contains("RelayPool blue does not exist in namespace mail")
+        );
         let dns = get(&c, types::DNS_VERIFIED);
-        assert_eq!((dns.status.as_str(), dns.reason.as_str()), (UNKNOWN, reasons::CHECK_PENDING));
+        assert_eq!(
+            (dns.status.as_str(), dns.reason.as_str()),
+            (UNKNOWN, reasons::CHECK_PENDING)
+        );
         let ready = get(&c, types::READY);
         assert_eq!(ready.reason, reasons::NOT_READY);
-        assert!(ready.message.contains("PoolBound: RelayPool blue"), "{}", ready.message);
+        assert!(
+            ready.message.contains("PoolBound: RelayPool blue"),
+            "{}",
+            ready.message
+        );
         assert!(ready.message.contains("DNSVerified: "), "{}", ready.message);
         assert_eq!(get(&c, types::DKIM_KEY_READY).status, TRUE);
 
@@ -511,9 +586,11 @@ mod tests {
         let c0 = conditions(&bad, &[], t0);
         let first = transition_events(&[], &c0);
         assert_eq!(first.len(), 4, "first sighting of every condition");
-        assert!(first
-            .iter()
-            .any(|e| e.warning && e.reason == reasons::RECORDS_MISSING));
+        assert!(
+            first
+                .iter()
+                .any(|e| e.warning && e.reason == reasons::RECORDS_MISSING)
+        );
 
         // Same state an hour later: no events, transition times kept.
         let c1 = conditions(&bad, &c0, t1);
@@ -528,7 +605,10 @@ mod tests {
         let c2 = conditions(&good, &c1, t1);
         let ev = transition_events(&c1, &c2);
         let reasons_seen: Vec<&str> = ev.iter().map(|e| e.reason.as_str()).collect();
-        assert_eq!(reasons_seen, vec![reasons::DOMAIN_READY, reasons::RECORDS_MATCH]);
+        assert_eq!(
+            reasons_seen,
+            vec![reasons::DOMAIN_READY, reasons::RECORDS_MATCH]
+        );
         assert!(ev.iter().all(|e| !e.warning));
         assert_ne!(
             get(&c2, types::READY).last_transition_time,
@@ -548,7 +628,10 @@ mod tests {
         };
         let c = conditions(&i, &[], now());
         let k = get(&c, types::DKIM_KEY_READY);
-        assert_eq!((k.status.as_str(), k.reason.as_str()), (TRUE, reasons::KEY_ROTATING));
+        assert_eq!(
+            (k.status.as_str(), k.reason.as_str()),
+            (TRUE, reasons::KEY_ROTATING)
+        );
         assert!(k.message.contains("mail-20260101"));
         assert_eq!(get(&c, types::READY).status, TRUE);
 
@@ -572,7 +655,12 @@ mod tests {
         assert_eq!(get(&c, types::DKIM_KEY_READY).status, FALSE);
         assert_eq!(get(&c, types::READY).status, FALSE);
 
-        assert!(rotation_event(&RotationAction::WaitForDns { selector: "x".into() }).is_none());
+        assert!(
+            rotation_event(&RotationAction::WaitForDns {
+                selector: "x".into()
+            })
+            .is_none()
+        );
         let e = rotation_event(&RotationAction::Retire {
             selector: "mail".into(),
         })
@@ -590,8 +678,14 @@ mod tests {
             now(),
         );
         let ready = get(&c, types::READY);
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), (FALSE, reasons::INVALID_SPEC));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            (FALSE, reasons::INVALID_SPEC)
+        );
         assert_eq!(ready.observed_generation, Some(4));
-        assert_eq!(get(&c, types::POOL_BOUND), get(&previous, types::POOL_BOUND));
+        assert_eq!(
+            get(&c, types::POOL_BOUND),
+            get(&previous, types::POOL_BOUND)
+        );
     }
 }

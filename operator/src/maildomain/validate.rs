@@ -91,36 +91,35 @@ pub fn settings_from_spec(spec: &MailDomainSpec) -> Result<DomainSettings, Inval
         None => (vec![], SpfAll::default()),
     };
 
-    let dmarc = spec
-        .dmarc
-        .as_ref()
-        .map(|d| -> Result<DmarcSpec, InvalidSpec> {
-            let rua = d
-                .rua
-                .iter()
-                .enumerate()
-                .map(|(i, u)| check_report_uri(&format!("spec.dmarc.rua[{i}]"), u))
-                .collect::<Result<Vec<_>, _>>()?;
-            let pct = d
-                .pct
-                .map(|p| {
-                    u8::try_from(p)
-                        .ok()
-                        .filter(|p| *p <= 100)
-                        .ok_or_else(|| InvalidSpec::new("spec.dmarc.pct", "must be 0 to 100"))
+    let dmarc =
+        spec.dmarc
+            .as_ref()
+            .map(|d| -> Result<DmarcSpec, InvalidSpec> {
+                let rua = d
+                    .rua
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| check_report_uri(&format!("spec.dmarc.rua[{i}]"), u))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let pct =
+                    d.pct
+                        .map(|p| {
+                            u8::try_from(p).ok().filter(|p| *p <= 100).ok_or_else(|| {
+                                InvalidSpec::new("spec.dmarc.pct", "must be 0 to 100")
+                            })
+                        })
+                        .transpose()?;
+                Ok(DmarcSpec {
+                    policy: Some(match d.policy {
+                        ApiDmarcPolicy::None => DmarcPolicy::None,
+                        ApiDmarcPolicy::Quarantine => DmarcPolicy::Quarantine,
+                        ApiDmarcPolicy::Reject => DmarcPolicy::Reject,
+                    }),
+                    rua,
+                    pct,
                 })
-                .transpose()?;
-            Ok(DmarcSpec {
-                policy: Some(match d.policy {
-                    ApiDmarcPolicy::None => DmarcPolicy::None,
-                    ApiDmarcPolicy::Quarantine => DmarcPolicy::Quarantine,
-                    ApiDmarcPolicy::Reject => DmarcPolicy::Reject,
-                }),
-                rua,
-                pct,
             })
-        })
-        .transpose()?;
+            .transpose()?;
 
     let mta_sts = spec
         .mta_sts
@@ -149,7 +148,10 @@ pub fn settings_from_spec(spec: &MailDomainSpec) -> Result<DomainSettings, Inval
         .as_ref()
         .map(|t| -> Result<TlsRptSpec, InvalidSpec> {
             if t.rua.is_empty() {
-                return Err(InvalidSpec::new("spec.tlsRpt.rua", "needs at least one address"));
+                return Err(InvalidSpec::new(
+                    "spec.tlsRpt.rua",
+                    "needs at least one address",
+                ));
             }
             Ok(TlsRptSpec {
                 rua: t
