@@ -28,6 +28,7 @@ pub mod validate;
 pub use controller::{error_policy, reconcile, run};
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -38,7 +39,10 @@ use kube::runtime::events::{Recorder, Reporter};
 use crate::api::mail_domain::{MailDomain, MailDomainStatus};
 use crate::api::relay_pool::RelayPool;
 use crate::dkim_keys::KeyError;
-use crate::dns::{CheckSchedule, DnsResolver, DomainCheck, ExpectedRecord};
+use crate::dns::{
+    CheckSchedule, DnsResolver, DomainCheck, ExpectedRecord, QueryLimiter, ResolverError,
+    ResolverSettings,
+};
 
 /// Field manager for everything this controller writes.
 pub const FIELD_MANAGER: &str = "smtpfleet-operator";
@@ -88,9 +92,21 @@ pub struct Context {
 }
 
 impl Context {
-    /// `nameservers`/`query_rate` come from the operator's `--dns-nameserver` and
-    /// `--dns-query-rate` flags: see [`crate::dns::DnsResolver::new`] and
-    /// [`crate::dns::QueryLimiter::new`] for how they are used.
+    /// The context `main` builds from the operator's flags: `nameservers` from
+    /// `--dns-nameserver` (UDP and TCP; empty means the system resolver configuration),
+    /// `query_rate` from `--dns-query-rate` (queries per second across all domains; 0
+    /// means unlimited), `namespaces` from the namespace flag (empty means all).
+    pub fn from_flags(
+        client: kube::Client,
+        nameservers: Vec<SocketAddr>,
+        query_rate: u32,
+        namespaces: Vec<String>,
+    ) -> Result<Self, ResolverError> {
+        let limiter = Arc::new(QueryLimiter::new(query_rate));
+        let resolver = DnsResolver::new(&nameservers, &ResolverSettings::default(), limiter)?;
+        Ok(Self::new(client, resolver, namespaces))
+    }
+
     pub fn new(client: kube::Client, resolver: DnsResolver, namespaces: Vec<String>) -> Self {
         let recorder = Recorder::new(
             client.clone(),
