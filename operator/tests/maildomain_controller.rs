@@ -760,6 +760,10 @@ async fn second_claim_on_a_domain_is_a_conflict() {
     );
     assert!(pb["message"].as_str().unwrap().contains("MailDomain first"));
     assert_eq!(condition(&status, "Ready")["reason"], "DomainConflict");
+    assert_eq!(
+        condition(&status, "DKIMKeyReady")["reason"],
+        "DomainConflict"
+    );
     assert!(!writes(&reqs).iter().any(|(_, p)| p.contains("/secrets/")));
     assert!(status["dkim"].is_null());
     // The older claim is served as usual.

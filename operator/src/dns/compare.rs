@@ -568,7 +568,7 @@ fn compare_spf(
             observed,
             format!(
                 "the SPF record needs more than {SPF_MAX_LOOKUPS} DNS lookups (counted {} including \
-                 nested includes); receivers stop at {SPF_MAX_LOOKUPS} and fail SPF: replace includes \
+                 nested includes); receivers stop at {SPF_MAX_LOOKUPS} with a permanent error: replace includes \
                  with ip4:/ip6: ranges or drop unused ones",
                 lookups.count
             ),

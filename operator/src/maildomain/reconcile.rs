@@ -328,6 +328,10 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
     }
 
     let key_state = match (&key_failure, stored.active()) {
+        _ if conflict => KeyState::Failed {
+            reason: reasons::DOMAIN_CONFLICT.into(),
+            message: "keys are not managed while an older MailDomain claims the same domain".into(),
+        },
         (Some((reason, message)), _) => KeyState::Failed {
             reason: reason.clone(),
             message: message.clone(),
