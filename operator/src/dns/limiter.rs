@@ -16,7 +16,9 @@ use tokio::time::Instant;
 ///
 /// Every [`acquire`](Self::acquire) reserves the next free slot before it sleeps, so
 /// concurrent callers are served in order without retry loops, and in any window of
-/// length `w` at most `burst + w × rate` queries start.
+/// length `w` at most `burst + w × rate` lookups start. A lookup is one question to the
+/// resolver; the resolver's own retries after a timeout (and, with several nameservers,
+/// its parallel requests) are not counted separately.
 #[derive(Debug)]
 pub struct QueryLimiter {
     /// `None`: unlimited.
