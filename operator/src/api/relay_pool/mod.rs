@@ -11,7 +11,7 @@ mod resolve;
 mod rules;
 mod status;
 
-pub use resolve::{EnabledListener, ListenerKind, TlsSource};
+pub use resolve::{DEFAULT_REPLICATION_FACTOR, EnabledListener, ListenerKind, TlsSource};
 pub use status::{
     CertificateStatus, DataCentreStatus, QueueStatus, RelayPoolStatus, condition_types, reasons,
 };
@@ -38,7 +38,9 @@ pub const DEFAULT_DATA_CENTRE: &str = "default";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Longest StatefulSet name the pool may need. Pods of a StatefulSet carry a
 /// `controller-revision-hash` label made of the StatefulSet's name and a hash, and label
-/// values stop at 63 characters, so names longer than 52 make pod creation fail.
+/// values stop at 63 characters, so names longer than 52 make pod creation fail. A root
+/// CEL rule checks `<pool>-<dataCentre>` against it for the longest data-centre name
+/// (7 characters for the implicit `default`).
 pub const MAX_STATEFULSET_NAME: usize = 52;
 
 /// A pool of SMTP relay nodes that share one replicated queue.

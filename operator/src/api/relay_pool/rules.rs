@@ -50,6 +50,12 @@ pub(super) fn spec(schema: &mut Schema) {
             .field_path(".queue.replicationFactor")
             .reason("FieldValueInvalid"),
             CelRule::new(
+                "!(has(self.listeners.submission) || has(self.listeners.implicitTls)) || has(self.relay.authSecretRef)",
+                "spec.relay.authSecretRef is required when spec.listeners.submission or spec.listeners.implicitTls is enabled: those listeners accept only authenticated clients",
+            )
+            .field_path(".relay.authSecretRef")
+            .reason("FieldValueRequired"),
+            CelRule::new(
                 "!has(self.dataCentres) || size(self.dataCentres) == 0 || self.replicas == 1",
                 "spec.replicas applies only to a pool without spec.dataCentres: set replicas on each data centre instead",
             )
