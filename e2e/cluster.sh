@@ -95,6 +95,27 @@ current-context: e2e
 EOF
 }
 
+# Statically provisioned volumes: the cluster has no storage provisioner, and every
+# smtp-node pod claims a spool volume. Unclassed PVs bind to claims without a class.
+volumes() {
+  local i
+  for i in $(seq 1 40); do
+    cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: e2e-pv-$i
+  labels: { smtpfleet.io/e2e: "true" }
+spec:
+  capacity: { storage: 100Gi }
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: { path: /tmp/e2e-pv-$i }
+EOF
+  done
+}
+
 nodes() {
   local i zone
   for i in 1 2 3 4; do
@@ -159,7 +180,7 @@ up() {
     --kubeconfig "$kc" --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
     --bind-address 127.0.0.1 --secure-port "$KCM" --leader-elect=false \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
-    --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller' \
+    --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller' \
     --concurrent-gc-syncs 5
   start kube-scheduler "$bin/kube-scheduler" \
     --kubeconfig "$kc" --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
@@ -170,7 +191,10 @@ up() {
   wait_until kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$KCM/healthz"
   wait_until kube-scheduler 60 curl -fsSk "https://127.0.0.1:$SCHEDULER/healthz"
   nodes | "$bin/kubectl" --kubeconfig "$kc" apply -f - >/dev/null
+  volumes | "$bin/kubectl" --kubeconfig "$kc" apply -f - >/dev/null
   wait_until kwok 60 "$bin/kubectl" --kubeconfig "$kc" wait --for=condition=Ready node --all --timeout=5s
+  # New nodes carry the not-ready taint until the node lifecycle controller sees them Ready.
+  wait_until kube-controller-manager 60 sh -c "! '$bin/kubectl' --kubeconfig '$kc' get nodes -o jsonpath='{.items[*].spec.taints}' | grep -q not-ready"
   # Pods need the default ServiceAccount, which the controller manager creates.
   wait_until kube-controller-manager 60 "$bin/kubectl" --kubeconfig "$kc" get serviceaccount default
   log "ready in $(( $(date +%s) - started ))s: export KUBECONFIG=$kc"

@@ -8,4 +8,4 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SMTPFLEET_CACHE:-$HOME/.cache/smt
 scripts/install-deps.sh
 mkdir -p .smtp-node/spool
 cargo build --release -q -p smtp-node --bin smtp-node
-exec "$CARGO_TARGET_DIR/release/smtp-node" run --config "${1:-examples/smtp-node.yaml}"
+exec "$CARGO_TARGET_DIR/release/smtp-node" run --config "${1:-examples/standalone/smtp-node.yaml}"

@@ -21,6 +21,8 @@ step "chart CRDs match crds/"
 diff -r crds charts/smtpfleet/crds
 step "cargo test"
 cargo test --workspace --locked --no-fail-fast
+step "CRDs and fixtures through Kubernetes' own validation code"
+cargo test -p smtpfleet-operator --locked --test crds -- --ignored api_server
 if [ -x e2e/run.sh ] && [ "${SMTPFLEET_SKIP_E2E:-0}" != 1 ]; then
   step "e2e"
   e2e/run.sh

@@ -2,6 +2,9 @@
 
 pub mod api;
 pub mod crdgen;
+pub mod dkim_keys;
+pub mod dns;
 pub mod events;
+pub mod maildomain;
 pub mod relaypool;
 pub mod runtime;

@@ -2,6 +2,8 @@
 //! the schemas are structural, every validation rule accepts and rejects what it
 //! should, and the API server's defaults agree with the operator's.
 
+#[path = "crds/apiserver.rs"]
+mod apiserver;
 #[path = "crds/constraints.rs"]
 mod constraints;
 #[path = "crds/defaults.rs"]

@@ -27,8 +27,9 @@ pub struct CelRule {
     /// Path, relative to the node, reported as the failing field.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field_path: Option<String>,
-    /// Machine-readable reason (`FieldValueInvalid`, `FieldValueForbidden`,
-    /// `FieldValueRequired` or `FieldValueDuplicate`).
+    /// Machine-readable reason: `FieldValueInvalid`, `FieldValueForbidden` or
+    /// `FieldValueRequired`. Not `FieldValueDuplicate`: the API server reports that one
+    /// as a bare "Duplicate value" and drops the rule's message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -46,6 +47,10 @@ impl CelRule {
     }
 
     /// Adds a message expression (the fixed message stays as the fallback).
+    ///
+    /// Build it with `"... %d ...".format([value])`, never with `"..." + string(value)`:
+    /// the API server's cost estimator cannot bound the length of `string(int)`, rates
+    /// every concatenation with it as unbounded, and rejects the CRD.
     pub fn message_expression(mut self, expression: impl Into<String>) -> Self {
         self.message_expression = Some(expression.into());
         self

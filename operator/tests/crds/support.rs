@@ -210,10 +210,24 @@ fn openapi_failures(schema: &Value, object: &Value) -> Vec<Failure> {
         .expect("the CRD schema is a valid JSON schema");
     validator
         .iter_errors(object)
-        .map(|error| Failure {
-            source: Source::OpenApi,
-            path: json_pointer_to_path(&error.instance_path().to_string()),
-            message: error.to_string(),
+        .map(|error| {
+            let mut path = json_pointer_to_path(&error.instance_path().to_string());
+            // The API server reports a missing required field at the field itself
+            // (`spec.hostname: Required value`), not at its parent.
+            if let jsonschema::error::ValidationErrorKind::Required { property } = error.kind()
+                && let Some(name) = property.as_str()
+            {
+                path = if path.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{path}.{name}")
+                };
+            }
+            Failure {
+                source: Source::OpenApi,
+                path,
+                message: error.to_string(),
+            }
         })
         .collect()
 }

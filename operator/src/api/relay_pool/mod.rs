@@ -4,12 +4,14 @@
 //! `kubectl explain relaypool.spec` shows. Invalid specs are rejected by the API server
 //! itself: OpenAPI constraints for single fields, CEL rules (attached below with
 //! `transform`s) for relations between fields. Helpers that resolve defaults and
-//! shorthands for the reconciler live in [`resolve`].
+//! shorthands for the reconciler are methods on the spec types (see `resolve.rs`).
 
+mod defaults;
 mod resolve;
+mod rules;
 mod status;
 
-pub use resolve::{EnabledListener, ListenerKind, TlsSource};
+pub use resolve::{DEFAULT_REPLICATION_FACTOR, EnabledListener, ListenerKind, TlsSource};
 pub use status::{
     CertificateStatus, DataCentreStatus, QueueStatus, RelayPoolStatus, condition_types, reasons,
 };
@@ -19,12 +21,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::CustomResource;
-use schemars::{JsonSchema, Schema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::patterns;
 use super::refs::SecretReference;
-use super::schema::{self, CelRule};
+use super::schema;
 
 /// Most data centres a pool may list. Bounds the cost of the CEL rules that walk the list.
 pub const MAX_DATA_CENTRES: usize = 8;
@@ -36,15 +38,10 @@ pub const DEFAULT_DATA_CENTRE: &str = "default";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Longest StatefulSet name the pool may need. Pods of a StatefulSet carry a
 /// `controller-revision-hash` label made of the StatefulSet's name and a hash, and label
-/// values stop at 63 characters, so names longer than 52 make pod creation fail.
+/// values stop at 63 characters, so names longer than 52 make pod creation fail. A root
+/// CEL rule checks `<pool>-<dataCentre>` against it for the longest data-centre name
+/// (7 characters for the implicit `default`).
 pub const MAX_STATEFULSET_NAME: usize = 52;
-
-/// Total replicas of the pool in CEL: the sum over data centres, or `spec.replicas` for a
-/// pool without data centres. `self` is the spec.
-const CEL_TOTAL_REPLICAS: &str = "(has(self.dataCentres) && size(self.dataCentres) > 0 ? self.dataCentres.map(dc, dc.replicas).sum() : self.replicas)";
-/// Number of data centres of the pool in CEL (an implicit one when none are listed).
-const CEL_DATA_CENTRE_COUNT: &str =
-    "(has(self.dataCentres) && size(self.dataCentres) > 0 ? size(self.dataCentres) : 1)";
 
 /// A pool of SMTP relay nodes that share one replicated queue.
 ///
@@ -103,12 +100,12 @@ const CEL_DATA_CENTRE_COUNT: &str =
         "size(self.metadata.name) + 1 + (has(self.spec.dataCentres) && size(self.spec.dataCentres) > 0 ? self.spec.dataCentres.map(dc, size(dc.name)).max() : 7) <= 52"
     )
     .message(Message::Expression(
-        "'metadata.name (' + string(size(self.metadata.name)) + ' characters) is too long: each data centre runs a StatefulSet named <pool>-<dataCentre>, which must not exceed 52 characters'".into()
+        "'metadata.name (%d characters) is too long: each data centre runs a StatefulSet named <pool>-<dataCentre>, which must not exceed 52 characters'.format([size(self.metadata.name)])".into()
     ))
     .reason(Reason::FieldValueInvalid),
 )]
 #[serde(rename_all = "camelCase")]
-#[schemars(transform = relay_pool_spec_rules, transform = schema::unwrap_descriptions)]
+#[schemars(transform = rules::spec, transform = schema::unwrap_descriptions)]
 pub struct RelayPoolSpec {
     /// Fully qualified host name of the pool (for example `smtp.example.com`). Nodes
     /// announce it in EHLO and the listener certificate is issued for it. Point its DNS
@@ -142,7 +139,7 @@ pub struct RelayPoolSpec {
     /// Number of nodes of a pool without `dataCentres`, which then runs as one data
     /// centre named `default`. Must stay 1 (the default) when `dataCentres` is set:
     /// replicas are then given per data centre.
-    #[serde(default = "default_replicas")]
+    #[serde(default = "defaults::replicas")]
     #[schemars(range(min = 1, max = 1000))]
     pub replicas: i32,
 
@@ -151,7 +148,7 @@ pub struct RelayPoolSpec {
     /// loses no acknowledged mail. When empty, the pool is a single data centre named
     /// `default` with `replicas` nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8), transform = data_centres_rules)]
+    #[schemars(length(max = MAX_DATA_CENTRES), transform = rules::data_centres)]
     pub data_centres: Vec<DataCentre>,
 
     /// The replicated delivery queue: how many durable copies a message needs before it
@@ -195,7 +192,7 @@ pub enum ImagePullPolicy {
 /// the standard port).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(transform = listeners_rules, transform = schema::unwrap_descriptions)]
+#[schemars(transform = rules::listeners, transform = schema::unwrap_descriptions)]
 pub struct ListenersSpec {
     /// Relay listener: plain SMTP with STARTTLS, port 25 unless set. Relaying is allowed
     /// from `relay.allowedNetworks` and for authenticated users.
@@ -218,7 +215,7 @@ pub struct ListenersSpec {
 #[schemars(transform = schema::unwrap_descriptions)]
 pub struct RelayListener {
     /// Port of the pool's Service for this listener.
-    #[serde(default = "default_relay_port")]
+    #[serde(default = "defaults::relay_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 }
@@ -228,7 +225,7 @@ pub struct RelayListener {
 #[schemars(transform = schema::unwrap_descriptions)]
 pub struct SubmissionListener {
     /// Port of the pool's Service for this listener.
-    #[serde(default = "default_submission_port")]
+    #[serde(default = "defaults::submission_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 }
@@ -238,7 +235,7 @@ pub struct SubmissionListener {
 #[schemars(transform = schema::unwrap_descriptions)]
 pub struct ImplicitTlsListener {
     /// Port of the pool's Service for this listener.
-    #[serde(default = "default_implicit_tls_port")]
+    #[serde(default = "defaults::implicit_tls_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 }
@@ -246,7 +243,7 @@ pub struct ImplicitTlsListener {
 /// One failure domain of the pool: its own StatefulSet, placed by node selector.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(transform = data_centre_rules, transform = schema::unwrap_descriptions)]
+#[schemars(transform = rules::data_centre, transform = schema::unwrap_descriptions)]
 pub struct DataCentre {
     /// Name of the data centre, unique in the pool. Part of the StatefulSet name
     /// (`<pool>-<name>`) and of the `smtpfleet.io/data-centre` label of its pods.
@@ -264,7 +261,7 @@ pub struct DataCentre {
 
     /// Labels a node must carry to run this data centre's pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(transform = node_selector_bounds)]
+    #[schemars(transform = rules::node_selector)]
     pub node_selector: BTreeMap<String, String>,
 
     /// Tolerations of this data centre's pods, to run on tainted nodes.
@@ -284,14 +281,14 @@ pub struct QueueSpec {
     /// so that a one-node pool works without replication. Must not exceed the total
     /// replicas when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 5))]
+    #[schemars(range(min = 1, max = MAX_REPLICATION_FACTOR))]
     pub replication_factor: Option<i32>,
 
     /// Number of distinct data centres the copies of a message must span before it is
     /// answered 250. 2 makes the pool survive the loss of a whole data centre. Must not
     /// exceed the number of data centres nor `replicationFactor`.
-    #[serde(default = "default_min_data_centres")]
-    #[schemars(range(min = 1, max = 8))]
+    #[serde(default = "defaults::min_data_centres")]
+    #[schemars(range(min = 1, max = MAX_DATA_CENTRES))]
     pub min_data_centres: i32,
 
     /// The spool volume of each node.
@@ -306,7 +303,7 @@ pub struct QueueSpec {
 
     /// How long a message may stay undelivered before it is bounced to its sender, as a
     /// duration such as `5d` or `36h`.
-    #[serde(default = "default_max_age")]
+    #[serde(default = "defaults::max_age")]
     #[schemars(length(min = 2, max = 32), regex(pattern = patterns::DURATION))]
     pub max_age: String,
 }
@@ -317,8 +314,8 @@ pub struct QueueSpec {
 #[schemars(transform = schema::unwrap_descriptions)]
 pub struct StorageSpec {
     /// Size of each node's spool volume, as a quantity such as `10Gi`.
-    #[serde(default = "default_storage_size")]
-    #[schemars(transform = positive_quantity_rule)]
+    #[serde(default = "defaults::storage_size")]
+    #[schemars(transform = rules::positive_quantity)]
     pub size: Quantity,
 
     /// StorageClass of the spool volumes. The cluster's default class when omitted.
@@ -337,7 +334,7 @@ pub struct RetrySpec {
     /// Delays between delivery attempts after a temporary failure: the first entry is
     /// the wait after the first failure, and the last entry repeats until
     /// `queue.maxAge`. Durations such as `5m` or `1h`.
-    #[serde(default = "default_retry_schedule")]
+    #[serde(default = "defaults::retry_schedule")]
     #[schemars(
         length(min = 1, max = 32),
         inner(length(min = 2, max = 32), regex(pattern = patterns::DURATION))
@@ -348,7 +345,7 @@ pub struct RetrySpec {
 /// Where the certificate of the SMTP listeners comes from: exactly one field is set.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(transform = tls_rules, transform = schema::unwrap_descriptions)]
+#[schemars(transform = rules::tls, transform = schema::unwrap_descriptions)]
 pub struct TlsSpec {
     /// Have cert-manager issue and renew the certificate: the operator creates a
     /// cert-manager Certificate for `hostname`. Requires cert-manager in the cluster.
@@ -391,7 +388,7 @@ pub struct IssuerRef {
 
     /// API group of the issuer. Change it only for external issuers that implement
     /// cert-manager's issuer API.
-    #[serde(default = "default_issuer_group")]
+    #[serde(default = "defaults::issuer_group")]
     #[schemars(length(min = 1, max = 253), regex(pattern = patterns::DNS_SUBDOMAIN))]
     pub group: String,
 }
@@ -436,27 +433,27 @@ pub struct RelaySpec {
 /// Limits enforced by every node.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(transform = limits_rules, transform = schema::unwrap_descriptions)]
+#[schemars(transform = rules::limits, transform = schema::unwrap_descriptions)]
 pub struct LimitsSpec {
     /// Largest message accepted, as a quantity (`25Mi`) or a number of bytes. Advertised
     /// with the SIZE extension.
-    #[serde(default = "default_max_message_size")]
-    #[schemars(transform = positive_quantity_rule)]
+    #[serde(default = "defaults::max_message_size")]
+    #[schemars(transform = rules::positive_quantity)]
     pub max_message_size: Quantity,
 
     /// Most recipients accepted per message.
-    #[serde(default = "default_max_recipients")]
+    #[serde(default = "defaults::max_recipients")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_recipients: i32,
 
     /// Most simultaneous client connections per node.
-    #[serde(default = "default_max_connections")]
+    #[serde(default = "defaults::max_connections")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_connections: i32,
 
     /// Most simultaneous connections per client IP address per node. Must not exceed
     /// `maxConnections`.
-    #[serde(default = "default_max_connections_per_client")]
+    #[serde(default = "defaults::max_connections_per_client")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_connections_per_client: i32,
 
@@ -472,7 +469,7 @@ pub struct LimitsSpec {
 #[schemars(transform = schema::unwrap_descriptions)]
 pub struct PerDestinationLimits {
     /// Most simultaneous outbound connections per destination domain per node.
-    #[serde(default = "default_destination_concurrency")]
+    #[serde(default = "defaults::destination_concurrency")]
     #[schemars(range(min = 1, max = 10000))]
     pub concurrency: i32,
 
@@ -480,312 +477,4 @@ pub struct PerDestinationLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub rate_per_minute: Option<i32>,
-}
-
-// ---- defaults ----
-
-fn default_replicas() -> i32 {
-    1
-}
-fn default_relay_port() -> i32 {
-    25
-}
-fn default_submission_port() -> i32 {
-    587
-}
-fn default_implicit_tls_port() -> i32 {
-    465
-}
-fn default_min_data_centres() -> i32 {
-    1
-}
-fn default_max_age() -> String {
-    "5d".to_owned()
-}
-fn default_storage_size() -> Quantity {
-    Quantity("10Gi".to_owned())
-}
-fn default_retry_schedule() -> Vec<String> {
-    ["5m", "10m", "30m", "1h", "2h", "4h"]
-        .map(str::to_owned)
-        .to_vec()
-}
-fn default_issuer_group() -> String {
-    "cert-manager.io".to_owned()
-}
-fn default_max_message_size() -> Quantity {
-    Quantity("25Mi".to_owned())
-}
-fn default_max_recipients() -> i32 {
-    100
-}
-fn default_max_connections() -> i32 {
-    1000
-}
-fn default_max_connections_per_client() -> i32 {
-    50
-}
-fn default_destination_concurrency() -> i32 {
-    10
-}
-
-impl ListenersSpec {
-    /// The listeners of a spec that names none: relay on port 25.
-    pub fn relay_only() -> Self {
-        Self {
-            relay: Some(RelayListener::default()),
-            submission: None,
-            implicit_tls: None,
-        }
-    }
-
-    fn is_relay_only(&self) -> bool {
-        *self == Self::relay_only()
-    }
-}
-
-impl Default for RelayListener {
-    fn default() -> Self {
-        Self {
-            port: default_relay_port(),
-        }
-    }
-}
-
-impl Default for SubmissionListener {
-    fn default() -> Self {
-        Self {
-            port: default_submission_port(),
-        }
-    }
-}
-
-impl Default for ImplicitTlsListener {
-    fn default() -> Self {
-        Self {
-            port: default_implicit_tls_port(),
-        }
-    }
-}
-
-impl Default for QueueSpec {
-    fn default() -> Self {
-        Self {
-            replication_factor: None,
-            min_data_centres: default_min_data_centres(),
-            storage: StorageSpec::default(),
-            retry: RetrySpec::default(),
-            max_age: default_max_age(),
-        }
-    }
-}
-
-impl QueueSpec {
-    fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-impl Default for StorageSpec {
-    fn default() -> Self {
-        Self {
-            size: default_storage_size(),
-            storage_class_name: None,
-        }
-    }
-}
-
-impl StorageSpec {
-    fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-impl Default for RetrySpec {
-    fn default() -> Self {
-        Self {
-            schedule: default_retry_schedule(),
-        }
-    }
-}
-
-impl RetrySpec {
-    fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-impl RelaySpec {
-    fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-impl Default for LimitsSpec {
-    fn default() -> Self {
-        Self {
-            max_message_size: default_max_message_size(),
-            max_recipients: default_max_recipients(),
-            max_connections: default_max_connections(),
-            max_connections_per_client: default_max_connections_per_client(),
-            per_destination: PerDestinationLimits::default(),
-        }
-    }
-}
-
-impl LimitsSpec {
-    fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-impl Default for PerDestinationLimits {
-    fn default() -> Self {
-        Self {
-            concurrency: default_destination_concurrency(),
-            rate_per_minute: None,
-        }
-    }
-}
-
-impl PerDestinationLimits {
-    fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-// ---- schema transforms: CEL rules and bounds ----
-
-fn relay_pool_spec_rules(schema: &mut Schema) {
-    schema::push_rules(
-        schema,
-        [
-            CelRule::new(
-                format!(
-                    "!has(self.queue.replicationFactor) || self.queue.replicationFactor <= {CEL_TOTAL_REPLICAS}"
-                ),
-                "spec.queue.replicationFactor must not exceed the pool's total replicas",
-            )
-            .message_expression(format!(
-                "\"spec.queue.replicationFactor (\" + string(self.queue.replicationFactor) + \") must not exceed the pool's total replicas (\" + string({CEL_TOTAL_REPLICAS}) + \"): add replicas or lower the replication factor\""
-            ))
-            .field_path(".queue.replicationFactor")
-            .reason("FieldValueInvalid"),
-            CelRule::new(
-                format!("self.queue.minDataCentres <= {CEL_DATA_CENTRE_COUNT}"),
-                "spec.queue.minDataCentres must not exceed the number of data centres",
-            )
-            .message_expression(format!(
-                "\"spec.queue.minDataCentres (\" + string(self.queue.minDataCentres) + \") must not exceed the number of data centres (\" + string({CEL_DATA_CENTRE_COUNT}) + \")\""
-            ))
-            .field_path(".queue.minDataCentres")
-            .reason("FieldValueInvalid"),
-            CelRule::new(
-                "!has(self.queue.replicationFactor) || self.queue.replicationFactor >= self.queue.minDataCentres",
-                "spec.queue.replicationFactor must be at least spec.queue.minDataCentres: each data centre needs a copy",
-            )
-            .message_expression(
-                "\"spec.queue.replicationFactor (\" + string(self.queue.replicationFactor) + \") must be at least spec.queue.minDataCentres (\" + string(self.queue.minDataCentres) + \"): each data centre needs a copy\"",
-            )
-            .field_path(".queue.replicationFactor")
-            .reason("FieldValueInvalid"),
-            CelRule::new(
-                "!has(self.dataCentres) || size(self.dataCentres) == 0 || self.replicas == 1",
-                "spec.replicas applies only to a pool without spec.dataCentres: set replicas on each data centre instead",
-            )
-            .field_path(".replicas")
-            .reason("FieldValueForbidden"),
-        ],
-    );
-}
-
-fn data_centres_rules(schema: &mut Schema) {
-    schema::list_map(schema, &["name"]);
-    schema::push_rules(
-        schema,
-        [CelRule::new(
-            "self.all(a, self.exists_one(b, b.name == a.name))",
-            "spec.dataCentres names must be unique",
-        )
-        .reason("FieldValueDuplicate")],
-    );
-}
-
-fn data_centre_rules(schema: &mut Schema) {
-    schema::push_rules(
-        schema,
-        [CelRule::new(
-            format!("!has(self.zone) || !has(self.nodeSelector) || !('{ZONE_LABEL}' in self.nodeSelector)"),
-            format!("set the zone either with zone or with nodeSelector[{ZONE_LABEL}], not both"),
-        )
-        .field_path(".zone")
-        .reason("FieldValueForbidden")],
-    );
-}
-
-/// At most 16 labels, each value at most 63 characters like every label value; the
-/// bounds keep the CEL cost estimate of rules on data centres small.
-fn node_selector_bounds(schema: &mut Schema) {
-    schema::max_properties(schema, 16);
-    if let Some(serde_json::Value::Object(values)) =
-        schema.ensure_object().get_mut("additionalProperties")
-    {
-        values.insert("maxLength".into(), serde_json::Value::from(63));
-    }
-}
-
-fn listeners_rules(schema: &mut Schema) {
-    schema::push_rules(
-        schema,
-        [
-            CelRule::new(
-                "has(self.relay) || has(self.submission) || has(self.implicitTls)",
-                "spec.listeners must enable at least one of relay, submission or implicitTls",
-            )
-            .reason("FieldValueRequired"),
-            CelRule::new(
-                "!(has(self.relay) && has(self.submission) && self.relay.port == self.submission.port) && !(has(self.relay) && has(self.implicitTls) && self.relay.port == self.implicitTls.port) && !(has(self.submission) && has(self.implicitTls) && self.submission.port == self.implicitTls.port)",
-                "spec.listeners ports must differ from each other",
-            )
-            .reason("FieldValueDuplicate"),
-        ],
-    );
-}
-
-fn tls_rules(schema: &mut Schema) {
-    schema::push_rules(
-        schema,
-        [CelRule::new(
-            "(has(self.certManager) ? 1 : 0) + (has(self.secretName) ? 1 : 0) + (has(self.selfSigned) ? 1 : 0) == 1",
-            "spec.tls must set exactly one of certManager, secretName or selfSigned",
-        )
-        .reason("FieldValueInvalid")],
-    );
-}
-
-fn limits_rules(schema: &mut Schema) {
-    schema::push_rules(
-        schema,
-        [CelRule::new(
-            "self.maxConnectionsPerClient <= self.maxConnections",
-            "spec.limits.maxConnectionsPerClient must not exceed spec.limits.maxConnections",
-        )
-        .field_path(".maxConnectionsPerClient")
-        .reason("FieldValueInvalid")],
-    );
-}
-
-/// A size given as a quantity must be one and be positive. The field is an
-/// int-or-string, so `string(self)` reads both forms. The field always has a value
-/// (its default), so it is not nullable either.
-fn positive_quantity_rule(schema: &mut Schema) {
-    schema::not_nullable(schema);
-    schema::push_rules(
-        schema,
-        [CelRule::new(
-            "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))",
-            "must be a positive quantity such as 512Mi or 10Gi",
-        )
-        .reason("FieldValueInvalid")],
-    );
 }
