@@ -495,7 +495,21 @@ async fn bound_mail_domains_mount_their_active_dkim_keys() {
         "kind": "MailDomain",
         "metadata": {"name": "example", "namespace": NS},
         "spec": {"domain": "Example.COM", "relayPoolRef": {"name": "relay"}},
-        "status": {"dkim": {"selector": "s2026", "publicKey": "MIIB"}},
+        "status": {
+            "dkim": {"selector": "s2026", "publicKey": "MIIB"},
+            "conditions": [bound("True")],
+        },
+    });
+    // Claimed by another MailDomain first: the MailDomain controller says it is not bound.
+    let contested = json!({
+        "apiVersion": "smtpfleet.io/v1alpha1",
+        "kind": "MailDomain",
+        "metadata": {"name": "contested", "namespace": NS},
+        "spec": {"domain": "contested.example", "relayPoolRef": {"name": "relay"}},
+        "status": {
+            "dkim": {"selector": "s1", "publicKey": "MIIB"},
+            "conditions": [bound("False")],
+        },
     });
     let foreign = json!({
         "apiVersion": "smtpfleet.io/v1alpha1",
@@ -503,7 +517,7 @@ async fn bound_mail_domains_mount_their_active_dkim_keys() {
         "metadata": {"name": "other", "namespace": NS},
         "spec": {"domain": "other.org", "relayPoolRef": {"name": "another-pool"}},
     });
-    serve_mail_domains(&mut server, NS, "relay", vec![domain, foreign]).await;
+    serve_mail_domains(&mut server, NS, "relay", vec![domain, contested, foreign]).await;
     serve_statefulsets(&mut server, NS, "relay", vec![]).await;
     let applied = serve_children(
         &mut server,
@@ -532,6 +546,16 @@ async fn bound_mail_domains_mount_their_active_dkim_keys() {
     serve_status_patch(&mut server, NS, &json_of(&pool)).await;
     serve_events(&mut server, NS, 1).await;
     finish(task).await.unwrap();
+}
+
+fn bound(status: &str) -> Value {
+    json!({
+        "type": "PoolBound",
+        "status": status,
+        "reason": "Checked",
+        "message": "checked",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    })
 }
 
 #[derive(Default)]

@@ -12,6 +12,8 @@ use kube::{Api, Client, ResourceExt};
 
 use super::error::{Error, Result};
 use super::model::{DkimKey, SigningDomain};
+use crate::api::conditions;
+use crate::api::mail_domain::condition_types;
 use crate::api::relay_pool::{RelayPoolSpec, TlsSource};
 use crate::api::{MailDomain, RelayPool};
 
@@ -152,11 +154,20 @@ pub async fn bound_domains(
 
 /// The signing domains of `pool` among `domains`, sorted by domain (so the rendered
 /// configuration does not change with list order).
+///
+/// Only domains whose `PoolBound` condition is `True` are served: the MailDomain
+/// controller sets it once it has checked the binding (the pool exists, no other
+/// MailDomain claims the same domain). A domain being deleted is dropped at once.
 pub fn signing_domains(pool: &str, domains: &[MailDomain]) -> Vec<SigningDomain> {
     let mut bound: Vec<SigningDomain> = domains
         .iter()
         .filter(|md| {
             md.spec.relay_pool_ref.name == pool && md.metadata.deletion_timestamp.is_none()
+        })
+        .filter(|md| {
+            md.status
+                .as_ref()
+                .is_some_and(|s| conditions::is_true(&s.conditions, condition_types::POOL_BOUND))
         })
         .map(signing_domain)
         .collect();
@@ -168,21 +179,22 @@ pub fn signing_domains(pool: &str, domains: &[MailDomain]) -> Vec<SigningDomain>
 /// A bound MailDomain as the pool sees it. The active key is the one the MailDomain
 /// status names (`status.dkim.selector`): the MailDomain controller switches it only
 /// once the new selector is published, so following the status is what makes
-/// rotation safe. Its Secret is `<maildomain>-dkim-<selector>` with the PKCS#8 key
-/// under `private.key`, the layout the MailDomain controller writes (user-provided keys
-/// are normalised into it as well).
+/// rotation safe. Its Secret is the one [`crate::maildomain::active_key_secret_name`]
+/// names, with the PKCS#8 key under `private.key` (user-provided keys are copied into
+/// the same layout).
 pub fn signing_domain(md: &MailDomain) -> SigningDomain {
-    let object = md.name_any();
     let dkim = md
         .status
         .as_ref()
         .and_then(|s| s.dkim.as_ref())
         .filter(|d| !d.selector.is_empty())
-        .map(|d| DkimKey {
-            secret: format!("{object}-dkim-{}", d.selector),
+        .zip(crate::maildomain::active_key_secret_name(md))
+        .map(|(d, secret)| DkimKey {
+            secret,
             selector: d.selector.clone(),
             secret_key: DKIM_PRIVATE_KEY.to_owned(),
         });
+    let object = md.name_any();
     SigningDomain {
         object,
         domain: md.spec.domain.to_ascii_lowercase(),

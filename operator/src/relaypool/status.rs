@@ -153,13 +153,13 @@ pub fn compute(
         )
     };
 
-    let ready_condition = if !problems.is_empty() {
-        Computed::new(
-            READY,
-            Status::False,
-            problems[0].reason,
-            join_messages(problems),
-        )
+    let blocking: Vec<Problem> = problems
+        .iter()
+        .filter(|p| p.blocks_ready)
+        .cloned()
+        .collect();
+    let ready_condition = if let Some(first) = blocking.first() {
+        Computed::new(READY, Status::False, first.reason, join_messages(&blocking))
     } else if !rolling.is_empty() {
         Computed::new(
             READY,
@@ -423,6 +423,7 @@ mod tests {
     fn missing_secret_is_degraded_and_not_ready_with_the_secret_named() {
         let pool = pool(&[("a", 2)]);
         let problem = Problem {
+            blocks_ready: true,
             reason: "SecretNotFound",
             message: "Secret \"smtp-tls\" referenced by spec.tls.secretName not found in namespace \"mail\".".into(),
         };
@@ -442,6 +443,26 @@ mod tests {
             (ready.status, ready.reason),
             (Status::False, "SecretNotFound")
         );
+    }
+
+    #[test]
+    fn warnings_degrade_without_making_a_serving_pool_unready() {
+        let pool = pool(&[("a", 2)]);
+        let warning = Problem::warning(
+            "InvalidSpec",
+            "spec.listeners.submission and spec.listeners.implicitTls need spec.relay.authSecretRef.",
+        );
+        let status = compute(
+            &pool,
+            observe_all(&pool, &[sts("a", StsState::settled(2, 2))]),
+            std::slice::from_ref(&warning),
+        );
+        let degraded = condition(&status, DEGRADED);
+        assert_eq!(
+            (degraded.status, degraded.reason),
+            (Status::True, "InvalidSpec")
+        );
+        assert_eq!(condition(&status, READY).status, Status::True);
     }
 
     #[test]

@@ -29,14 +29,33 @@ pub struct Problem {
     pub reason: &'static str,
     /// A sentence naming what is wrong and where.
     pub message: String,
+    /// Whether the pool cannot serve as specified while this lasts (a Secret the pods
+    /// mount is missing, too few nodes to replicate): such problems also make `Ready`
+    /// false. The others only mark the pool `Degraded`.
+    pub blocks_ready: bool,
 }
 
 impl Problem {
-    fn invalid_spec(message: impl Into<String>) -> Self {
+    /// A problem that keeps the pool from serving as specified.
+    pub fn blocking(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
-            reason: reasons::INVALID_SPEC,
+            reason,
             message: message.into(),
+            blocks_ready: true,
         }
+    }
+
+    /// A problem worth a person's attention that does not stop the pool from serving.
+    pub fn warning(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            blocks_ready: false,
+        }
+    }
+
+    fn invalid_spec(message: impl Into<String>) -> Self {
+        Self::warning(reasons::INVALID_SPEC, message)
     }
 }
 
@@ -228,14 +247,14 @@ pub fn check(pool: &Pool, refs: &Dereferenced) -> Vec<Problem> {
     let total = pool.total_replicas();
     let factor = pool.queue.replication_factor;
     if i64::from(factor) > i64::from(total) {
-        problems.push(Problem {
-            reason: reasons::INSUFFICIENT_REPLICAS,
-            message: format!(
+        problems.push(Problem::blocking(
+            reasons::INSUFFICIENT_REPLICAS,
+            format!(
                 "spec.queue.replicationFactor is {factor} but the pool has {total} replica(s): \
                  nodes cannot place {factor} copies of a message and will refuse mail with 451. \
                  Add replicas or lower the replication factor."
             ),
-        });
+        ));
     }
     let min_dcs = pool.queue.min_data_centres;
     let dcs = pool
@@ -244,14 +263,14 @@ pub fn check(pool: &Pool, refs: &Dereferenced) -> Vec<Problem> {
         .filter(|dc| dc.replicas > 0)
         .count();
     if usize::try_from(min_dcs).unwrap_or(usize::MAX) > dcs {
-        problems.push(Problem {
-            reason: reasons::INSUFFICIENT_DATA_CENTRES,
-            message: format!(
+        problems.push(Problem::blocking(
+            reasons::INSUFFICIENT_DATA_CENTRES,
+            format!(
                 "spec.queue.minDataCentres is {min_dcs} but only {dcs} data centre(s) have replicas: \
                  nodes cannot spread copies as required and will refuse mail with 451. \
                  Add data centres or lower minDataCentres."
             ),
-        });
+        ));
     }
     problems
 }
@@ -262,26 +281,28 @@ fn check_secret(
     required_keys: &[&str],
 ) -> Option<Problem> {
     let Some(found) = &secret.found else {
-        return Some(Problem {
-            reason: reasons::SECRET_NOT_FOUND,
-            message: format!(
+        return Some(Problem::blocking(
+            reasons::SECRET_NOT_FOUND,
+            format!(
                 "Secret {:?} referenced by {} not found in namespace {namespace:?}.",
                 secret.name, secret.field
             ),
-        });
+        ));
     };
     let missing: Vec<&str> = required_keys
         .iter()
         .copied()
         .filter(|k| !found.keys.contains(*k))
         .collect();
-    (!missing.is_empty()).then(|| Problem {
-        reason: reasons::SECRET_INVALID,
-        message: format!(
-            "Secret {:?} referenced by {} in namespace {namespace:?} lacks key(s) {}.",
-            secret.name,
-            secret.field,
-            missing.join(", ")
-        ),
+    (!missing.is_empty()).then(|| {
+        Problem::blocking(
+            reasons::SECRET_INVALID,
+            format!(
+                "Secret {:?} referenced by {} in namespace {namespace:?} lacks key(s) {}.",
+                secret.name,
+                secret.field,
+                missing.join(", ")
+            ),
+        )
     })
 }
