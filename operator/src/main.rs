@@ -1,7 +1,10 @@
 //! The smtpfleet operator binary.
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
-use smtpfleet_operator::crdgen;
+use smtpfleet_operator::runtime::{self, Context, ControllerError, RunArgs};
+use smtpfleet_operator::{crdgen, maildomain, relaypool};
 
 /// Kubernetes operator for smtpfleet relay pools and mail domains.
 #[derive(Debug, Parser)]
@@ -15,14 +18,36 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions (RelayPool, MailDomain) as YAML.
     Crd(crdgen::CrdArgs),
+    /// Run the controllers against the cluster of the current kubeconfig or the pod's
+    /// service account.
+    Run(Box<RunArgs>),
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     // Two crypto providers are linked through dependencies; pick ring explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Crd(args) => crdgen::run(&args, &mut std::io::stdout().lock())?,
+        Command::Run(args) => runtime::run(*args, controllers).await?,
     }
     Ok(())
+}
+
+/// Both controllers run while this replica leads; either one ending ends the run.
+async fn controllers(ctx: Context) -> Result<(), ControllerError> {
+    let pools = Arc::new(relaypool::Context::from_runtime(&ctx));
+    let domains = Arc::new(maildomain::Context::from_flags(
+        ctx.client.clone(),
+        ctx.dns.nameservers.clone(),
+        ctx.dns.query_rate.get(),
+        ctx.namespaces.clone(),
+    )?);
+    let shutdown = ctx.shutdown.clone();
+    tokio::select! {
+        result = relaypool::run(pools) => result.map_err(Into::into),
+        () = maildomain::run(domains) => Ok(()),
+        () = shutdown.cancelled() => Ok(()),
+    }
 }
