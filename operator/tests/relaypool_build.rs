@@ -13,8 +13,11 @@ use kube::ResourceExt;
 use relaypool_support::fixture;
 use smtpfleet_operator::api::RelayPool;
 use smtpfleet_operator::relaypool::apply::orphans;
+use smtpfleet_operator::relaypool::build::layout::CONFIG_KEY;
+use smtpfleet_operator::relaypool::build::node_config::{ListenerTls, NodeConfig};
 use smtpfleet_operator::relaypool::build::{Children, build};
 use smtpfleet_operator::relaypool::dereference::{Dereferenced, ReferencedSecret, SecretSummary};
+use smtpfleet_operator::relaypool::model::{DkimAlgorithm, DkimKey, SigningDomain};
 use smtpfleet_operator::relaypool::validate::{Validated, validate};
 
 const IMAGE: &str = "ghcr.io/smtpfleet/smtp-node:test";
@@ -554,4 +557,232 @@ fn resolved_defaults_follow_the_api() {
     assert_eq!(multi.limits.max_message_size, 50 * 1024 * 1024);
     assert_eq!(multi.limits.per_destination_rate_per_minute, Some(600));
     assert_eq!(multi.identity.generation, Some(4));
+}
+
+fn rendered(children: &Children) -> NodeConfig {
+    let yaml = &children.config_map.data.as_ref().expect("data")[CONFIG_KEY];
+    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("the rendered config parses: {e}\n{yaml}"))
+}
+
+#[test]
+fn node_configuration_is_rendered_into_the_config_map() {
+    let pool = fixture("multi.yaml");
+    let refs = Dereferenced {
+        domains: vec![
+            SigningDomain {
+                object: "example".into(),
+                domain: "example.com".into(),
+                dkim: Some(DkimKey {
+                    selector: "s2026".into(),
+                    algorithm: DkimAlgorithm::Ed25519,
+                    secret: "example-dkim-s2026".into(),
+                    secret_key: "private.key".into(),
+                }),
+            },
+            SigningDomain {
+                object: "fresh".into(),
+                domain: "fresh.example".into(),
+                dkim: None,
+            },
+        ],
+        ..Dereferenced::default()
+    };
+    let children = build(&resolve(&pool, &refs).pool).unwrap();
+    assert_eq!(
+        children.config_map.metadata.name.as_deref(),
+        Some("outbound-config")
+    );
+    let config = rendered(&children);
+
+    assert_eq!(config.hostname, "smtp.mail.example.com");
+    assert_eq!(config.node.name_env, "POD_NAME");
+    assert_eq!(config.node.data_centre_env, "SMTP_NODE_DATA_CENTRE");
+    let listeners: Vec<(&str, &str, ListenerTls, bool)> = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.address.as_str(), l.tls, l.require_auth))
+        .collect();
+    assert_eq!(
+        listeners,
+        [
+            ("relay", "0.0.0.0:2525", ListenerTls::Starttls, false),
+            ("submission", "0.0.0.0:2587", ListenerTls::Starttls, true),
+            ("implicitTls", "0.0.0.0:2465", ListenerTls::Implicit, true),
+        ]
+    );
+    let tls = config.tls.as_ref().unwrap();
+    assert_eq!(tls.cert_file, "/etc/smtp-node/tls/tls.crt");
+    assert_eq!(tls.key_file, "/etc/smtp-node/tls/tls.key");
+    assert_eq!(config.http.address, "0.0.0.0:8080");
+    assert_eq!(config.spool.dir, "/var/spool/smtp-node");
+
+    assert_eq!(config.replication.factor, 3);
+    assert_eq!(config.replication.min_data_centres, 2);
+    assert_eq!(config.replication.listen, "0.0.0.0:7443");
+    let peers: Vec<(&str, &str, &str)> = config
+        .replication
+        .peers
+        .iter()
+        .map(|p| (p.name.as_str(), p.address.as_str(), p.data_centre.as_str()))
+        .collect();
+    assert_eq!(
+        peers,
+        [
+            (
+                "outbound-eu-west-1a-0",
+                "outbound-eu-west-1a-0.outbound-peers.mail.svc:7443",
+                "eu-west-1a"
+            ),
+            (
+                "outbound-eu-west-1a-1",
+                "outbound-eu-west-1a-1.outbound-peers.mail.svc:7443",
+                "eu-west-1a"
+            ),
+            (
+                "outbound-eu-west-1b-0",
+                "outbound-eu-west-1b-0.outbound-peers.mail.svc:7443",
+                "eu-west-1b"
+            ),
+            (
+                "outbound-eu-west-1b-1",
+                "outbound-eu-west-1b-1.outbound-peers.mail.svc:7443",
+                "eu-west-1b"
+            ),
+            (
+                "outbound-on-prem-0",
+                "outbound-on-prem-0.outbound-peers.mail.svc:7443",
+                "on-prem"
+            ),
+        ]
+    );
+    // Peer names are the pod names the StatefulSets produce, under the headless Service.
+    for sts in &children.statefulsets {
+        assert_eq!(
+            sts.spec.as_ref().unwrap().service_name.as_deref(),
+            Some("outbound-peers")
+        );
+        assert!(
+            config
+                .replication
+                .peers
+                .iter()
+                .any(|p| p.name == format!("{}-0", sts.name_any()))
+        );
+    }
+
+    assert_eq!(
+        config.relay.allowed_networks,
+        ["10.0.0.0/8", "2001:db8::/32"]
+    );
+    assert_eq!(
+        config.relay.users_file.as_deref(),
+        Some("/etc/smtp-node/auth/users")
+    );
+    assert_eq!(config.relay.domains, ["example.com", "fresh.example"]);
+    assert_eq!(config.dkim.len(), 1, "only domains with a key sign");
+    let dkim = &config.dkim[0];
+    assert_eq!(
+        (
+            dkim.domain.as_str(),
+            dkim.selector.as_str(),
+            dkim.algorithm.as_str()
+        ),
+        ("example.com", "s2026", "ed25519")
+    );
+    assert_eq!(
+        dkim.private_key_file,
+        "/etc/smtp-node/dkim/example.com_s2026.key"
+    );
+    // The key file is where the StatefulSet mounts the Secret's key.
+    let sts = &children.statefulsets[0];
+    let mount = node(sts)
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "dkim")
+        .unwrap();
+    let projected = pod(sts)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "dkim")
+        .unwrap();
+    let item = &projected
+        .projected
+        .as_ref()
+        .unwrap()
+        .sources
+        .as_ref()
+        .unwrap()[0]
+        .secret
+        .as_ref()
+        .unwrap()
+        .items
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        format!("{}/{}", mount.mount_path, item.path),
+        dkim.private_key_file
+    );
+
+    assert_eq!(config.limits.max_message_size, 50 * 1024 * 1024);
+    assert_eq!(config.limits.max_recipients, 500);
+    assert_eq!(config.limits.max_connections, 2000);
+    assert_eq!(config.limits.max_connections_per_client, 100);
+    assert_eq!(config.delivery.helo_name, "smtp.mail.example.com");
+    assert_eq!(config.delivery.concurrency_per_destination, 20);
+    assert_eq!(config.delivery.rate_per_minute, Some(600));
+    assert_eq!(
+        config.delivery.retry_schedule,
+        ["1m", "5m", "15m", "1h", "6h"]
+    );
+    assert_eq!(config.delivery.max_age, "3d12h");
+}
+
+#[test]
+fn scaling_updates_the_peer_list_without_a_new_config_hash() {
+    let pool = fixture("single.yaml");
+    let before = children(&pool);
+    let mut scaled = pool.clone();
+    scaled.spec.replicas = 5;
+    let after = children(&scaled);
+    let peers = |c: &Children| -> Vec<String> {
+        rendered(c)
+            .replication
+            .peers
+            .into_iter()
+            .map(|p| p.name)
+            .collect()
+    };
+    assert_eq!(
+        peers(&before),
+        ["relay-default-0", "relay-default-1", "relay-default-2"]
+    );
+    assert_eq!(
+        peers(&after),
+        [
+            "relay-default-0",
+            "relay-default-1",
+            "relay-default-2",
+            "relay-default-3",
+            "relay-default-4"
+        ]
+    );
+    assert_ne!(before.config_map, after.config_map);
+    assert_eq!(
+        before.statefulsets[0].spec.as_ref().unwrap().template,
+        after.statefulsets[0].spec.as_ref().unwrap().template
+    );
+    // A pool without users or keys renders neither.
+    let config = rendered(&children_of("minimal.yaml"));
+    assert!(config.relay.users_file.is_none());
+    assert!(config.dkim.is_empty());
+    assert_eq!(config.replication.factor, 1);
+    assert_eq!(
+        config.delivery.retry_schedule,
+        ["5m", "10m", "30m", "1h", "2h", "4h"]
+    );
+    assert_eq!(config.delivery.max_age, "5d");
 }

@@ -11,7 +11,7 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use super::error::{Error, Result};
-use super::model::{DkimKey, SigningDomain};
+use super::model::{DkimAlgorithm, DkimKey, SigningDomain};
 use crate::api::conditions;
 use crate::api::mail_domain::condition_types;
 use crate::api::relay_pool::{RelayPoolSpec, TlsSource};
@@ -192,6 +192,10 @@ pub fn signing_domain(md: &MailDomain) -> SigningDomain {
         .map(|(d, secret)| DkimKey {
             secret,
             selector: d.selector.clone(),
+            algorithm: match md.spec.dkim.algorithm {
+                crate::api::mail_domain::DkimAlgorithm::Rsa2048 => DkimAlgorithm::Rsa,
+                crate::api::mail_domain::DkimAlgorithm::Ed25519 => DkimAlgorithm::Ed25519,
+            },
             secret_key: DKIM_PRIVATE_KEY.to_owned(),
         });
     let object = md.name_any();

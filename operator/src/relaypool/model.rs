@@ -177,11 +177,22 @@ pub struct SigningDomain {
     pub dkim: Option<DkimKey>,
 }
 
+/// DKIM key algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DkimAlgorithm {
+    /// `rsa-sha256`.
+    Rsa,
+    /// `ed25519-sha256` (RFC 8463).
+    Ed25519,
+}
+
 /// Where a DKIM private key is.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DkimKey {
     /// Selector the signatures carry.
     pub selector: String,
+    /// Key algorithm.
+    pub algorithm: DkimAlgorithm,
     /// Secret holding the key.
     pub secret: String,
     /// Key inside the Secret's data.

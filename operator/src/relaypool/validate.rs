@@ -22,6 +22,10 @@ use crate::api::relay_pool::{
     self, ImagePullPolicy, LimitsSpec, QueueSpec, RelayPool, RetrySpec, reasons,
 };
 
+/// Key of the submission users file in the auth Secret: one `user:argon2-hash` line
+/// per user.
+pub const AUTH_USERS_KEY: &str = "users";
+
 /// Something wrong with the pool that a person must fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -242,7 +246,7 @@ pub fn check(pool: &Pool, refs: &Dereferenced) -> Vec<Problem> {
         problems.extend(check_secret(tls, namespace, &["tls.crt", "tls.key"]));
     }
     if let Some(auth) = &refs.auth_secret {
-        problems.extend(check_secret(auth, namespace, &[]));
+        problems.extend(check_secret(auth, namespace, &[AUTH_USERS_KEY]));
     }
     let total = pool.total_replicas();
     let factor = pool.queue.replication_factor;

@@ -1,9 +1,12 @@
-//! The ConfigMap with the rendered smtp-node configuration.
+//! The ConfigMap with the rendered smtp-node configuration ([`NodeConfig`], YAML under
+//! `smtp-node.yaml`, mounted at `/etc/smtp-node/config` and passed to the node with
+//! `--config`).
 //!
 //! One configuration serves every pod of the pool. What differs per pod comes from the
 //! environment at run time: the node's name from `POD_NAME` (the StatefulSet pod name,
 //! `<pool>-<dc>-<ordinal>`, which is also how it appears in the peer list, so a node
-//! finds itself there), its data centre from `SMTP_NODE_DATA_CENTRE`.
+//! finds itself there), its data centre from `SMTP_NODE_DATA_CENTRE`. The document
+//! names both variables (`node.nameEnv`, `node.dataCentreEnv`).
 //!
 //! The pod-template hash (see [`Rendered::hash`]) is computed over the configuration
 //! rendered with every data centre at zero replicas, i.e. without the peer list: scaling
@@ -13,12 +16,20 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use serde::Serialize;
 
 use super::BuildError;
-use super::layout::CONFIG_KEY;
+use super::layout::{
+    self, AUTH_DIR, CONFIG_KEY, DKIM_DIR, HTTP_PORT, PEER_PORT, SPOOL_DIR, TLS_DIR,
+};
 use super::meta;
-use crate::relaypool::model::Pool;
+use super::node_config::{
+    DeliveryConfig, DkimConfig, HttpConfig, LimitsConfig, ListenerConfig, ListenerTls, NodeConfig,
+    NodeIdentity, PeerConfig, RelayConfig, ReplicationConfig, SpoolConfig, TlsFiles,
+    format_duration,
+};
+use super::statefulset::DATA_CENTRE_ENV;
+use crate::relaypool::model::{DkimAlgorithm, ListenerKind, Pool};
+use crate::relaypool::validate::AUTH_USERS_KEY;
 
 /// The rendered node configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,9 +76,122 @@ fn sha256_hex(bytes: &[u8]) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn node_config(pool: &Pool) -> impl Serialize {
-    serde_json::json!({
-        "hostname": pool.hostname,
-        "peers": pool.data_centres.iter().flat_map(|dc| (0..dc.replicas).map(move |i| format!("{}-{}-{i}", pool.identity.name, dc.name))).collect::<Vec<_>>(),
-    })
+/// The node configuration of `pool`.
+pub fn node_config(pool: &Pool) -> NodeConfig {
+    let name = &pool.identity.name;
+    let namespace = &pool.identity.namespace;
+    let peer_service = meta::peer_service_name(name);
+    NodeConfig {
+        node: NodeIdentity {
+            name_env: "POD_NAME".to_owned(),
+            data_centre_env: DATA_CENTRE_ENV.to_owned(),
+        },
+        hostname: pool.hostname.clone(),
+        listeners: pool
+            .listeners
+            .iter()
+            .map(|l| ListenerConfig {
+                name: listener_name(l.kind).to_owned(),
+                address: bind(l.kind.container_port()),
+                tls: match l.kind {
+                    ListenerKind::ImplicitTls => ListenerTls::Implicit,
+                    ListenerKind::Relay | ListenerKind::Submission => ListenerTls::Starttls,
+                },
+                require_auth: l.kind != ListenerKind::Relay,
+            })
+            .collect(),
+        tls: pool.tls.as_ref().map(|_| TlsFiles {
+            cert_file: format!("{TLS_DIR}/tls.crt"),
+            key_file: format!("{TLS_DIR}/tls.key"),
+        }),
+        http: HttpConfig {
+            address: bind(HTTP_PORT),
+        },
+        spool: SpoolConfig {
+            dir: SPOOL_DIR.to_owned(),
+        },
+        replication: ReplicationConfig {
+            factor: pool.queue.replication_factor,
+            min_data_centres: pool.queue.min_data_centres,
+            listen: bind(PEER_PORT),
+            peers: pool
+                .data_centres
+                .iter()
+                .flat_map(|dc| {
+                    let sts = meta::statefulset_name(name, &dc.name);
+                    let peer_service = &peer_service;
+                    (0..dc.replicas.max(0)).map(move |ordinal| {
+                        let pod = format!("{sts}-{ordinal}");
+                        PeerConfig {
+                            address: format!("{pod}.{peer_service}.{namespace}.svc:{PEER_PORT}"),
+                            name: pod,
+                            data_centre: dc.name.clone(),
+                        }
+                    })
+                })
+                .collect(),
+        },
+        relay: RelayConfig {
+            allowed_networks: pool.relay.allowed_networks.clone(),
+            users_file: pool
+                .relay
+                .auth_secret
+                .as_ref()
+                .map(|_| format!("{AUTH_DIR}/{AUTH_USERS_KEY}")),
+            domains: pool.domains.iter().map(|d| d.domain.clone()).collect(),
+        },
+        limits: LimitsConfig {
+            max_message_size: pool.limits.max_message_size,
+            max_recipients: pool.limits.max_recipients,
+            max_connections: pool.limits.max_connections,
+            max_connections_per_client: pool.limits.max_connections_per_client,
+        },
+        delivery: DeliveryConfig {
+            helo_name: pool.hostname.clone(),
+            concurrency_per_destination: pool.limits.per_destination_concurrency,
+            rate_per_minute: pool.limits.per_destination_rate_per_minute,
+            retry_schedule: pool
+                .queue
+                .retry_schedule
+                .iter()
+                .copied()
+                .map(format_duration)
+                .collect(),
+            max_age: format_duration(pool.queue.max_age),
+        },
+        dkim: pool
+            .domains
+            .iter()
+            .filter_map(|d| {
+                let key = d.dkim.as_ref()?;
+                Some(DkimConfig {
+                    domain: d.domain.clone(),
+                    selector: key.selector.clone(),
+                    private_key_file: format!(
+                        "{DKIM_DIR}/{}",
+                        layout::dkim_key_file(&d.domain, &key.selector)
+                    ),
+                    algorithm: match key.algorithm {
+                        DkimAlgorithm::Rsa => "rsa",
+                        DkimAlgorithm::Ed25519 => "ed25519",
+                    }
+                    .to_owned(),
+                })
+            })
+            .collect(),
+    }
+}
+
+fn listener_name(kind: ListenerKind) -> &'static str {
+    match kind {
+        ListenerKind::Relay => "relay",
+        ListenerKind::Submission => "submission",
+        ListenerKind::ImplicitTls => "implicitTls",
+    }
+}
+
+/// Listeners bind every IPv4 address of the pod. (Binding `[::]` would fail in pods
+/// without IPv6, which are the common case.)
+fn bind(port: u16) -> String {
+    format!("0.0.0.0:{port}")
 }

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod layout;
 pub mod meta;
+pub mod node_config;
 pub mod pdb;
 pub mod service;
 pub mod service_account;

@@ -10,7 +10,9 @@ use super::layout::{HTTP_PORT, PEER_PORT};
 use super::meta::{self, CONFIG_HASH_ANNOTATION};
 use super::statefulset::{HOSTNAME_LABEL, ZONE_LABEL, statefulset};
 use super::{pdb, service, service_account};
-use crate::relaypool::model::{DkimKey, Listener, ListenerKind, SigningDomain, TlsSource};
+use crate::relaypool::model::{
+    DkimAlgorithm, DkimKey, Listener, ListenerKind, SigningDomain, TlsSource,
+};
 use crate::relaypool::testing::pool;
 
 fn pod(sts: &StatefulSet) -> &PodSpec {
@@ -402,6 +404,7 @@ fn volumes_follow_the_spec() {
             domain: "example.com".into(),
             dkim: Some(DkimKey {
                 selector: "s1".into(),
+                algorithm: DkimAlgorithm::Rsa,
                 secret: "example-dkim-s1".into(),
                 secret_key: "private.key".into(),
             }),
