@@ -264,9 +264,15 @@ async fn apply_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     let outcome = apply::apply_children(&ctx.client, &model.identity, &children).await?;
 
     let observed = status::observe_all(model, &outcome.statefulsets);
-    let computed = status::compute(model, observed, &validated.problems);
     let previous = pool.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
+    let not_ready_for = status::not_ready_for(&previous.conditions, &now);
+    let computed = status::compute(model, observed, &validated.problems, not_ready_for);
+    let requeue = computed
+        .recheck_in
+        .map_or(ctx.settings.requeue_after, |recheck| {
+            recheck.min(ctx.settings.requeue_after)
+        });
     let next = status::to_status(&previous, computed, model.identity.generation, &now);
     if next != previous {
         let api: Api<RelayPool> = Api::namespaced(ctx.client.clone(), &model.identity.namespace);
@@ -289,7 +295,7 @@ async fn apply_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         &next.conditions,
     ));
     publish(ctx, pool, &all_changes).await;
-    Ok(Action::requeue(ctx.settings.requeue_after))
+    Ok(Action::requeue(requeue))
 }
 
 /// The clean-up for a pool being deleted.

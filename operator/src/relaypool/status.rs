@@ -2,14 +2,20 @@
 //! generation in; replica counts and the `Ready`, `Available`, `Progressing` and
 //! `Degraded` conditions out. The controller writes the result with one status patch.
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::build::node_config;
 use super::conditions::{self, Computed, Status};
 use super::model::Pool;
 use super::validate::Problem;
 use crate::api::relay_pool::condition_types::{AVAILABLE, DEGRADED, PROGRESSING, READY};
 use crate::api::relay_pool::{DataCentreStatus, RelayPoolStatus, reasons};
+
+/// Progressing reason: rolled out, pods still starting (within [`NOT_READY_GRACE`]).
+pub const WAITING_FOR_REPLICAS: &str = "WaitingForReplicas";
 
 /// What was observed of one data centre.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,31 +86,58 @@ pub struct ComputedStatus {
     pub data_centres: Vec<DataCentreObservation>,
     /// The four conditions this controller owns.
     pub conditions: Vec<Computed>,
+    /// When the status may change without any object changing (the grace for starting
+    /// pods runs out): reconcile again by then.
+    pub recheck_in: Option<Duration>,
+}
+
+/// How long pods may stay not ready after the StatefulSets have rolled out before the
+/// pool is reported `Degraded`: starting pods (image pulls, spool recovery) are
+/// progress, not a problem. Ten minutes, like a Deployment's default progress deadline.
+pub const NOT_READY_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// How long the pool has not been fully ready, from the previous `Ready` condition:
+/// zero when it was ready (or had no status yet), otherwise the time since `Ready`
+/// turned false.
+pub fn not_ready_for(previous: &[Condition], now: &Time) -> Duration {
+    conditions::find(previous, READY)
+        .filter(|c| c.status != Status::True.as_str())
+        .map(|c| {
+            let elapsed = now.0.duration_since(c.last_transition_time.0);
+            Duration::try_from(elapsed).unwrap_or(Duration::ZERO)
+        })
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Computes the status of `pool` from the observations and validation problems.
+/// `not_ready_for` (see [`not_ready_for`]) tells pods that are still starting from pods
+/// that do not come up.
 pub fn compute(
     pool: &Pool,
     observed: Vec<DataCentreObservation>,
     problems: &[Problem],
+    not_ready_for: Duration,
 ) -> ComputedStatus {
     let replicas: i32 = observed.iter().map(|o| o.replicas).sum();
     let ready: i32 = observed.iter().map(|o| o.ready).sum();
     let rolling: Vec<&DataCentreObservation> = observed.iter().filter(|o| !o.rolled_out).collect();
     let short: Vec<&DataCentreObservation> =
         observed.iter().filter(|o| o.ready < o.replicas).collect();
+    let waiting = rolling.is_empty() && !short.is_empty() && not_ready_for < NOT_READY_GRACE;
+    let shortfall = || {
+        short
+            .iter()
+            .map(|o| {
+                format!(
+                    "data centre {:?} has {} of {} ready",
+                    o.name, o.ready, o.replicas
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
 
-    let progressing = if rolling.is_empty() {
-        Computed::new(
-            PROGRESSING,
-            Status::False,
-            reasons::UP_TO_DATE,
-            format!(
-                "All {} data centre(s) run the latest pod template with the desired replicas.",
-                observed.len()
-            ),
-        )
-    } else {
+    let progressing = if !rolling.is_empty() {
         Computed::new(
             PROGRESSING,
             Status::True,
@@ -112,6 +145,27 @@ pub fn compute(
             format!(
                 "Rolling out data centre(s) {}; {ready} of {replicas} replicas ready.",
                 names(&rolling)
+            ),
+        )
+    } else if waiting {
+        Computed::new(
+            PROGRESSING,
+            Status::True,
+            WAITING_FOR_REPLICAS,
+            format!(
+                "Waiting for pods to become ready: {}. The pool is reported Degraded if this lasts {}.",
+                shortfall(),
+                node_config::format_duration(NOT_READY_GRACE)
+            ),
+        )
+    } else {
+        Computed::new(
+            PROGRESSING,
+            Status::False,
+            reasons::UP_TO_DATE,
+            format!(
+                "All {} data centre(s) run the latest pod template with the desired replicas.",
+                observed.len()
             ),
         )
     };
@@ -125,22 +179,16 @@ pub fn compute(
             problems[0].reason,
             join_messages(problems),
         )
-    } else if rolling.is_empty() && !short.is_empty() {
+    } else if rolling.is_empty() && !short.is_empty() && !waiting {
         Computed::new(
             DEGRADED,
             Status::True,
             reasons::REPLICAS_NOT_READY,
             format!(
-                "Not every replica is ready although no rollout is in progress: {}. \
-                 Check the pods with `kubectl describe pod -l smtpfleet.io/pool={}`.",
-                short
-                    .iter()
-                    .map(|o| format!(
-                        "data centre {:?} has {} of {} ready",
-                        o.name, o.ready, o.replicas
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                "Pods have not become ready within {} although no rollout is in progress: {}. \
+                 Check them with `kubectl describe pod -l smtpfleet.io/pool={}`.",
+                node_config::format_duration(NOT_READY_GRACE),
+                shortfall(),
                 pool.identity.name
             ),
         )
@@ -194,6 +242,7 @@ pub fn compute(
         ready_replicas: ready,
         data_centres: observed,
         conditions: vec![ready_condition, available, progressing, degraded],
+        recheck_in: waiting.then(|| NOT_READY_GRACE.saturating_sub(not_ready_for)),
     }
 }
 
@@ -320,7 +369,7 @@ mod tests {
                 sts("b", StsState::settled(1, 1)),
             ],
         );
-        let status = compute(&pool, observed, &[]);
+        let status = compute(&pool, observed, &[], Duration::ZERO);
         assert_eq!((status.replicas, status.ready_replicas), (3, 3));
         assert_eq!(
             status.data_centres,
@@ -351,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn some_not_ready_without_rollout_is_degraded_and_names_the_data_centre() {
+    fn pods_not_ready_after_the_grace_are_degraded_naming_the_data_centre() {
         let pool = pool(&[("a", 2), ("b", 2)]);
         let observed = observe_all(
             &pool,
@@ -360,7 +409,8 @@ mod tests {
                 sts("b", StsState::settled(2, 1)),
             ],
         );
-        let status = compute(&pool, observed, &[]);
+        let status = compute(&pool, observed, &[], NOT_READY_GRACE);
+        assert_eq!(status.recheck_in, None);
         assert_eq!((status.replicas, status.ready_replicas), (4, 3));
         assert_eq!(
             summary(&status),
@@ -381,6 +431,77 @@ mod tests {
     }
 
     #[test]
+    fn pods_still_starting_after_a_rollout_are_progress_not_a_problem() {
+        let pool = pool(&[("a", 2), ("b", 2)]);
+        let observed = || {
+            observe_all(
+                &pool,
+                &[
+                    sts("a", StsState::settled(2, 2)),
+                    sts("b", StsState::settled(2, 1)),
+                ],
+            )
+        };
+        let status = compute(&pool, observed(), &[], Duration::from_secs(60));
+        assert_eq!(
+            summary(&status),
+            vec![
+                (READY, Status::False, "ReplicasNotReady"),
+                (AVAILABLE, Status::True, "MinimumReplicasAvailable"),
+                (PROGRESSING, Status::True, "WaitingForReplicas"),
+                (DEGRADED, Status::False, "AsExpected"),
+            ]
+        );
+        assert!(
+            condition(&status, PROGRESSING)
+                .message
+                .contains("\"b\" has 1 of 2 ready")
+        );
+        // Look again when the grace runs out, even if nothing changes.
+        assert_eq!(
+            status.recheck_in,
+            Some(NOT_READY_GRACE - Duration::from_secs(60))
+        );
+        // One second short of the grace: still waiting. At the grace: degraded.
+        let almost = compute(
+            &pool,
+            observed(),
+            &[],
+            NOT_READY_GRACE - Duration::from_secs(1),
+        );
+        assert_eq!(condition(&almost, DEGRADED).status, Status::False);
+        let late = compute(&pool, observed(), &[], NOT_READY_GRACE);
+        assert_eq!(condition(&late, DEGRADED).status, Status::True);
+    }
+
+    #[test]
+    fn time_not_ready_is_measured_from_the_ready_condition() {
+        use k8s_openapi::jiff::Timestamp;
+        let t = |s| Time(Timestamp::from_second(s).unwrap());
+        let ready = |status: &str, at| Condition {
+            type_: READY.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: t(at),
+        };
+        assert_eq!(not_ready_for(&[], &t(1000)), Duration::ZERO);
+        assert_eq!(
+            not_ready_for(&[ready("True", 100)], &t(1000)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            not_ready_for(&[ready("False", 100)], &t(1000)),
+            Duration::from_secs(900)
+        );
+        assert_eq!(
+            not_ready_for(&[ready("False", 2000)], &t(1000)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
     fn rollout_in_progress_is_progressing_not_degraded() {
         let pool = pool(&[("a", 3)]);
         let rolling = StsState {
@@ -389,7 +510,12 @@ mod tests {
             ready: 2,
             ..StsState::settled(3, 3)
         };
-        let status = compute(&pool, observe_all(&pool, &[sts("a", rolling)]), &[]);
+        let status = compute(
+            &pool,
+            observe_all(&pool, &[sts("a", rolling)]),
+            &[],
+            Duration::ZERO,
+        );
         assert_eq!(
             summary(&status),
             vec![
@@ -413,7 +539,7 @@ mod tests {
         };
         assert!(!observe("a", 3, Some(&sts("a", unobserved))).rolled_out);
         assert!(observe("a", 3, Some(&sts("a", StsState::settled(3, 3)))).rolled_out);
-        let status = compute(&pool, observe_all(&pool, &[]), &[]);
+        let status = compute(&pool, observe_all(&pool, &[]), &[], Duration::ZERO);
         assert_eq!(condition(&status, PROGRESSING).status, Status::True);
         assert_eq!(condition(&status, AVAILABLE).status, Status::False);
         assert_eq!(status.ready_replicas, 0);
@@ -431,6 +557,7 @@ mod tests {
             &pool,
             observe_all(&pool, &[sts("a", StsState::settled(2, 0))]),
             std::slice::from_ref(&problem),
+            Duration::ZERO,
         );
         let degraded = condition(&status, DEGRADED);
         assert_eq!(
@@ -456,6 +583,7 @@ mod tests {
             &pool,
             observe_all(&pool, &[sts("a", StsState::settled(2, 2))]),
             std::slice::from_ref(&warning),
+            Duration::ZERO,
         );
         let degraded = condition(&status, DEGRADED);
         assert_eq!(
@@ -475,7 +603,7 @@ mod tests {
         let observed = || observe_all(&pool, &[sts("a", StsState::settled(1, 1))]);
         let mut first = to_status(
             &RelayPoolStatus::default(),
-            compute(&pool, observed(), &[]),
+            compute(&pool, observed(), &[], Duration::ZERO),
             Some(1),
             &t(100),
         );
@@ -484,7 +612,12 @@ mod tests {
             oldest_seconds: Some(3),
             replication_healthy: true,
         });
-        let second = to_status(&first, compute(&pool, observed(), &[]), Some(2), &t(200));
+        let second = to_status(
+            &first,
+            compute(&pool, observed(), &[], Duration::ZERO),
+            Some(2),
+            &t(200),
+        );
         assert_eq!(second.queue, first.queue);
         assert_eq!(second.observed_generation, Some(2));
         assert!(
@@ -530,7 +663,7 @@ mod tests {
                 sts("b", StsState::settled(2, 0)),
             ],
         );
-        let status = compute(&pool, one_dc, &[]);
+        let status = compute(&pool, one_dc, &[], Duration::ZERO);
         let available = condition(&status, AVAILABLE);
         assert_eq!(
             (available.status, available.reason),
@@ -549,7 +682,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            condition(&compute(&pool, two_dcs, &[]), AVAILABLE).status,
+            condition(&compute(&pool, two_dcs, &[], Duration::ZERO), AVAILABLE).status,
             Status::True
         );
     }
