@@ -678,3 +678,35 @@ async fn failures_back_off_per_pool_and_are_counted_by_stage() {
     assert_eq!(ctx.failures.failures("mail/relay"), 0);
     assert_eq!(observer.0.lock().unwrap().finished.last(), Some(&true));
 }
+
+#[tokio::test]
+async fn a_terminating_namespace_is_not_a_failure() {
+    let pool = fixture("single.yaml");
+    let (mut server, ctx, task) = start(&pool);
+    serve_secret(
+        &mut server,
+        NS,
+        "smtp-tls",
+        Some(tls_secret(NS, "smtp-tls")),
+    )
+    .await;
+    serve_mail_domains(&mut server, NS, "relay", vec![]).await;
+    serve_statefulsets(&mut server, NS, "relay", vec![]).await;
+    server
+        .expect(Method::PATCH, "/api/v1/namespaces/mail/serviceaccounts/relay")
+        .await
+        .respond(
+            http::StatusCode::FORBIDDEN,
+            &json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                "reason": "Forbidden",
+                "message": "serviceaccounts \"relay\" is forbidden: unable to create new content in namespace mail because it is being terminated",
+                "details": {"name": "relay", "kind": "serviceaccounts", "causes": [
+                    {"reason": "NamespaceTerminating", "message": "namespace mail is being terminated", "field": "metadata.namespace"}
+                ]},
+            }),
+        );
+    assert_eq!(finish(task).await.unwrap(), Action::await_change());
+    assert_eq!(ctx.failures.failures("mail/relay"), 0);
+    server.expect_silence(Duration::from_millis(100)).await;
+}

@@ -254,6 +254,16 @@ pub fn error_policy(pool: Arc<RelayPool>, error: &Error, ctx: Arc<Context>) -> A
 
 /// The pipeline for a live pool.
 async fn apply_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
+    match pipeline(pool, ctx).await {
+        Err(err) if err.is_namespace_terminating() => {
+            tracing::debug!(pool = %key(pool), "namespace is being deleted; nothing to do");
+            Ok(Action::await_change())
+        }
+        result => result,
+    }
+}
+
+async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     let refs = dereference::dereference(&ctx.client, pool).await?;
     let validated = validate::validate(pool, &refs, &ctx.settings.default_image)?;
     for problem in &validated.problems {

@@ -99,6 +99,25 @@ impl Error {
         }
     }
 
+    /// Whether the API server refused a write because the pool's namespace is being
+    /// deleted. Not a failure: the namespace takes the pool and its children with it,
+    /// and retrying only adds noise until it is gone.
+    pub fn is_namespace_terminating(&self) -> bool {
+        let source = match self {
+            Self::Apply { source, .. } | Self::Status(source) => source,
+            _ => return false,
+        };
+        match source {
+            kube::Error::Api(status) => {
+                status.code == 403
+                    && status.details.as_ref().is_some_and(|d| {
+                        d.causes.iter().any(|c| c.reason == "NamespaceTerminating")
+                    })
+            }
+            _ => false,
+        }
+    }
+
     /// Folds the finalizer helper's wrapper back into our own error so that callers
     /// see one type with one category per cause.
     pub(crate) fn from_finalizer(err: kube::runtime::finalizer::Error<Error>) -> Self {
@@ -158,6 +177,26 @@ mod tests {
         for (err, category) in cases {
             assert_eq!(err.category(), category, "{err}");
         }
+    }
+
+    #[test]
+    fn writes_into_a_terminating_namespace_are_recognised() {
+        let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":403,"reason":"Forbidden",
+            "message":"configmaps \"p-config\" is forbidden: unable to create new content in namespace mail because it is being terminated",
+            "details":{"name":"p-config","kind":"configmaps","causes":[{"reason":"NamespaceTerminating","message":"namespace mail is being terminated","field":"metadata.namespace"}]}}"#;
+        let status: kube::core::Status = serde_json::from_str(body).unwrap();
+        let terminating = Error::Apply {
+            kind: "ConfigMap",
+            name: "p-config".into(),
+            source: kube::Error::Api(status.boxed()),
+        };
+        assert!(terminating.is_namespace_terminating());
+        let forbidden = Error::Apply {
+            kind: "ConfigMap",
+            name: "p-config".into(),
+            source: api_error(403),
+        };
+        assert!(!forbidden.is_namespace_terminating());
     }
 
     #[test]
