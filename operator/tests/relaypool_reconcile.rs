@@ -710,3 +710,25 @@ async fn a_terminating_namespace_is_not_a_failure() {
     assert_eq!(ctx.failures.failures("mail/relay"), 0);
     server.expect_silence(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn a_stale_cache_on_adding_the_finalizer_is_retried_at_once() {
+    let pool = fixture("minimal.yaml");
+    let (client, mut server) = mock_client();
+    let observer = RecordingObserver::default();
+    let ctx = Arc::new(Context::new(client, Arc::new(observer.clone()), settings()));
+    let pool = Arc::new(pool);
+    let task = tokio::spawn(reconcile(pool.clone(), ctx.clone()));
+    server
+        .expect(Method::PATCH, &pool_path(NS, "relay"))
+        .await
+        .fail(422, "Invalid");
+    let err = finish(task).await.expect_err("the test operation failed");
+    assert!(err.is_stale_finalizer_patch(), "{err}");
+    assert_eq!(
+        error_policy(pool.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(1))
+    );
+    assert_eq!(ctx.failures.failures("mail/relay"), 0);
+    assert!(observer.0.lock().unwrap().errors.is_empty());
+}

@@ -237,9 +237,17 @@ async fn reconcile_inner(pool: Arc<RelayPool>, ctx: &Context) -> Result<Action> 
     .map_err(Error::from_finalizer)
 }
 
+/// Delay before retrying after the cache was found stale.
+const STALE_RETRY: Duration = Duration::from_secs(1);
+
 /// Retries a failed reconciliation with per-pool exponential backoff, and counts the
-/// error by category.
+/// error by category. A finalizer patch refused because the cached pool was stale is
+/// retried at once and not counted: it says nothing about the pool's health.
 pub fn error_policy(pool: Arc<RelayPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_stale_finalizer_patch() {
+        tracing::debug!(pool = %key(&pool), error = %error, "finalizer patch on a stale object; retrying");
+        return Action::requeue(STALE_RETRY);
+    }
     ctx.observer.error(error.category());
     let delay = ctx.failures.failed(&key(&pool));
     tracing::warn!(

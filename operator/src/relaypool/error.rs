@@ -118,6 +118,14 @@ impl Error {
         }
     }
 
+    /// Whether the finalizer patch was refused because the cached pool was older than
+    /// the stored one (its JSON-patch `test` no longer holds: 422, or a 409 conflict).
+    /// Expected right after the finalizer is added while other triggers are queued;
+    /// the next attempt reads the fresh object.
+    pub fn is_stale_finalizer_patch(&self) -> bool {
+        matches!(self, Self::Finalizer(kube::Error::Api(status)) if status.code == 409 || status.code == 422)
+    }
+
     /// Folds the finalizer helper's wrapper back into our own error so that callers
     /// see one type with one category per cause.
     pub(crate) fn from_finalizer(err: kube::runtime::finalizer::Error<Error>) -> Self {
