@@ -6,6 +6,9 @@
 
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod mx;
 pub mod outcome;
+pub mod queue;
+pub mod throttle;
 pub mod tls;
