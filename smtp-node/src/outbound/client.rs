@@ -326,6 +326,34 @@ pub fn has_8bit(message: &[u8]) -> bool {
     message.iter().any(|b| *b >= 0x80)
 }
 
+/// CRLF everywhere: bare CR and bare LF become CRLF, so that what is signed is what the
+/// next hop receives. Borrows when the message is already canonical.
+pub fn canonical_line_endings(message: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let canonical = message.iter().enumerate().all(|(i, b)| match b {
+        b'\r' => message.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && message[i - 1] == b'\r',
+        _ => true,
+    });
+    if canonical {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out = Vec::with_capacity(message.len() + 64);
+    let mut i = 0;
+    while i < message.len() {
+        match message[i] {
+            b'\r' | b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                if message[i] == b'\r' && message.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Applies SMTP dot-stuffing (RFC 5321 section 4.5.2) and appends the end-of-data
 /// marker. Bare CR and bare LF are written as CRLF so the next hop sees the same line
 /// structure this node saw, and a message not ending in CRLF gets one.
@@ -941,6 +969,16 @@ mod tests {
         assert_eq!(dot_stuff(b"a\n.\nb"), b"a\r\n..\r\nb\r\n.\r\n");
         assert_eq!(dot_stuff(b"a\r.\rb\r\n"), b"a\r\n..\r\nb\r\n.\r\n");
         assert_eq!(dot_stuff(b"mid.dot\r\n"), b"mid.dot\r\n.\r\n");
+    }
+
+    #[test]
+    fn line_endings() {
+        assert!(matches!(
+            canonical_line_endings(b"a\r\nb\r\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(&*canonical_line_endings(b"a\nb\rc\r\n"), b"a\r\nb\r\nc\r\n");
+        assert_eq!(&*canonical_line_endings(b"\n"), b"\r\n");
     }
 
     #[test]

@@ -1,14 +1,28 @@
 //! Delivery: from the spool to the next hop.
 //!
-//! `manager` schedules queued messages per destination; `delivery` runs one connection
-//! to a destination; `client` speaks SMTP; `mx` finds where a domain's mail goes;
-//! `queue` holds the pure scheduling and state decisions.
+//! [`QueueManager`] schedules queued messages per destination (`manager`, with the pure
+//! decisions in `queue`); `delivery` runs one connection's worth of work; `client` speaks
+//! SMTP; `mx` finds where a domain's mail goes; `tls` holds the trust policies.
+//!
+//! Wiring it into a node:
+//! ```ignore
+//! let keyring = Arc::new(DkimKeyring::load(&dkim_configs)?);
+//! let metrics = OutboundMetrics::register(&mut registry);
+//! let manager = QueueManager::new(&delivery_config, keyring, node_id, spool, metrics)?;
+//! tokio::spawn(manager.run(stored_ids_rx, shutdown_token.cancelled_owned()));
+//! ```
 
 pub mod client;
 pub mod config;
+pub mod delivery;
+pub mod manager;
 pub mod metrics;
 pub mod mx;
 pub mod outcome;
 pub mod queue;
 pub mod throttle;
 pub mod tls;
+
+pub use config::{DeliveryConfig, DkimAlgorithm, DkimConfig, SmarthostConfig, SmarthostTls};
+pub use manager::{OutboundError, QueueManager};
+pub use metrics::OutboundMetrics;

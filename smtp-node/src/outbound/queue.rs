@@ -68,6 +68,26 @@ pub fn next_due(meta: &MessageMeta) -> Option<UnixMillis> {
         .min()
 }
 
+/// When to look at a message again after all its dispatched work finished. A recipient
+/// still `Pending` at that point was not attempted (spool error, shutdown, lost
+/// connection permit) and waits `backoff` so a persistent error cannot spin.
+pub fn next_due_after_attempt(
+    meta: &MessageMeta,
+    now: UnixMillis,
+    backoff: Duration,
+) -> Option<UnixMillis> {
+    let pending_at = now.saturating_add(backoff.as_millis() as u64);
+    meta.envelope
+        .recipients
+        .iter()
+        .filter_map(|r| match r.state {
+            RecipientState::Pending => Some(pending_at),
+            RecipientState::Deferred { until } => Some(until),
+            RecipientState::Delivered { .. } | RecipientState::Failed { .. } => None,
+        })
+        .min()
+}
+
 /// The recipients to attempt now, grouped by destination. Indices are into
 /// `Envelope::recipients`.
 pub fn due_recipients(
@@ -313,6 +333,27 @@ mod tests {
             },
         )]);
         assert_eq!(next_due(&done), None);
+    }
+
+    #[test]
+    fn unattempted_recipients_back_off_but_retries_keep_their_time() {
+        let m = meta(vec![
+            Recipient::new("a@x"),
+            with_state("b@x", RecipientState::Deferred { until: 2_000 }),
+        ]);
+        assert_eq!(
+            next_due_after_attempt(&m, 1_500, Duration::from_secs(30)),
+            Some(2_000)
+        );
+        assert_eq!(
+            next_due_after_attempt(&m, 5_000, Duration::from_secs(30)),
+            Some(2_000)
+        );
+        let m = meta(vec![Recipient::new("a@x")]);
+        assert_eq!(
+            next_due_after_attempt(&m, 5_000, Duration::from_secs(30)),
+            Some(35_000)
+        );
     }
 
     #[test]
