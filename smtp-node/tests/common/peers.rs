@@ -130,6 +130,8 @@ pub struct PyOptions {
     /// (address, reply, times; `None` = always)
     pub refuse: Vec<(String, String, Option<u32>)>,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// With `tls`: TLS from the first byte instead of STARTTLS.
+    pub implicit_tls: bool,
     pub auth: Option<(String, String)>,
     pub data_delay: Option<Duration>,
 }
@@ -145,6 +147,7 @@ impl PySink {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/smtp_server.py");
         let mut command = Command::new("/usr/bin/python3");
         command
+            .args(["-W", "ignore::DeprecationWarning"])
             .arg(script)
             .arg("--listen")
             .arg(format!("{ip}:{port}"))
@@ -159,6 +162,9 @@ impl PySink {
         }
         if let Some((cert, key)) = &options.tls {
             command.arg("--tls").arg(cert).arg(key);
+            if options.implicit_tls {
+                command.arg("--implicit-tls");
+            }
         }
         if let Some((user, password)) = &options.auth {
             command.arg("--auth").arg(format!("{user}:{password}"));

@@ -10,6 +10,7 @@ Options:
   --refuse ADDRESS=REPLY[=COUNT]  refuse RCPT TO ADDRESS with REPLY (e.g. "550 5.1.1 no
                                   such user") COUNT times (default: always), then accept
   --tls CERT KEY                  offer STARTTLS with this certificate
+  --implicit-tls                  with --tls: TLS from the first byte instead (port 465 style)
   --auth USER:PASSWORD            require AUTH (PLAIN/LOGIN, only over TLS)
   --data-delay SECONDS            wait before answering the end of DATA
 """
@@ -31,7 +32,9 @@ MESSAGES = itertools.count(1)
 
 class CountingSMTP(SMTP):
     def connection_made(self, transport):
-        self.connection_number = next(CONNECTIONS)
+        # Called again for the TLS transport after STARTTLS: same connection.
+        if getattr(self, "connection_number", None) is None:
+            self.connection_number = next(CONNECTIONS)
         super().connection_made(transport)
 
 
@@ -55,7 +58,7 @@ class Handler:
         content = envelope.original_content or envelope.content
         record = {
             "connection": server.connection_number,
-            "tls": session.ssl is not None,
+            "tls": server.transport.get_extra_info("ssl_object") is not None,
             "auth": session.auth_data if session.authenticated else None,
             "helo": session.host_name,
             "mail_from": envelope.mail_from,
@@ -78,6 +81,7 @@ def main():
     parser.add_argument("--dir", required=True)
     parser.add_argument("--refuse", action="append", default=[])
     parser.add_argument("--tls", nargs=2)
+    parser.add_argument("--implicit-tls", action="store_true")
     parser.add_argument("--auth")
     parser.add_argument("--data-delay", type=float, default=0)
     args = parser.parse_args()
@@ -89,20 +93,25 @@ def main():
         refusals[parts[0].lower()] = {"reply": parts[1], "left": count}
 
     kwargs = {"enable_SMTPUTF8": True, "hostname": "sink.test"}
+    server_ssl = None
     if args.tls:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.tls[0], args.tls[1])
-        kwargs["tls_context"] = context
+        if args.implicit_tls:
+            server_ssl = context
+        else:
+            kwargs["tls_context"] = context
     if args.auth:
         user, password = args.auth.split(":", 1)
 
         def authenticator(server, session, envelope, mechanism, auth_data):
             ok = auth_data.login.decode() == user and auth_data.password.decode() == password
-            return AuthResult(success=ok, auth_data=user if ok else None)
+            return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
 
         kwargs["authenticator"] = authenticator
         kwargs["auth_required"] = True
-        kwargs["auth_require_tls"] = True
+        # aiosmtpd only recognises STARTTLS as encryption; implicit TLS is encrypted too.
+        kwargs["auth_require_tls"] = not args.implicit_tls
 
     handler = Handler(args.dir, refusals, args.data_delay)
     host, port = args.listen.rsplit(":", 1)
@@ -110,7 +119,7 @@ def main():
     async def serve():
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: CountingSMTP(handler, **kwargs), host=host, port=int(port)
+            lambda: CountingSMTP(handler, **kwargs), host=host, port=int(port), ssl=server_ssl
         )
         with open(os.path.join(args.dir, "ready"), "w") as f:
             f.write("ready\n")
