@@ -15,7 +15,7 @@ use common::peers::{PyOptions, PySink, SmtpSink};
 use common::{Node, WAIT, delivery_config, free_port, ip, message, meta, states, wait_for};
 use mail_parser::{MessageParser, MimeHeaders};
 use smtp_node::dkim::DkimKeyring;
-use smtp_node::spool::{RecipientState, Spool};
+use smtp_node::spool::{Notify, RecipientState, Ret, Spool};
 
 const MX_HOST: &str = "127.0.0.2";
 const A_HOST: &str = "127.0.0.3";
@@ -85,26 +85,44 @@ async fn delivers_through_mx_records_to_smtp_sink() {
         "mx-delivery",
         "Hello Bob.\n.A line starting with a dot.\n..and two.\n",
     );
-    let id = node
-        .submit(
-            meta(
-                "alice@sender.test",
-                &["bob@mx.test", "Carol@MX.test"],
-                body.len(),
-            ),
-            body,
-        )
-        .await;
+    let mut queued = meta(
+        "alice@sender.test",
+        &["bob@mx.test", "Carol@MX.test"],
+        body.len(),
+    );
+    // DSN parameters go to a next hop that offers DSN (smtp-sink does).
+    queued.envelope.ret = Ret::Headers;
+    queued.envelope.env_id = Some("env-42".into());
+    queued.envelope.recipients[0].notify = Notify {
+        success: true,
+        failure: true,
+        ..Notify::default()
+    };
+    queued.envelope.recipients[0].orcpt = Some("rfc822;bob@mx.test".into());
+    let id = node.submit(queued, body).await;
 
     let received = wait_for("smtp-sink to capture the message", WAIT, || {
         sink.messages().into_iter().next()
     })
     .await;
     assert_eq!(received.mail_from, "alice@sender.test");
+    assert_eq!(received.client_proto, "ESMTP");
     assert_eq!(
         received.rcpt_to,
         ["bob@mx.test", "Carol@MX.test"],
         "one transaction, both recipients"
+    );
+    assert!(
+        received.mail_args.ends_with("RET=HDRS ENVID=env-42"),
+        "{}",
+        received.mail_args
+    );
+    assert_eq!(
+        received.rcpt_args,
+        [
+            "<bob@mx.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@mx.test",
+            "<Carol@MX.test>"
+        ]
     );
     assert!(
         received.data.contains("Subject: mx-delivery"),
@@ -681,4 +699,190 @@ async fn stopping_cuts_off_a_slow_transaction_and_keeps_the_recipient_pending() 
     let meta = spool.current(id).expect("still queued");
     assert_eq!(states(&meta), ["slow@py.test: pending"]);
     assert!(sink.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_helo_when_ehlo_is_refused() {
+    let dns = KnotServer::start(zones());
+    let port = port_for(&[MX_HOST]);
+    // -e: smtp-sink does not speak ESMTP.
+    let sink = SmtpSink::start_with(ip(MX_HOST), port, &["-e"]);
+    let node = Node::start(
+        delivery_config(&dns, port),
+        DkimKeyring::default(),
+        Arc::new(MemorySpool::default()),
+    );
+    let body = message("alice@sender.test", "old@mx.test", "helo", "plain old SMTP");
+    let mut queued = meta("alice@sender.test", &["old@mx.test"], body.len());
+    queued.envelope.recipients[0].notify.never = true;
+    let id = node.submit(queued, body).await;
+    let received = wait_for("delivery over HELO", WAIT, || {
+        sink.messages().into_iter().next()
+    })
+    .await;
+    assert_eq!(received.client_proto, "SMTP", "HELO, not EHLO");
+    assert_eq!(
+        received.rcpt_args,
+        ["<old@mx.test>"],
+        "no ESMTP parameters after HELO"
+    );
+    wait_for("removal", WAIT, || node.spool.removed_meta(id)).await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_recipients_are_sent_again_in_the_same_connection() {
+    let dns = KnotServer::start(zones());
+    let port = port_for(&[PY_HOST]);
+    let sink = PySink::start(
+        ip(PY_HOST),
+        port,
+        PyOptions {
+            refuse: vec![(
+                "third@py.test".into(),
+                "452 4.5.3 too many recipients".into(),
+                Some(1),
+            )],
+            ..PyOptions::default()
+        },
+    );
+    let node = Node::start(
+        delivery_config(&dns, port),
+        DkimKeyring::default(),
+        Arc::new(MemorySpool::default()),
+    );
+    let body = message("alice@sender.test", "first@py.test", "452", "x");
+    let rcpts = ["first@py.test", "second@py.test", "third@py.test"];
+    let id = node
+        .submit(meta("alice@sender.test", &rcpts, body.len()), body)
+        .await;
+    let done = wait_for("removal", WAIT, || node.spool.removed_meta(id)).await;
+    assert_eq!(
+        states(&done),
+        [
+            "first@py.test: delivered",
+            "second@py.test: delivered",
+            "third@py.test: delivered"
+        ]
+    );
+    assert_eq!(
+        done.envelope.recipients[2].attempts.len(),
+        1,
+        "sent again at once, not deferred"
+    );
+    let received = sink.messages();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].rcpt_tos, ["first@py.test", "second@py.test"]);
+    assert_eq!(received[1].rcpt_tos, ["third@py.test"]);
+    assert_eq!(received[0].connection, received[1].connection);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_per_destination_bounds_the_connections() {
+    let dns = KnotServer::start(zones());
+    let port = port_for(&[PY_HOST]);
+    let sink = PySink::start(
+        ip(PY_HOST),
+        port,
+        PyOptions {
+            data_delay: Some(Duration::from_millis(200)),
+            ..PyOptions::default()
+        },
+    );
+    let mut config = delivery_config(&dns, port);
+    config.concurrency_per_destination = 2;
+    let node = Node::start(
+        config,
+        DkimKeyring::default(),
+        Arc::new(MemorySpool::default()),
+    );
+    for n in 0..6 {
+        let body = message("alice@sender.test", "c@py.test", &format!("conc-{n}"), "x");
+        node.submit(meta("alice@sender.test", &["c@py.test"], body.len()), body)
+            .await;
+    }
+    let received = wait_for("six messages", WAIT, || {
+        let m = sink.messages();
+        (m.len() == 6).then_some(m)
+    })
+    .await;
+    let connections: std::collections::BTreeSet<u64> =
+        received.iter().map(|m| m.connection).collect();
+    assert!(
+        !connections.is_empty() && connections.len() <= 2,
+        "at most two connections: {connections:?}"
+    );
+    wait_for("all removed", WAIT, || {
+        (node.spool.len() == 0).then_some(())
+    })
+    .await;
+    let reused = node.metric("outbound_transactions_total{connection=\"reused\"}");
+    assert_eq!(reused as usize, 6 - connections.len());
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_paces_a_destination() {
+    let dns = KnotServer::start(zones());
+    let port = port_for(&[PY_HOST]);
+    let sink = PySink::start(ip(PY_HOST), port, PyOptions::default());
+    let mut config = delivery_config(&dns, port);
+    // 60 per minute: a burst of 6, then one per second.
+    config.rate_per_minute = Some(60);
+    let node = Node::start(
+        config,
+        DkimKeyring::default(),
+        Arc::new(MemorySpool::default()),
+    );
+    let started = std::time::Instant::now();
+    for n in 0..8 {
+        let body = message("alice@sender.test", "r@py.test", &format!("rate-{n}"), "x");
+        node.submit(meta("alice@sender.test", &["r@py.test"], body.len()), body)
+            .await;
+    }
+    wait_for("all eight", WAIT, || {
+        (sink.messages().len() == 8).then_some(())
+    })
+    .await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1900),
+        "the two messages after the burst wait a second each: {elapsed:?}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_lets_a_running_transaction_finish() {
+    let dns = KnotServer::start(zones());
+    let port = port_for(&[PY_HOST]);
+    let sink = PySink::start(
+        ip(PY_HOST),
+        port,
+        PyOptions {
+            data_delay: Some(Duration::from_secs(2)),
+            ..PyOptions::default()
+        },
+    );
+    let node = Node::start(
+        delivery_config(&dns, port),
+        DkimKeyring::default(),
+        Arc::new(MemorySpool::default()),
+    );
+    let spool = node.spool.clone();
+    let body = message("alice@sender.test", "patient@py.test", "finish", "x");
+    let id = node
+        .submit(
+            meta("alice@sender.test", &["patient@py.test"], body.len()),
+            body,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    node.stop().await;
+    let done = spool
+        .removed_meta(id)
+        .expect("delivered and removed before the stop returned");
+    assert_eq!(states(&done), ["patient@py.test: delivered"]);
+    assert_eq!(sink.messages().len(), 1);
 }

@@ -82,6 +82,34 @@ async fn opportunistic_starttls_accepts_any_certificate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opportunistic_tls_falls_back_to_plaintext_when_the_handshake_fails() {
+    let dns = KnotServer::start(zones());
+    let port = port_for(&[TLS_HOST]);
+    let pki = Pki::new();
+    let mut options = tls_options(&pki.self_signed("mx.tls.test"));
+    options.broken_tls = true;
+    let sink = PySink::start(ip(TLS_HOST), port, options);
+    let node = Node::start(
+        delivery_config(&dns, port),
+        DkimKeyring::default(),
+        Arc::new(MemorySpool::default()),
+    );
+    let body = message("alice@sender.test", "t@tls.test", "fallback", "x");
+    let id = node
+        .submit(meta("alice@sender.test", &["t@tls.test"], body.len()), body)
+        .await;
+    wait_for("delivery", WAIT, || node.spool.removed_meta(id)).await;
+    let received = sink.messages();
+    assert_eq!(received.len(), 1);
+    assert!(
+        !received[0].tls,
+        "delivered in plaintext after the failed handshake"
+    );
+    assert_eq!(received[0].connection, 2, "on a second connection");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_tls_delivers_only_over_verified_tls() {
     let dns = KnotServer::start(zones());
     let port = port_for(&[TLS_HOST, PLAIN_HOST, TRUSTED_HOST]);

@@ -164,6 +164,22 @@ impl WorkerLink {
 
 /// Runs one worker until the manager has no more jobs for its destination.
 pub async fn run_worker<S: Spool>(shared: Arc<Shared<S>>, link: WorkerLink, first: Job) {
+    let resolved = tokio::select! {
+        resolved = resolve(&shared, &link.destination) => resolved,
+        _ = link.stopped() => { link.job_done(first.id); return; }
+    };
+    let targets = match resolved {
+        Ok(targets) => targets,
+        Err(outcome) => {
+            if let Some(outcome) = &outcome {
+                tracing::info!(destination = %link.destination, reason = %reply_line(outcome.reply()),
+                    "destination cannot be resolved");
+            }
+            fail_all(&shared, &link, first, outcome, None).await;
+            return;
+        }
+    };
+    // Only connections count against the total limit; DNS work does not.
     let permit = tokio::select! {
         permit = shared.connections.clone().acquire_owned() => permit.ok(),
         _ = link.stopped() => None,
@@ -171,33 +187,6 @@ pub async fn run_worker<S: Spool>(shared: Arc<Shared<S>>, link: WorkerLink, firs
     let Some(_permit) = permit else {
         link.job_done(first.id);
         return;
-    };
-
-    let targets = match &link.destination {
-        Destination::Unroutable => Err(None),
-        Destination::Domain(domain) => tokio::select! {
-            resolved = shared.resolver.resolve_domain(domain) => resolved.map_err(Some),
-            _ = link.stopped() => { link.job_done(first.id); return; }
-        },
-        Destination::Smarthost => {
-            let host = match &shared.route {
-                Route::Smarthost { host, .. } => host.clone(),
-                Route::Mx { .. } => String::new(),
-            };
-            tokio::select! {
-                resolved = shared.resolver.resolve_host(&host) => resolved.map_err(Some),
-                _ = link.stopped() => { link.job_done(first.id); return; }
-            }
-        }
-    };
-    let targets = match targets {
-        Ok(targets) => targets,
-        Err(outcome) => {
-            tracing::info!(destination = %link.destination, reason = %outcome.as_ref().map(|o| reply_line(o.reply())).unwrap_or_default(),
-                "destination cannot be resolved");
-            fail_all(&shared, &link, first, outcome, None).await;
-            return;
-        }
     };
 
     let mut job = Some(first);
@@ -243,6 +232,26 @@ pub async fn run_worker<S: Spool>(shared: Arc<Shared<S>>, link: WorkerLink, firs
         job = link.next_job().await;
     }
     close_session(&shared, session.take()).await;
+}
+
+/// The destination's targets. `Err(None)` for unroutable recipients, which fail on their
+/// own address rather than on a shared outcome.
+async fn resolve<S>(
+    shared: &Shared<S>,
+    destination: &Destination,
+) -> Result<Vec<Target>, Option<Outcome>> {
+    match (destination, &shared.route) {
+        (Destination::Unroutable, _) => Err(None),
+        (Destination::Domain(domain), _) => {
+            shared.resolver.resolve_domain(domain).await.map_err(Some)
+        }
+        (Destination::Smarthost, Route::Smarthost { host, .. }) => {
+            shared.resolver.resolve_host(host).await.map_err(Some)
+        }
+        (Destination::Smarthost, Route::Mx { .. }) => Err(Some(Outcome::Temporary(
+            super::outcome::local_reply(451, "4.3.5", "no smarthost is configured"),
+        ))),
+    }
 }
 
 fn drop_session<S>(shared: &Shared<S>, session: Option<(SmtpSession, usize)>) {

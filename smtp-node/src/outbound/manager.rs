@@ -125,7 +125,7 @@ impl<S: Spool> QueueManager<S> {
             spool,
             node,
             route,
-            resolver: MxResolver::new(&config.nameservers, config.connect_timeout)?,
+            resolver: MxResolver::new(&config.nameservers)?,
             client: ClientSettings {
                 helo_name: helo_name.clone(),
                 timeouts,

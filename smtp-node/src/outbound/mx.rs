@@ -18,6 +18,9 @@ use rand::seq::SliceRandom;
 
 use super::outcome::{Outcome, dns_temporary, local_reply};
 
+/// Per-query DNS timeout; the resolver tries each name server twice.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// At most this many addresses are tried per destination, so that a domain publishing
 /// hundreds of addresses cannot keep one delivery busy for hours.
 pub const MAX_TARGETS: usize = 20;
@@ -190,7 +193,7 @@ impl MxResolver {
     /// Empty `nameservers` means the system configuration. Caching is kept (records are
     /// honoured for their TTL) but negative answers are cached for at most a minute, so a
     /// freshly fixed domain is retried promptly.
-    pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, ResolverError> {
+    pub fn new(nameservers: &[SocketAddr]) -> Result<Self, ResolverError> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = if nameservers.is_empty() {
             TokioResolver::builder(provider).map_err(ResolverError::System)?
@@ -211,7 +214,7 @@ impl MxResolver {
             )
         };
         let options: &mut ResolverOpts = builder.options_mut();
-        options.timeout = timeout;
+        options.timeout = DNS_TIMEOUT;
         options.negative_max_ttl = Some(Duration::from_secs(60));
         Ok(Self {
             resolver: builder.build().map_err(ResolverError::Build)?,

@@ -12,6 +12,11 @@ use base64::Engine;
 pub struct SinkMessage {
     pub mail_from: String,
     pub rcpt_to: Vec<String>,
+    /// The MAIL and RCPT arguments as sent, parameters included.
+    pub mail_args: String,
+    pub rcpt_args: Vec<String>,
+    /// `SMTP` after HELO, `ESMTP` after EHLO.
+    pub client_proto: String,
     /// The message as received (smtp-sink writes LF line ends).
     pub data: String,
 }
@@ -24,10 +29,16 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub fn start(ip: IpAddr, port: u16) -> Self {
+        Self::start_with(ip, port, &[])
+    }
+
+    /// With extra smtp-sink options, e.g. `-e` (no ESMTP).
+    pub fn start_with(ip: IpAddr, port: u16, options: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let template = format!("{}/%M.", dir.path().display());
         let child = Command::new("smtp-sink")
             .args(["-u", "root", "-d", &template])
+            .args(options)
             .arg(format!("{ip}:{port}"))
             .arg("100")
             .stdin(Stdio::null())
@@ -57,14 +68,17 @@ impl SmtpSink {
 /// header, the message, and a final empty line that smtp-sink adds. A file still being
 /// written (no message yet) yields `None`.
 fn parse_sink_dump(text: &str) -> Option<SinkMessage> {
-    let mut mail_from = None;
-    let mut rcpt_to = Vec::new();
+    let mut mail_args = None;
+    let mut rcpt_args = Vec::new();
+    let mut client_proto = String::new();
     let mut lines = text.split_inclusive('\n');
     for line in lines.by_ref() {
-        if let Some(args) = line.strip_prefix("X-Mail-Args: ") {
-            mail_from = Some(angle(args));
+        if let Some(proto) = line.strip_prefix("X-Client-Proto: ") {
+            client_proto = proto.trim_end().to_string();
+        } else if let Some(args) = line.strip_prefix("X-Mail-Args: ") {
+            mail_args = Some(args.trim_end().to_string());
         } else if let Some(args) = line.strip_prefix("X-Rcpt-Args: ") {
-            rcpt_to.push(angle(args));
+            rcpt_args.push(args.trim_end().to_string());
         } else if line.starts_with("Received: ") {
             break;
         }
@@ -80,9 +94,13 @@ fn parse_sink_dump(text: &str) -> Option<SinkMessage> {
     if rest.is_empty() {
         return None;
     }
+    let mail_args = mail_args?;
     Some(SinkMessage {
-        mail_from: mail_from?,
-        rcpt_to,
+        mail_from: angle(&mail_args),
+        rcpt_to: rcpt_args.iter().map(|a| angle(a)).collect(),
+        mail_args,
+        rcpt_args,
+        client_proto,
         data: rest,
     })
 }
@@ -132,6 +150,8 @@ pub struct PyOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// With `tls`: TLS from the first byte instead of STARTTLS.
     pub implicit_tls: bool,
+    /// With `tls`: offer STARTTLS but only with TLS 1.1, which every handshake refuses.
+    pub broken_tls: bool,
     pub auth: Option<(String, String)>,
     pub data_delay: Option<Duration>,
 }
@@ -164,6 +184,9 @@ impl PySink {
             command.arg("--tls").arg(cert).arg(key);
             if options.implicit_tls {
                 command.arg("--implicit-tls");
+            }
+            if options.broken_tls {
+                command.arg("--broken-tls");
             }
         }
         if let Some((user, password)) = &options.auth {

@@ -11,6 +11,7 @@ Options:
                                   such user") COUNT times (default: always), then accept
   --tls CERT KEY                  offer STARTTLS with this certificate
   --implicit-tls                  with --tls: TLS from the first byte instead (port 465 style)
+  --broken-tls                    with --tls: allow only TLS 1.1, so every handshake fails
   --auth USER:PASSWORD            require AUTH (PLAIN/LOGIN, only over TLS)
   --data-delay SECONDS            wait before answering the end of DATA
 """
@@ -82,6 +83,7 @@ def main():
     parser.add_argument("--refuse", action="append", default=[])
     parser.add_argument("--tls", nargs=2)
     parser.add_argument("--implicit-tls", action="store_true")
+    parser.add_argument("--broken-tls", action="store_true")
     parser.add_argument("--auth")
     parser.add_argument("--data-delay", type=float, default=0)
     args = parser.parse_args()
@@ -97,6 +99,9 @@ def main():
     if args.tls:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.tls[0], args.tls[1])
+        if args.broken_tls:
+            context.minimum_version = ssl.TLSVersion.TLSv1_1
+            context.maximum_version = ssl.TLSVersion.TLSv1_1
         if args.implicit_tls:
             server_ssl = context
         else:
