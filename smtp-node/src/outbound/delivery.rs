@@ -192,6 +192,12 @@ pub async fn run_worker<S: Spool>(shared: Arc<Shared<S>>, link: WorkerLink, firs
     let mut job = Some(first);
     let mut session: Option<(SmtpSession, usize)> = None;
     while let Some(current) = job.take() {
+        // Pace before touching the connection, so a long wait ends with the liveness
+        // check below rather than with a transaction on a connection the server dropped.
+        if !link.pace().await {
+            link.job_done(current.id);
+            break;
+        }
         if let Some((open, _)) = session.as_mut()
             && let Err(err) = open.reset().await
         {
@@ -209,10 +215,6 @@ pub async fn run_worker<S: Spool>(shared: Arc<Shared<S>>, link: WorkerLink, firs
                     return;
                 }
             }
-        }
-        if !link.pace().await {
-            link.job_done(current.id);
-            break;
         }
         if let Some((open, sent)) = session.as_mut() {
             let use_label = if *sent == 0 {
@@ -329,20 +331,13 @@ async fn fail_all<S: Spool>(
     let mut job = Some(first);
     while let Some(current) = job.take() {
         if let Some(meta) = load_owned(shared, current.id).await {
-            let results = current
-                .recipients
-                .iter()
-                .filter(|i| {
-                    meta.envelope
-                        .recipients
-                        .get(**i)
-                        .is_some_and(|r| !r.state.is_done())
-                })
+            let results = undone(&meta, &current.recipients)
+                .into_iter()
                 .map(|i| {
                     let outcome = outcome.clone().unwrap_or_else(|| {
-                        unroutable_outcome(&meta.envelope.recipients[*i].address)
+                        unroutable_outcome(&meta.envelope.recipients[i].address)
                     });
-                    (*i, outcome)
+                    (i, outcome)
                 })
                 .collect();
             record(shared, link, &meta, results, host.clone(), None).await;
@@ -350,6 +345,21 @@ async fn fail_all<S: Spool>(
         link.job_done(current.id);
         job = link.next_job().await;
     }
+}
+
+/// The job's recipients that are still waiting (another job or an earlier attempt may
+/// have finished some since the job was made).
+fn undone(meta: &MessageMeta, indices: &[usize]) -> Vec<usize> {
+    indices
+        .iter()
+        .copied()
+        .filter(|i| {
+            meta.envelope
+                .recipients
+                .get(*i)
+                .is_some_and(|r| !r.state.is_done())
+        })
+        .collect()
 }
 
 /// The message's metadata when it is still queued and this node owns it.
@@ -379,17 +389,7 @@ async fn deliver_job<S: Spool>(
     let Some(meta) = load_owned(shared, job.id).await else {
         return true;
     };
-    let mut pending: Vec<usize> = job
-        .recipients
-        .iter()
-        .copied()
-        .filter(|i| {
-            meta.envelope
-                .recipients
-                .get(*i)
-                .is_some_and(|r| !r.state.is_done())
-        })
-        .collect();
+    let mut pending = undone(&meta, &job.recipients);
     if pending.is_empty() {
         return true;
     }
@@ -538,8 +538,13 @@ async fn record<S: Spool>(
         .collect();
 
     let mut report = Vec::new();
+    let mut unreportable = 0;
     for update in &updates {
         if !matches!(update.state, RecipientState::Failed { .. }) {
+            continue;
+        }
+        if meta.envelope.mail_from.is_empty() {
+            unreportable += 1;
             continue;
         }
         let mut recipient = meta.envelope.recipients[update.index].clone();
@@ -550,6 +555,13 @@ async fn record<S: Spool>(
             continue;
         }
         report.extend(DsnRecipient::failed(&recipient));
+    }
+    if unreportable > 0 {
+        // RFC 5321 section 4.5.5: a message from the null sender (a bounce) is never
+        // bounced, or two failing systems would bounce mail at each other forever.
+        tracing::warn!(id = %meta.id, recipients = unreportable,
+            "not bouncing a message from the null sender (it was itself a bounce)");
+        shared.metrics.dsn(DsnResult::SuppressedNullSender);
     }
     if !report.is_empty() && !queue_bounce(shared, link, meta, &report, body, now).await {
         // Without a stored bounce, the failure must not be final: retry later and try
@@ -595,8 +607,8 @@ async fn record<S: Spool>(
     }
 }
 
-/// Stores a bounce for `recipients` of `meta`. True when there is nothing more to do:
-/// stored, or deliberately dropped because the failed message was itself a bounce.
+/// Stores a bounce for `recipients` of `meta` (never called for the null sender). True
+/// when the bounce is stored.
 async fn queue_bounce<S: Spool>(
     shared: &Shared<S>,
     link: &WorkerLink,
@@ -605,12 +617,6 @@ async fn queue_bounce<S: Spool>(
     body: Option<&Bytes>,
     now: u64,
 ) -> bool {
-    if meta.envelope.mail_from.is_empty() {
-        tracing::warn!(id = %meta.id, recipients = recipients.len(),
-            "not bouncing a message from the null sender (it was itself a bounce)");
-        shared.metrics.dsn(DsnResult::SuppressedNullSender);
-        return true;
-    }
     let loaded;
     let original = match body {
         Some(body) => body,

@@ -33,6 +33,8 @@ use crate::spool::{MessageId, MessageMeta, NodeId, Spool, SpoolError, UnixMillis
 
 /// Wait before looking again at a message whose attempt could not be made at all.
 const STALLED_BACKOFF: Duration = Duration::from_secs(30);
+/// Messages dispatched per turn of the manager loop.
+const DISPATCH_BATCH: usize = 256;
 /// How often idle per-destination state is dropped.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 
@@ -191,11 +193,13 @@ impl<S: Spool> QueueManager<S> {
                 Some(exit) = state.workers.join_next_with_id(), if !state.workers.is_empty() => {
                     state.handle_exit(exit).await
                 }
+                // Due work before new arrivals: a steady stream of new mail must not
+                // starve retries.
+                _ = sleep_until(wake), if wake.is_some() => state.dispatch_due().await,
                 id = incoming.recv(), if incoming_open => match id {
                     Some(id) => state.schedule(id, now_millis()),
                     None => incoming_open = false,
                 },
-                _ = sleep_until(wake), if wake.is_some() => state.dispatch_due().await,
                 _ = housekeeping.tick() => state.prune_destinations(),
             }
         }
@@ -313,9 +317,14 @@ impl<S: Spool> State<'_, S> {
         self.due.insert((at, id));
     }
 
+    /// Dispatches due messages, at most [`DISPATCH_BATCH`] at a time so that worker
+    /// events keep flowing while a large recovered queue is being dispatched.
     async fn dispatch_due(&mut self) {
         let now = now_millis();
-        while let Some(&(at, id)) = self.due.first() {
+        for _ in 0..DISPATCH_BATCH {
+            let Some(&(at, id)) = self.due.first() else {
+                break;
+            };
             if at > now {
                 break;
             }

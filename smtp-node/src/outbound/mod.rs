@@ -5,7 +5,7 @@
 //! SMTP; `mx` finds where a domain's mail goes; `tls` holds the trust policies.
 //!
 //! Wiring it into a node:
-//! ```ignore
+//! ```text
 //! let keyring = Arc::new(DkimKeyring::load(&dkim_configs)?);
 //! let metrics = OutboundMetrics::register(&mut registry);
 //! let manager = QueueManager::new(&delivery_config, keyring, node_id, spool, metrics)?;
