@@ -381,7 +381,8 @@ mod tests {
     use mail_parser::{MessageParser, MimeHeaders};
 
     use super::*;
-    use crate::spool::{Attempt, NodeId, Ownership};
+    use crate::outbound::test_support::test_meta;
+    use crate::spool::{Attempt, NodeId};
 
     const ORIGINAL: &[u8] = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: hello\r\n\
 Message-ID: <orig@example.com>\r\n\r\nbody line\r\n";
@@ -538,27 +539,9 @@ Message-ID: <orig@example.com>\r\n\r\nbody line\r\n";
     }
 
     fn meta(mail_from: &str) -> MessageMeta {
-        MessageMeta {
-            id: MessageId::new(),
-            received_at: 1,
-            size: 1,
-            envelope: Envelope {
-                mail_from: mail_from.into(),
-                recipients: vec![Recipient::new("b@example.net")],
-                body_type: BodyType::SevenBit,
-                smtputf8: false,
-                ret: Ret::Full,
-                env_id: None,
-                client_ip: None,
-                helo: None,
-                auth_user: None,
-            },
-            ownership: Ownership {
-                owner: NodeId("n1".into()),
-                replicas: vec![NodeId("n2".into())],
-                epoch: 3,
-            },
-        }
+        let mut meta = test_meta(mail_from, vec![Recipient::new("b@example.net")]);
+        meta.ownership.replicas = vec![NodeId("n2".into())];
+        meta
     }
 
     #[test]

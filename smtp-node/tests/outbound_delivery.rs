@@ -73,11 +73,7 @@ async fn delivers_through_mx_records_to_smtp_sink() {
     let dns = KnotServer::start(zones());
     let port = port_for(&[MX_HOST]);
     let sink = SmtpSink::start(ip(MX_HOST), port);
-    let node = Node::start(
-        delivery_config(&dns, port),
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(delivery_config(&dns, port));
 
     let body = message(
         "alice@sender.test",
@@ -157,11 +153,7 @@ async fn dot_stuffing_survives_the_wire() {
     let dns = KnotServer::start(zones());
     let port = port_for(&[PY_HOST]);
     let sink = PySink::start(ip(PY_HOST), port, PyOptions::default());
-    let node = Node::start(
-        delivery_config(&dns, port),
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(delivery_config(&dns, port));
     let body = message(
         "alice@sender.test",
         "dot@py.test",
@@ -190,11 +182,7 @@ async fn falls_back_to_the_address_record_without_mx() {
     let dns = KnotServer::start(zones());
     let port = port_for(&[A_HOST]);
     let sink = SmtpSink::start(ip(A_HOST), port);
-    let node = Node::start(
-        delivery_config(&dns, port),
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(delivery_config(&dns, port));
     let body = message("alice@sender.test", "dave@amx.test", "implicit-mx", "hi");
     let id = node
         .submit(
@@ -220,11 +208,7 @@ async fn null_mx_and_nxdomain_bounce_to_the_sender() {
     let dns = KnotServer::start(zones());
     let port = port_for(&[SENDER_HOST]);
     let sender_sink = SmtpSink::start(ip(SENDER_HOST), port);
-    let node = Node::start(
-        delivery_config(&dns, port),
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(delivery_config(&dns, port));
 
     let body = message(
         "alice@sender.test",
@@ -314,11 +298,7 @@ async fn partial_refusal_gives_per_recipient_outcomes_and_one_dsn() {
         },
     );
     let sender_sink = SmtpSink::start(ip(SENDER_HOST), port);
-    let node = Node::start(
-        delivery_config(&dns, port),
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(delivery_config(&dns, port));
     let body = message(
         "alice@sender.test",
         "good@py.test",
@@ -389,11 +369,7 @@ async fn temporary_failure_is_deferred_then_delivered_on_retry() {
             ..PyOptions::default()
         },
     );
-    let node = Node::start(
-        delivery_config(&dns, port),
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(delivery_config(&dns, port));
     let body = message(
         "alice@sender.test",
         "later@py.test",
@@ -461,11 +437,7 @@ async fn expiry_bounces_with_4_4_7() {
     let sender_sink = SmtpSink::start(ip(SENDER_HOST), port);
     let mut config = delivery_config(&dns, port);
     config.max_age = Duration::from_secs(3);
-    let node = Node::start(
-        config,
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(config);
     let body = message(
         "alice@sender.test",
         "stuck@py.test",
@@ -520,11 +492,7 @@ async fn a_bounce_is_never_bounced() {
         },
     );
     let sender_sink = SmtpSink::start(ip(SENDER_HOST), port);
-    let node = Node::start(
-        delivery_config(&dns, port),
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(delivery_config(&dns, port));
     let body = message("", "gone@py.test", "a-bounce", "this is a bounce");
     let id = node
         .submit(meta("", &["gone@py.test"], body.len()), body)
@@ -548,11 +516,7 @@ async fn reuses_one_connection_for_several_messages() {
     let sink = PySink::start(ip(PY_HOST), port, PyOptions::default());
     let mut config = delivery_config(&dns, port);
     config.concurrency_per_destination = 1;
-    let node = Node::start(
-        config,
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(config);
     for n in 0..5 {
         let body = message(
             "alice@sender.test",
@@ -676,11 +640,7 @@ async fn stopping_cuts_off_a_slow_transaction_and_keeps_the_recipient_pending() 
     let mut config = delivery_config(&dns, port);
     config.shutdown_grace = Duration::from_secs(1);
     config.data_timeout = Duration::from_secs(60);
-    let node = Node::start(
-        config,
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(config);
     let spool = node.spool.clone();
     let body = message("alice@sender.test", "slow@py.test", "slow", "x");
     let id = node
@@ -707,11 +667,7 @@ async fn falls_back_to_helo_when_ehlo_is_refused() {
     let port = port_for(&[MX_HOST]);
     // -e: smtp-sink does not speak ESMTP.
     let sink = SmtpSink::start_with(ip(MX_HOST), port, &["-e"]);
-    let node = Node::start(
-        delivery_config(&dns, port),
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(delivery_config(&dns, port));
     let body = message("alice@sender.test", "old@mx.test", "helo", "plain old SMTP");
     let mut queued = meta("alice@sender.test", &["old@mx.test"], body.len());
     queued.envelope.recipients[0].notify.never = true;
@@ -746,11 +702,7 @@ async fn too_many_recipients_are_sent_again_in_the_same_connection() {
             ..PyOptions::default()
         },
     );
-    let node = Node::start(
-        delivery_config(&dns, port),
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(delivery_config(&dns, port));
     let body = message("alice@sender.test", "first@py.test", "452", "x");
     let rcpts = ["first@py.test", "second@py.test", "third@py.test"];
     let id = node
@@ -792,11 +744,7 @@ async fn concurrency_per_destination_bounds_the_connections() {
     );
     let mut config = delivery_config(&dns, port);
     config.concurrency_per_destination = 2;
-    let node = Node::start(
-        config,
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(config);
     for n in 0..6 {
         let body = message("alice@sender.test", "c@py.test", &format!("conc-{n}"), "x");
         node.submit(meta("alice@sender.test", &["c@py.test"], body.len()), body)
@@ -830,11 +778,7 @@ async fn rate_limit_paces_a_destination() {
     let mut config = delivery_config(&dns, port);
     // 60 per minute: a burst of 6, then one per second.
     config.rate_per_minute = Some(60);
-    let node = Node::start(
-        config,
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(config);
     let started = std::time::Instant::now();
     for n in 0..8 {
         let body = message("alice@sender.test", "r@py.test", &format!("rate-{n}"), "x");
@@ -865,11 +809,7 @@ async fn stopping_lets_a_running_transaction_finish() {
             ..PyOptions::default()
         },
     );
-    let node = Node::start(
-        delivery_config(&dns, port),
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(delivery_config(&dns, port));
     let spool = node.spool.clone();
     let body = message("alice@sender.test", "patient@py.test", "finish", "x");
     let id = node

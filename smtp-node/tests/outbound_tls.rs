@@ -3,15 +3,11 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::certs::Pki;
 use common::knot::{KnotServer, Zone};
-use common::memory_spool::MemorySpool;
 use common::peers::{PyOptions, PySink};
 use common::{Node, WAIT, delivery_config, free_port, ip, message, meta, states, wait_for};
-use smtp_node::dkim::DkimKeyring;
-use smtp_node::outbound::{SmarthostConfig, SmarthostTls};
+use smtp_node::outbound::{DeliveryConfig, SmarthostConfig, SmarthostTls};
 use smtp_node::spool::RecipientState;
 
 const TLS_HOST: &str = "127.0.0.7";
@@ -39,6 +35,32 @@ fn port_for(hosts: &[&str]) -> u16 {
     free_port(&ips, false)
 }
 
+/// Delivery through `relay.smarthost.test` on `port`, trusting the test CA, with
+/// `relayuser` and the given password (written to a file in the given directory).
+fn smarthost_config(
+    dns: &KnotServer,
+    pki: &Pki,
+    port: u16,
+    tls: SmarthostTls,
+    password: Option<(&std::path::Path, &str)>,
+) -> DeliveryConfig {
+    let password_file = password.map(|(dir, password)| {
+        let path = dir.join("password");
+        std::fs::write(&path, password).unwrap();
+        path
+    });
+    let mut config = delivery_config(dns, 25);
+    config.tls_ca_file = Some(pki.ca_file());
+    config.smarthost = Some(SmarthostConfig {
+        host: "relay.smarthost.test".into(),
+        port: Some(port),
+        tls,
+        username: password_file.as_ref().map(|_| "relayuser".to_string()),
+        password_file,
+    });
+    config
+}
+
 fn tls_options(cert: &common::certs::ServerCert) -> PyOptions {
     PyOptions {
         tls: Some((cert.cert.clone(), cert.key.clone())),
@@ -56,11 +78,7 @@ async fn opportunistic_starttls_accepts_any_certificate() {
         port,
         tls_options(&pki.self_signed("mx.tls.test")),
     );
-    let node = Node::start(
-        delivery_config(&dns, port),
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(delivery_config(&dns, port));
     let body = message("alice@sender.test", "t@tls.test", "starttls", "secret");
     node.submit(
         meta("alice@sender.test", &["t@tls.test"], body.len()),
@@ -89,11 +107,7 @@ async fn opportunistic_tls_falls_back_to_plaintext_when_the_handshake_fails() {
     let mut options = tls_options(&pki.self_signed("mx.tls.test"));
     options.broken_tls = true;
     let sink = PySink::start(ip(TLS_HOST), port, options);
-    let node = Node::start(
-        delivery_config(&dns, port),
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(delivery_config(&dns, port));
     let body = message("alice@sender.test", "t@tls.test", "fallback", "x");
     let id = node
         .submit(meta("alice@sender.test", &["t@tls.test"], body.len()), body)
@@ -129,11 +143,7 @@ async fn require_tls_delivers_only_over_verified_tls() {
     config.require_tls = true;
     config.tls_ca_file = Some(pki.ca_file());
     config.retry_schedule = vec![std::time::Duration::from_secs(3600)];
-    let node = Node::start(
-        config,
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let node = Node::start_plain(config);
 
     let body = message("alice@sender.test", "x@tls.test", "require-tls", "x");
     let id = node
@@ -190,23 +200,14 @@ async fn smarthost_with_starttls_and_auth_takes_every_recipient() {
     options.auth = Some(("relayuser".into(), "s3cret".into()));
     let relay = PySink::start(ip(RELAY_HOST), port, options);
     let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("password");
-    std::fs::write(&password_file, "s3cret\n").unwrap();
-
-    let mut config = delivery_config(&dns, 25);
-    config.tls_ca_file = Some(pki.ca_file());
-    config.smarthost = Some(SmarthostConfig {
-        host: "relay.smarthost.test".into(),
-        port: Some(port),
-        tls: SmarthostTls::Starttls,
-        username: Some("relayuser".into()),
-        password_file: Some(password_file),
-    });
-    let node = Node::start(
-        config,
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
+    let config = smarthost_config(
+        &dns,
+        &pki,
+        port,
+        SmarthostTls::Starttls,
+        Some((secrets.path(), "s3cret\n")),
     );
+    let node = Node::start_plain(config);
     // Neither domain exists in DNS: the smarthost route never looks them up.
     let body = message(
         "alice@sender.test",
@@ -259,22 +260,14 @@ async fn smarthost_refusing_credentials_defers_instead_of_bouncing() {
     options.auth = Some(("relayuser".into(), "right".into()));
     let relay = PySink::start(ip(RELAY_HOST), port, options);
     let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("password");
-    std::fs::write(&password_file, "wrong").unwrap();
-    let mut config = delivery_config(&dns, 25);
-    config.tls_ca_file = Some(pki.ca_file());
-    config.smarthost = Some(SmarthostConfig {
-        host: "relay.smarthost.test".into(),
-        port: Some(port),
-        tls: SmarthostTls::Starttls,
-        username: Some("relayuser".into()),
-        password_file: Some(password_file),
-    });
-    let node = Node::start(
-        config,
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
+    let config = smarthost_config(
+        &dns,
+        &pki,
+        port,
+        SmarthostTls::Starttls,
+        Some((secrets.path(), "wrong")),
     );
+    let node = Node::start_plain(config);
     let body = message("alice@sender.test", "a@nowhere.invalid", "bad-auth", "x");
     let id = node
         .submit(
@@ -302,20 +295,8 @@ async fn smarthost_with_implicit_tls() {
     let mut options = tls_options(&pki.issue("relay.smarthost.test"));
     options.implicit_tls = true;
     let relay = PySink::start(ip(RELAY_HOST), port, options);
-    let mut config = delivery_config(&dns, 25);
-    config.tls_ca_file = Some(pki.ca_file());
-    config.smarthost = Some(SmarthostConfig {
-        host: "relay.smarthost.test".into(),
-        port: Some(port),
-        tls: SmarthostTls::Implicit,
-        username: None,
-        password_file: None,
-    });
-    let node = Node::start(
-        config,
-        DkimKeyring::default(),
-        Arc::new(MemorySpool::default()),
-    );
+    let config = smarthost_config(&dns, &pki, port, SmarthostTls::Implicit, None);
+    let node = Node::start_plain(config);
     let body = message("alice@sender.test", "a@nowhere.invalid", "implicit", "x");
     let id = node
         .submit(

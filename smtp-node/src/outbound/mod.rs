@@ -20,6 +20,8 @@ pub mod metrics;
 pub mod mx;
 pub mod outcome;
 pub mod queue;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod throttle;
 pub mod tls;
 

@@ -57,15 +57,7 @@ pub fn unroutable_outcome(address: &str) -> Outcome {
 /// When the message next needs work: now-or-earlier for pending recipients, the
 /// earliest retry time otherwise, `None` when every recipient is done.
 pub fn next_due(meta: &MessageMeta) -> Option<UnixMillis> {
-    meta.envelope
-        .recipients
-        .iter()
-        .filter_map(|r| match r.state {
-            RecipientState::Pending => Some(meta.received_at),
-            RecipientState::Deferred { until } => Some(until),
-            RecipientState::Delivered { .. } | RecipientState::Failed { .. } => None,
-        })
-        .min()
+    earliest(meta, meta.received_at)
 }
 
 /// When to look at a message again after all its dispatched work finished. A recipient
@@ -76,7 +68,11 @@ pub fn next_due_after_attempt(
     now: UnixMillis,
     backoff: Duration,
 ) -> Option<UnixMillis> {
-    let pending_at = now.saturating_add(backoff.as_millis() as u64);
+    earliest(meta, now.saturating_add(backoff.as_millis() as u64))
+}
+
+/// The earliest time any recipient needs work, counting pending ones at `pending_at`.
+fn earliest(meta: &MessageMeta, pending_at: UnixMillis) -> Option<UnixMillis> {
     meta.envelope
         .recipients
         .iter()
@@ -215,30 +211,13 @@ pub fn wants_failure_report(recipient: &Recipient) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{BodyType, Envelope, MessageId, NodeId, Notify, Ownership, Ret};
+    use crate::outbound::test_support::test_meta;
+    use crate::spool::Notify;
 
     fn meta(recipients: Vec<Recipient>) -> MessageMeta {
-        MessageMeta {
-            id: MessageId::new(),
-            received_at: 1_000,
-            size: 10,
-            envelope: Envelope {
-                mail_from: "a@example.com".into(),
-                recipients,
-                body_type: BodyType::SevenBit,
-                smtputf8: false,
-                ret: Ret::Full,
-                env_id: None,
-                client_ip: None,
-                helo: None,
-                auth_user: None,
-            },
-            ownership: Ownership {
-                owner: NodeId("n1".into()),
-                replicas: vec![],
-                epoch: 1,
-            },
-        }
+        let mut meta = test_meta("a@example.com", recipients);
+        meta.received_at = 1_000;
+        meta
     }
 
     fn with_state(address: &str, state: RecipientState) -> Recipient {

@@ -164,6 +164,15 @@ impl Node {
         }
     }
 
+    /// Without DKIM keys, on a fresh spool.
+    pub fn start_plain(config: DeliveryConfig) -> Self {
+        Self::start(
+            config,
+            DkimKeyring::default(),
+            Arc::new(MemorySpool::default()),
+        )
+    }
+
     /// Stores a message the way the accept path does, and announces it.
     pub async fn submit(&self, meta: MessageMeta, body: Vec<u8>) -> MessageId {
         let id = meta.id;
