@@ -17,6 +17,7 @@
 //! - DSN parameters (NOTIFY, ORCPT, RET, ENVID) are passed on when the server offers DSN.
 //! - Every read and write has a timeout; a reply is at most 64 KiB, a line 4 KiB.
 
+use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -328,14 +329,14 @@ pub fn has_8bit(message: &[u8]) -> bool {
 
 /// CRLF everywhere: bare CR and bare LF become CRLF, so that what is signed is what the
 /// next hop receives. Borrows when the message is already canonical.
-pub fn canonical_line_endings(message: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+pub fn canonical_line_endings(message: &[u8]) -> Cow<'_, [u8]> {
     let canonical = message.iter().enumerate().all(|(i, b)| match b {
         b'\r' => message.get(i + 1) == Some(&b'\n'),
         b'\n' => i > 0 && message[i - 1] == b'\r',
         _ => true,
     });
     if canonical {
-        return std::borrow::Cow::Borrowed(message);
+        return Cow::Borrowed(message);
     }
     let mut out = Vec::with_capacity(message.len() + 64);
     let mut i = 0;
@@ -351,45 +352,32 @@ pub fn canonical_line_endings(message: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         }
         i += 1;
     }
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
 }
 
 /// Applies SMTP dot-stuffing (RFC 5321 section 4.5.2) and appends the end-of-data
-/// marker. Bare CR and bare LF are written as CRLF so the next hop sees the same line
-/// structure this node saw, and a message not ending in CRLF gets one.
+/// marker. Line ends are made canonical first (bare CR and bare LF become CRLF), so no
+/// bare line end can smuggle an end of data past the next hop, and a message not ending
+/// in CRLF gets one.
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let message = canonical_line_endings(message);
     let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 8);
-    let mut at_line_start = true;
-    let mut i = 0;
-    while i < message.len() {
-        let b = message[i];
-        match b {
-            b'\r' | b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                if b == b'\r' && message.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                at_line_start = true;
-            }
-            _ => {
-                if at_line_start && b == b'.' {
-                    out.push(b'.');
-                }
-                out.push(b);
-                at_line_start = false;
-            }
+    for line in message.split_inclusive(|b| *b == b'\n') {
+        if line.starts_with(b".") {
+            out.push(b'.');
         }
-        i += 1;
+        out.extend_from_slice(line);
     }
-    if !at_line_start {
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
     out
 }
 
-/// One line of a reply: code, whether it is the last line, and its text.
-pub fn parse_reply_line(line: &[u8]) -> Result<(u16, bool, &str), ClientError> {
+/// One line of a reply: code, whether it is the last line, and its text (non-UTF-8
+/// bytes, which some servers send, are replaced rather than refused).
+pub fn parse_reply_line(line: &[u8]) -> Result<(u16, bool, Cow<'_, str>), ClientError> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let bad = || {
@@ -412,8 +400,7 @@ pub fn parse_reply_line(line: &[u8]) -> Result<(u16, bool, &str), ClientError> {
         Some(b'-') => (false, &line[4..]),
         Some(_) => return Err(bad()),
     };
-    let text = std::str::from_utf8(text).map_err(|_| bad())?;
-    Ok((code, last, text))
+    Ok((code, last, String::from_utf8_lossy(text)))
 }
 
 /// Splits an RFC 2034 enhanced status code off the start of a reply text, when its class
@@ -796,13 +783,13 @@ impl SmtpSession {
                 let (line_code, last, line_text) = parse_reply_line(&raw[start..])?;
                 if start == 0 {
                     code = line_code;
-                    let (esc, rest) = split_enhanced(code, line_text);
-                    enhanced = esc;
-                    text.push(rest.to_string());
-                } else {
-                    let (esc, rest) = split_enhanced(code, line_text);
-                    text.push(if esc.is_some() { rest } else { line_text }.to_string());
                 }
+                // Continuation lines repeat the enhanced code; keep only the first.
+                let (esc, rest) = split_enhanced(code, &line_text);
+                if start == 0 {
+                    enhanced = esc;
+                }
+                text.push(rest.to_string());
                 if last {
                     break;
                 }
@@ -983,12 +970,17 @@ mod tests {
 
     #[test]
     fn reply_lines() {
-        assert_eq!(parse_reply_line(b"250 OK\r\n").unwrap(), (250, true, "OK"));
+        let line = |bytes: &[u8]| {
+            let (code, last, text) = parse_reply_line(bytes).unwrap();
+            (code, last, text.into_owned())
+        };
+        assert_eq!(line(b"250 OK\r\n"), (250, true, "OK".into()));
         assert_eq!(
-            parse_reply_line(b"250-PIPELINING\r\n").unwrap(),
-            (250, false, "PIPELINING")
+            line(b"250-PIPELINING\r\n"),
+            (250, false, "PIPELINING".into())
         );
-        assert_eq!(parse_reply_line(b"354\r\n").unwrap(), (354, true, ""));
+        assert_eq!(line(b"354\r\n"), (354, true, String::new()));
+        assert_eq!(line(b"550 caf\xe9\r\n"), (550, true, "caf\u{fffd}".into()));
         assert!(parse_reply_line(b"25 OK\r\n").is_err());
         assert!(parse_reply_line(b"250_OK\r\n").is_err());
         assert!(parse_reply_line(b"999 what\r\n").is_err());
