@@ -826,3 +826,32 @@ async fn stopping_lets_a_running_transaction_finish() {
     assert_eq!(states(&done), ["patient@py.test: delivered"]);
     assert_eq!(sink.messages().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_failure_defers_instead_of_bouncing() {
+    // Knot answers REFUSED for a zone it does not serve, like a broken delegation.
+    let dns = KnotServer::start(zones());
+    let node = Node::start_plain(delivery_config(&dns, 25));
+    let body = message("alice@sender.test", "x@unserved.example", "dns-fail", "x");
+    let id = node
+        .submit(
+            meta("alice@sender.test", &["x@unserved.example"], body.len()),
+            body,
+        )
+        .await;
+    let meta = wait_for("the attempt", WAIT, || {
+        node.spool
+            .current(id)
+            .filter(|m| !m.envelope.recipients[0].attempts.is_empty())
+    })
+    .await;
+    assert_eq!(states(&meta), ["x@unserved.example: deferred"]);
+    let reply = &meta.envelope.recipients[0].attempts[0].reply;
+    assert_eq!(
+        (reply.code, reply.enhanced.as_deref()),
+        (451, Some("4.4.3"))
+    );
+    assert_eq!(meta.envelope.recipients[0].attempts[0].host, None);
+    assert_eq!(node.metric("outbound_dsn_total{result=\"queued\"}"), 0.0);
+    node.stop().await;
+}

@@ -68,7 +68,7 @@ impl KnotServer {
         }
         let conf_path = dir.path().join("knot.conf");
         std::fs::write(&conf_path, conf).expect("write knot.conf");
-        let child = Command::new("knotd")
+        let mut child = Command::new("knotd")
             .arg("-c")
             .arg(&conf_path)
             .stdin(Stdio::null())
@@ -76,6 +76,10 @@ impl KnotServer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("knotd must be installed (Debian package knot)");
+        std::thread::sleep(Duration::from_millis(20));
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("knotd exited while starting: {status}");
+        }
         let server = Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),

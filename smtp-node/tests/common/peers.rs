@@ -36,7 +36,7 @@ impl SmtpSink {
     pub fn start_with(ip: IpAddr, port: u16, options: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let template = format!("{}/%M.", dir.path().display());
-        let child = Command::new("smtp-sink")
+        let mut child = Command::new("smtp-sink")
             .args(["-u", "root", "-d", &template])
             .args(options)
             .arg(format!("{ip}:{port}"))
@@ -46,7 +46,7 @@ impl SmtpSink {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("smtp-sink must be installed (Debian package postfix)");
-        wait_listening(ip, port);
+        wait_listening(&mut child, ip, port);
         Self { child, dir }
     }
 
@@ -197,7 +197,7 @@ impl PySink {
                 .arg("--data-delay")
                 .arg(delay.as_secs_f64().to_string());
         }
-        let child = command
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -206,6 +206,7 @@ impl PySink {
         let ready = dir.path().join("ready");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ready.exists() {
+            assert_running(&mut child, "aiosmtpd");
             assert!(Instant::now() < deadline, "aiosmtpd did not start in time");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -242,15 +243,23 @@ impl Drop for PySink {
     }
 }
 
-fn wait_listening(ip: IpAddr, port: u16) {
+fn wait_listening(child: &mut Child, ip: IpAddr, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(200))
         .is_err()
     {
+        assert_running(child, "smtp-sink");
         assert!(
             Instant::now() < deadline,
             "{ip}:{port} did not start listening in time"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Fails at once when a peer died while starting (e.g. its port was taken).
+fn assert_running(child: &mut Child, what: &str) {
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!("{what} exited while starting: {status}");
     }
 }
