@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   postfix        # smtp-sink / smtp-source: destination and load generator; Postfix for benchmarks
   swaks          # SMTP client in tests
-  python3-aiosmtpd python3-dkim
+  python3-aiosmtpd python3-dkim python3-dnspython python3-nacl
   knot knot-dnsutils  # authoritative DNS server for MX / DKIM / SPF checks
   iproute2 openssl ca-certificates curl
 )
