@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
-# Runs a standalone smtp-node on this machine: relay on 127.0.0.1:2525 for 127.0.0.0/8,
-# metrics on 127.0.0.1:8025, spool in ./.smtp-node. Ctrl-C stops it cleanly.
+# Runs smtpfleet locally: a Kubernetes control plane on loopback (built from Kubernetes'
+# Go modules on first use, then cached; kwok stands in for kubelets), the CRDs and the
+# examples applied, and the operator reconciling them in the foreground. Ctrl-C stops the
+# operator and the cluster.
+#
+# In another terminal:  eval "$(e2e/cluster.sh env)"; kubectl get smtpfleet -n mail
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SMTPFLEET_CACHE:-$HOME/.cache/smtpfleet}/target}"
+export PATH="$HOME/.cargo/bin:/usr/local/go/bin:$PATH"
+export SMTPFLEET_CACHE="${SMTPFLEET_CACHE:-$HOME/.cache/smtpfleet}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SMTPFLEET_CACHE/target}"
 scripts/install-deps.sh
-mkdir -p .smtp-node/spool
-cargo build --release -q -p smtp-node --bin smtp-node
-exec "$CARGO_TARGET_DIR/release/smtp-node" run --config "${1:-examples/standalone/smtp-node.yaml}"
+cargo build -q -p smtpfleet-operator --bin operator
+if [ -z "${KUBECONFIG:-}" ]; then
+  trap 'e2e/cluster.sh down' EXIT
+  e2e/cluster.sh up
+  eval "$(e2e/cluster.sh env)"
+fi
+kubectl apply -f crds/
+kubectl wait --for=condition=Established crd/relaypools.smtpfleet.io crd/maildomains.smtpfleet.io --timeout=60s
+kubectl apply -f examples/
+echo "operator running; in another terminal: eval \"\$(e2e/cluster.sh env)\"; kubectl get smtpfleet -n mail"
+"$CARGO_TARGET_DIR/debug/operator" run --leader-election=false --http-addr 127.0.0.1:8080
