@@ -4,12 +4,14 @@
 //! storage (fsync of data and metadata, or a store commit). Callers answer 250 only after
 //! `store` returned `Ok`. Backends batch concurrent writes into one sync (group commit).
 
+pub mod log;
 pub mod model;
 
 use std::future::Future;
 
 use bytes::Bytes;
 
+pub use log::{LogSpool, LogSpoolOptions};
 pub use model::*;
 
 #[derive(Debug, thiserror::Error)]
