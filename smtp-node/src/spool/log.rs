@@ -306,6 +306,16 @@ impl LogSpool {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Arrival time of the oldest live message, for the queue-age metric.
+    pub fn oldest_received_at(&self) -> Option<super::UnixMillis> {
+        self.shared
+            .index()
+            .messages
+            .values()
+            .map(|e| e.meta.received_at)
+            .min()
+    }
 }
 
 struct Writer {
