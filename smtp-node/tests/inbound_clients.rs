@@ -24,7 +24,10 @@ fn node_to(sink_port: u16, settings: NodeSettings) -> Node {
 
 fn sink() -> (PySink, u16) {
     let port = free_port(&[ip("127.0.0.1")], false);
-    (PySink::start(ip("127.0.0.1"), port, PyOptions::default()), port)
+    (
+        PySink::start(ip("127.0.0.1"), port, PyOptions::default()),
+        port,
+    )
 }
 
 fn wait_messages(sink: &PySink, n: usize) -> Vec<PyMessage> {
@@ -138,10 +141,21 @@ print("sent")
     let messages = wait_messages(&sink, 1);
     let (received, rest) = strip_received(&messages[0].bytes());
     assert_eq!(rest, body, "byte-exact after the trace header");
-    assert!(received.contains("from client.test ([127.0.0.1])"), "{received}");
-    assert!(received.contains("by relay.test with ESMTP id "), "{received}");
+    assert!(
+        received.contains("from client.test ([127.0.0.1])"),
+        "{received}"
+    );
+    assert!(
+        received.contains("by relay.test with ESMTP id "),
+        "{received}"
+    );
     assert!(received.contains("for <b@example.net>"), "{received}");
-    assert!(messages[0].mail_options.iter().any(|o| o == "BODY=8BITMIME"));
+    assert!(
+        messages[0]
+            .mail_options
+            .iter()
+            .any(|o| o == "BODY=8BITMIME")
+    );
 }
 
 #[test]
@@ -186,7 +200,10 @@ fn bdat_chunks_arrive_byte_exact() {
     let messages = wait_messages(&sink, 1);
     let (received, rest) = strip_received(&messages[0].bytes());
     assert_eq!(rest, body);
-    assert!(received.contains(&format!("id {}", queued_ids(&reply)[0])), "{received}");
+    assert!(
+        received.contains(&format!("id {}", queued_ids(&reply)[0])),
+        "{received}"
+    );
 }
 
 #[test]
@@ -198,15 +215,38 @@ fn submission_over_starttls_with_auth_via_swaks() {
     let node = node_to(port, tls_settings(&pki, Some(&users)));
     let server = node.submission.unwrap().to_string();
     let (ok, out) = swaks(&[
-        "--server", &server, "--tls", "--auth", "PLAIN", "--auth-user", "alice",
-        "--auth-password", "correct horse", "--from", "a@example.com", "--to",
-        "b@example.net", "--ehlo", "client.test",
+        "--server",
+        &server,
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        "correct horse",
+        "--from",
+        "a@example.com",
+        "--to",
+        "b@example.net",
+        "--ehlo",
+        "client.test",
     ]);
     assert!(ok, "{out}");
     assert!(out.contains("235 2.7.0"), "{out}");
     let (ok, out) = swaks(&[
-        "--server", &server, "--tls", "--auth", "LOGIN", "--auth-user", "alice",
-        "--auth-password", "wrong", "--from", "a@example.com", "--to", "b@example.net",
+        "--server",
+        &server,
+        "--tls",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        "wrong",
+        "--from",
+        "a@example.com",
+        "--to",
+        "b@example.net",
     ]);
     assert!(!ok && out.contains("535 5.7.8"), "{out}");
     let messages = wait_messages(&sink, 1);
@@ -227,8 +267,18 @@ fn implicit_tls_listener_via_swaks() {
     let node = node_to(port, tls_settings(&pki, Some(&users)));
     let server = node.implicit.unwrap().to_string();
     let (ok, out) = swaks(&[
-        "--server", &server, "--tls-on-connect", "--auth", "LOGIN", "--auth-user", "bob",
-        "--auth-password", "s3cret-s3cret", "--from", "a@example.com", "--to",
+        "--server",
+        &server,
+        "--tls-on-connect",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        "bob",
+        "--auth-password",
+        "s3cret-s3cret",
+        "--from",
+        "a@example.com",
+        "--to",
         "b@example.net",
     ]);
     assert!(ok, "{out}");
@@ -302,7 +352,10 @@ fn check_config_names_the_field_and_help_lists_commands() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listeners[0].requireAuth"), "{err}");
-    assert!(err.contains("limits.maxRecipients: must be at least 1"), "{err}");
+    assert!(
+        err.contains("limits.maxRecipients: must be at least 1"),
+        "{err}"
+    );
     let help = std::process::Command::new(common::node::binary())
         .arg("--help")
         .output()

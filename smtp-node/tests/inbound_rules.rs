@@ -81,13 +81,7 @@ fn nul_in_a_command_is_refused() {
 #[test]
 fn bare_cr_or_lf_never_ends_data() {
     let node = node_with("");
-    for smuggle in [
-        &b"\n.\n"[..],
-        b"\r.\r",
-        b"\n.\r\n",
-        b"\r\n.\n",
-        b"\r.\r\n",
-    ] {
+    for smuggle in [&b"\n.\n"[..], b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n"] {
         let mut c = Raw::greeted(node.smtp);
         c.start_mail("a@example.com", "b@example.net");
         assert_eq!(&c.cmd("DATA")[..3], "354");
@@ -138,7 +132,10 @@ fn total_connection_limit_turns_clients_away_with_421() {
     let _b = Raw::greeted(node.smtp);
     let mut c = Raw::connect(node.smtp);
     let reply = c.reply();
-    assert!(reply.starts_with("421 4.7.0 Too many connections,"), "{reply}");
+    assert!(
+        reply.starts_with("421 4.7.0 Too many connections,"),
+        "{reply}"
+    );
     drop(_a);
     // The slot is given back when a session ends.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -158,9 +155,14 @@ fn per_client_connection_limit_turns_clients_away_with_421() {
     let _a = Raw::greeted(node.smtp);
     let mut b = Raw::connect(node.smtp);
     let reply = b.reply();
-    assert!(reply.starts_with("421 4.7.0 Too many connections from your address"), "{reply}");
+    assert!(
+        reply.starts_with("421 4.7.0 Too many connections from your address"),
+        "{reply}"
+    );
     assert_eq!(
-        node.metric("smtpnode_inbound_refused_connections_total{reason=\"max_connections_per_client\"}"),
+        node.metric(
+            "smtpnode_inbound_refused_connections_total{reason=\"max_connections_per_client\"}"
+        ),
         1.0
     );
 }
@@ -184,8 +186,14 @@ fn size_is_enforced_at_mail_and_during_data_and_bdat() {
     let mut c = Raw::greeted(node.smtp);
     let ehlo = c.cmd("EHLO client.test");
     assert!(ehlo.contains("250-SIZE 4096"), "{ehlo}");
-    assert_eq!(code(&c.cmd("MAIL FROM:<a@example.com> SIZE=5000")), "552 5.3.4");
-    assert_eq!(code(&c.cmd("MAIL FROM:<a@example.com> SIZE=100")), "250 2.1.0");
+    assert_eq!(
+        code(&c.cmd("MAIL FROM:<a@example.com> SIZE=5000")),
+        "552 5.3.4"
+    );
+    assert_eq!(
+        code(&c.cmd("MAIL FROM:<a@example.com> SIZE=100")),
+        "250 2.1.0"
+    );
     c.cmd("RCPT TO:<b@example.net>");
     c.cmd("DATA");
     let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(70).repeat(100));
@@ -263,7 +271,10 @@ fn every_reply_carries_an_enhanced_status_code() {
     let pattern = regex::Regex::new(r"^[245]\d\d [245]\.\d{1,3}\.\d{1,3} ").unwrap();
     for (command, reply) in &replies {
         for line in reply.lines() {
-            assert!(pattern.is_match(&line.replacen('-', " ", 1)), "{command}: {line}");
+            assert!(
+                pattern.is_match(&line.replacen('-', " ", 1)),
+                "{command}: {line}"
+            );
         }
     }
 }
@@ -278,7 +289,10 @@ fn clients_outside_allowed_networks_may_not_relay() {
     c.cmd("EHLO client.test");
     let reply = c.cmd("MAIL FROM:<a@example.com>");
     assert_eq!(code(&reply), "554 5.7.1", "{reply}");
-    assert!(reply.contains("127.0.0.1"), "the reason names the client: {reply}");
+    assert!(
+        reply.contains("127.0.0.1"),
+        "the reason names the client: {reply}"
+    );
     assert_eq!(
         node.metric("smtpnode_inbound_rejected_total{reason=\"relay_denied\"}"),
         1.0
@@ -305,7 +319,11 @@ fn auth_is_only_offered_and_accepted_over_tls() {
     let pki = common::certs::Pki::new();
     let cert = pki.issue("relay.test");
     let users = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(users.path(), "alice:$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA\n").unwrap();
+    std::fs::write(
+        users.path(),
+        "alice:$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA\n",
+    )
+    .unwrap();
     let node = Node::start(NodeSettings {
         tls: Some((cert.cert.clone(), cert.key.clone())),
         submission: true,
@@ -317,7 +335,10 @@ fn auth_is_only_offered_and_accepted_over_tls() {
     });
     let mut c = Raw::greeted(node.submission.unwrap());
     let ehlo = c.cmd("EHLO client.test");
-    assert!(ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"), "{ehlo}");
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
     let reply = c.cmd("AUTH PLAIN AGFsaWNlAHB3");
     assert!(reply.starts_with("538 5.7.11 "), "{reply}");
     // Submission requires AUTH even from an allowed network.

@@ -31,8 +31,9 @@ impl Default for NodeSettings {
             extra_yaml: String::new(),
             relay_yaml: "relay: {allowedNetworks: [127.0.0.0/8], domains: [example.com]}\n"
                 .to_owned(),
-            delivery_yaml: "delivery: {smarthost: {host: 127.0.0.1, port: 9}, retrySchedule: [1h]}\n"
-                .to_owned(),
+            delivery_yaml:
+                "delivery: {smarthost: {host: 127.0.0.1, port: 9}, retrySchedule: [1h]}\n"
+                    .to_owned(),
             tls: None,
             submission: false,
         }
@@ -220,9 +221,7 @@ pub fn signal(pid: u32, name: &str) {
 /// A minimal HTTP/1.0 GET: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
