@@ -172,8 +172,13 @@ impl Node {
 
     /// SIGTERM, then waits (at most `limit`) for the exit.
     pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        signal(self.pid(), "TERM");
+        self.wait_exit(limit)
+    }
+
+    /// Waits (at most `limit`) for the process to exit; kills it and fails otherwise.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        signal(child.id(), "TERM");
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -182,7 +187,7 @@ impl Node {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("smtp-node did not exit after SIGTERM:\n{}", self.log_text());
+                panic!("smtp-node did not exit in time:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -285,6 +290,12 @@ impl Raw {
     pub fn cmd(&mut self, line: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes());
         self.reply()
+    }
+
+    /// The socket, for a TLS handshake after STARTTLS (nothing may be buffered).
+    pub fn into_stream(self) -> TcpStream {
+        assert!(self.reader.buffer().is_empty(), "unread input before TLS");
+        self.writer
     }
 
     /// True when the server closed the connection (EOF on read).
