@@ -21,7 +21,8 @@ export SMTPFLEET_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/operator"
 export SMTPFLEET_REPO="$(cd .. && pwd)"
 
 set +e
-timeout --signal=TERM --kill-after=30 "$TIMEOUT" go test -count=1 -timeout "${TIMEOUT}s" -v .
+# Extra arguments go to go test, e.g. e2e/run.sh -run TestCertificates
+timeout --signal=TERM --kill-after=30 "$TIMEOUT" go test -count=1 -timeout "${TIMEOUT}s" -v . "$@"
 status=$?
 set -e
 echo "e2e: finished in $(( $(date +%s) - started ))s"
