@@ -389,3 +389,37 @@ fn replaced_certificate_is_served_without_a_restart() {
         node.log_text()
     );
 }
+
+/// A pod may start before its certificate Secret exists: the node starts without TLS and
+/// offers STARTTLS once the files appear.
+#[test]
+fn certificate_appearing_after_start_is_picked_up() {
+    let pki = Pki::new();
+    let issued = pki.issue("relay.test");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let node = Node::start(NodeSettings {
+        tls: Some((cert.clone(), key.clone())),
+        ..NodeSettings::default()
+    });
+    let mut c = Raw::greeted(node.smtp);
+    let ehlo = c.cmd("EHLO early.test");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    assert!(c.cmd("STARTTLS").starts_with("454 4.7.0"));
+    replace(&key, &issued.key);
+    replace(&cert, &issued.cert);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ehlo = Raw::greeted(node.smtp).cmd("EHLO late.test");
+        if ehlo.contains("STARTTLS") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "STARTTLS not offered:\n{}",
+            node.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(served_serial(node.smtp), Some(file_serial(&cert)));
+}

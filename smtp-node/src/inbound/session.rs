@@ -283,7 +283,13 @@ impl<S: Spool> Session<S> {
                 "CHUNKING".to_owned(),
                 "DSN".to_owned(),
             ]);
-            if !self.tls && self.shared.certs.is_some() {
+            if !self.tls
+                && self
+                    .shared
+                    .certs
+                    .as_ref()
+                    .is_some_and(|c| c.has_certificate())
+            {
                 lines.push("STARTTLS".to_owned());
             }
             if self.tls && self.shared.users.is_some() && self.user.is_none() {
@@ -298,7 +304,7 @@ impl<S: Spool> Session<S> {
         if self.tls {
             return Ok(self.refuse(Reply::new(503, "5.5.1", "TLS is already active")));
         }
-        let Some(certs) = self.shared.certs.clone() else {
+        let Some(certs) = self.shared.certs.clone().filter(|c| c.has_certificate()) else {
             return Ok(self.refuse(Reply::new(454, "4.7.0", "TLS not available")));
         };
         if self.helo.is_none() {

@@ -103,29 +103,45 @@ fn stamp(files: &TlsFiles) -> Stamp {
 #[derive(Debug)]
 pub struct CertStore {
     files: TlsFiles,
-    current: RwLock<(Arc<CertifiedKey>, Stamp)>,
+    /// `None` until the files first load (a pod may start before its Secret exists).
+    current: RwLock<(Option<Arc<CertifiedKey>>, Stamp)>,
     reloads: AtomicU64,
     failed_reloads: AtomicU64,
 }
 
 impl CertStore {
-    /// Loads the certificate; failing here stops the node (nothing to fall back on).
+    /// Loads the certificate. Files that do not exist yet are not an error: in a pool
+    /// the Secret may appear after the pod starts (a certificate being issued), and until
+    /// then the node offers no TLS. Files that exist but do not load are an error.
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, CertError> {
         let stamp_now = stamp(&files);
-        let key = load_certified_key(&files)?;
+        let key = if stamp_now.cert.is_none() && stamp_now.key.is_none() {
+            tracing::warn!(
+                cert = %files.cert_file.display(),
+                "no listener certificate yet; STARTTLS and AUTH are offered once it appears"
+            );
+            None
+        } else {
+            Some(Arc::new(load_certified_key(&files)?))
+        };
         Ok(Arc::new(Self {
             files,
-            current: RwLock::new((Arc::new(key), stamp_now)),
+            current: RwLock::new((key, stamp_now)),
             reloads: AtomicU64::new(0),
             failed_reloads: AtomicU64::new(0),
         }))
     }
 
-    pub fn current(&self) -> Arc<CertifiedKey> {
+    /// The certificate served now, if there is one.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         match self.current.read() {
             Ok(guard) => guard.0.clone(),
             Err(poisoned) => poisoned.into_inner().0.clone(),
         }
+    }
+
+    pub fn has_certificate(&self) -> bool {
+        self.current().is_some()
     }
 
     /// Successful reloads since start.
@@ -151,9 +167,9 @@ impl CertStore {
         }
         match load_certified_key(&self.files) {
             Ok(key) => {
-                let changed = key.cert != self.current().cert;
+                let changed = self.current().is_none_or(|old| old.cert != key.cert);
                 if let Ok(mut guard) = self.current.write() {
-                    *guard = (Arc::new(key), now);
+                    *guard = (Some(Arc::new(key)), now);
                 }
                 if changed {
                     self.reloads.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +209,6 @@ struct Resolver(Arc<CertStore>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.current())
+        self.0.current()
     }
 }
