@@ -8,5 +8,6 @@ pub mod inbound;
 pub mod metrics;
 pub mod node;
 pub mod outbound;
+pub mod peer_tls;
 pub mod policy;
 pub mod spool;

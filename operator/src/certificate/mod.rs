@@ -4,5 +4,6 @@
 
 pub mod controller;
 pub mod inspect;
+pub mod peer_ca;
 
 pub use controller::{Context, run};
