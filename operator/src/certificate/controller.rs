@@ -25,6 +25,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::inspect::{self, CertInfo, CertProblem};
+use super::peer_ca::{self, Phase};
+use super::peer_secrets;
 use crate::api::RelayPool;
 use crate::api::relay_pool::{CertificateStatus, condition_types, reasons};
 use crate::api::relay_pool::{IssuerKind, IssuerRef, TlsSource};
@@ -48,6 +50,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Issue(#[from] inspect::IssueError),
+    #[error(transparent)]
+    Pki(#[from] peer_ca::PkiError),
 }
 
 pub struct Context {
@@ -268,6 +272,8 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
         }
     };
 
+    let peer_recheck = ensure_peer_material(&ctx, &pool, &namespace, now, &mut events).await?;
+
     let previous = pool.status.clone().unwrap_or_default();
     let old = previous
         .conditions
@@ -309,7 +315,83 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
             .await?;
     }
     publish_all(&ctx.recorder, &pool.object_ref(&()), &events).await;
-    Ok(Action::requeue(verdict.recheck))
+    Ok(Action::requeue(verdict.recheck.min(peer_recheck)))
+}
+
+/// Keeps the peer CA and the node certificates current (see [`peer_ca`]). Returns when
+/// to look again: the next rotation step, or the regular re-check.
+async fn ensure_peer_material(
+    ctx: &Context,
+    pool: &RelayPool,
+    namespace: &str,
+    now: i64,
+    events: &mut Vec<kube::runtime::events::Event>,
+) -> Result<Duration, Error> {
+    let name = pool.name_any();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let ca_name = meta::peer_ca_secret_name(&name);
+    let peers_name = meta::peer_tls_secret_name(&name);
+    let ca = secrets.get_opt(&ca_name).await?;
+    let peers = secrets.get_opt(&peers_name).await?;
+    let stored = peer_secrets::read(ca.as_ref(), peers.as_ref());
+    let nodes = peer_secrets::nodes(&name, namespace, &pool.spec);
+    // CAs are issued with a not-before an hour in the past (clock skew).
+    let rotate = match (pool_annotation_time(pool), &stored) {
+        (Some(asked), Some(m)) => m.phase() == Phase::Stable && m.active.not_before + 3600 < asked,
+        _ => false,
+    };
+    let planned = peer_ca::plan(
+        &name,
+        stored.clone(),
+        &nodes,
+        now,
+        peer_ca::OVERLAP_SECONDS,
+        rotate,
+    )?;
+    if stored.as_ref() != Some(&planned) {
+        let (ca_data, peer_data) = peer_secrets::data(&planned);
+        for (secret_name, data) in [(&ca_name, ca_data), (&peers_name, peer_data)] {
+            let secret = Secret {
+                metadata: owner_meta(pool, secret_name, namespace),
+                type_: Some("Opaque".to_owned()),
+                data: Some(data),
+                ..Secret::default()
+            };
+            secrets
+                .patch(
+                    secret_name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&secret),
+                )
+                .await?;
+        }
+        let before = stored.as_ref().map(|m| m.phase());
+        if before != Some(planned.phase()) {
+            let note = match planned.phase() {
+                Phase::Stable if stored.is_none() => "Created the peer CA and node certificates.".to_owned(),
+                Phase::Stable => "Retired the previous peer CA.".to_owned(),
+                Phase::Introducing => "Rotating the peer CA: the next CA joined the trust bundle.".to_owned(),
+                Phase::Retiring => "Rotating the peer CA: node certificates re-issued by the new CA; the old CA stays trusted for the overlap.".to_owned(),
+            };
+            events.push(normal("PeerCARotation", "RotatePeerCA", note));
+        }
+    }
+    let next_step = planned
+        .next
+        .as_ref()
+        .map(|(_, since)| since + peer_ca::OVERLAP_SECONDS)
+        .or(planned.previous.as_ref().map(|(_, until)| *until))
+        .map(|at| Duration::from_secs((at - now).max(5) as u64 + 1));
+    Ok(next_step.unwrap_or(RECHECK))
+}
+
+/// Annotation asking for a peer CA rotation; its value is an RFC 3339 time, and a CA
+/// issued before that time is rotated (once).
+pub const ROTATE_ANNOTATION: &str = "smtpfleet.io/rotate-peer-ca";
+
+fn pool_annotation_time(pool: &RelayPool) -> Option<i64> {
+    let value = pool.annotations().get(ROTATE_ANNOTATION)?;
+    value.parse::<Timestamp>().ok().map(|t| t.as_second())
 }
 
 /// The conditions with `CertificateReady` set from the verdict, in place (the order of

@@ -5,5 +5,6 @@
 pub mod controller;
 pub mod inspect;
 pub mod peer_ca;
+pub mod peer_secrets;
 
 pub use controller::{Context, run};

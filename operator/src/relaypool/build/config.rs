@@ -19,12 +19,12 @@ use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::BuildError;
 use super::layout::{
-    self, AUTH_DIR, CONFIG_KEY, DKIM_DIR, HTTP_PORT, PEER_PORT, SPOOL_DIR, TLS_DIR,
+    self, AUTH_DIR, CONFIG_KEY, DKIM_DIR, HTTP_PORT, PEER_PORT, PEER_TLS_DIR, SPOOL_DIR, TLS_DIR,
 };
 use super::meta;
 use super::node_config::{
     DeliveryConfig, DkimConfig, HttpConfig, LimitsConfig, ListenerConfig, ListenerTls, NodeConfig,
-    NodeIdentity, PeerConfig, RelayConfig, ReplicationConfig, SpoolConfig, TlsFiles,
+    NodeIdentity, PeerConfig, PeerTlsFiles, RelayConfig, ReplicationConfig, SpoolConfig, TlsFiles,
     format_duration,
 };
 use super::statefulset::DATA_CENTRE_ENV;
@@ -130,6 +130,10 @@ pub fn node_config(pool: &Pool) -> NodeConfig {
                     })
                 })
                 .collect(),
+            tls: Some(PeerTlsFiles {
+                ca_file: format!("{PEER_TLS_DIR}/ca.crt"),
+                cert_dir: PEER_TLS_DIR.to_owned(),
+            }),
         },
         relay: RelayConfig {
             allowed_networks: pool.relay.allowed_networks.clone(),

@@ -17,6 +17,8 @@ pub const CONFIG_KEY: &str = "smtp-node.yaml";
 pub const CONFIG_DIR: &str = "/etc/smtp-node/config";
 /// Directory of the listener certificate (`tls.crt`, `tls.key`).
 pub const TLS_DIR: &str = "/etc/smtp-node/tls";
+/// Directory of the peer mTLS material (`ca.crt`, `<node>.crt`, `<node>.key`).
+pub const PEER_TLS_DIR: &str = "/etc/smtp-node/peer";
 /// Directory of the submission users Secret.
 pub const AUTH_DIR: &str = "/etc/smtp-node/auth";
 /// Directory of the DKIM private keys, one file per domain and selector.

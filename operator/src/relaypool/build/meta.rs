@@ -58,6 +58,16 @@ pub fn managed_tls_secret_name(pool: &str) -> String {
     format!("{pool}-tls")
 }
 
+/// Secret with the peer trust bundle and every node's peer certificate (mounted).
+pub fn peer_tls_secret_name(pool: &str) -> String {
+    format!("{pool}-peer-tls")
+}
+
+/// Secret with the peer CA keys (never mounted).
+pub fn peer_ca_secret_name(pool: &str) -> String {
+    format!("{pool}-peer-ca")
+}
+
 /// Labels every child and pod of the pool carries. Also the selector of pool-wide
 /// objects (Services, PodDisruptionBudget); the StatefulSet selectors add the data
 /// centre.

@@ -115,6 +115,17 @@ pub struct ReplicationConfig {
     pub listen: String,
     /// Every node of the pool, this one included, in data-centre then ordinal order.
     pub peers: Vec<PeerConfig>,
+    /// Peer mTLS material from the pool's peer CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PeerTlsFiles>,
+}
+
+/// The trust bundle, and `<certDir>/<node>.crt|.key` for each node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerTlsFiles {
+    pub ca_file: String,
+    pub cert_dir: String,
 }
 
 /// One node of the pool.

@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::layout::{
     self, AUTH_DIR, CONFIG_DIR, DKIM_DIR, HTTP_PORT, HTTP_PORT_NAME, PEER_PORT, PEER_PORT_NAME,
-    RUN_AS, SPOOL_DIR, TLS_DIR, TMP_DIR,
+    PEER_TLS_DIR, RUN_AS, SPOOL_DIR, TLS_DIR, TMP_DIR,
 };
 use super::meta::{self, CONFIG_HASH_ANNOTATION};
 use crate::relaypool::model::{DataCentre, Pool};
@@ -36,6 +36,7 @@ pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 const SPOOL_VOLUME: &str = "spool";
 const CONFIG_VOLUME: &str = "config";
 const TLS_VOLUME: &str = "tls";
+const PEER_TLS_VOLUME: &str = "peer-tls";
 const AUTH_VOLUME: &str = "auth";
 const DKIM_VOLUME: &str = "dkim";
 const TMP_VOLUME: &str = "tmp";
@@ -267,6 +268,7 @@ fn volume_mounts(pool: &Pool) -> Vec<VolumeMount> {
     if pool.tls.is_some() {
         mounts.push(mount(TLS_VOLUME, TLS_DIR, true));
     }
+    mounts.push(mount(PEER_TLS_VOLUME, PEER_TLS_DIR, true));
     if pool.relay.auth_secret.is_some() {
         mounts.push(mount(AUTH_VOLUME, AUTH_DIR, true));
     }
@@ -308,6 +310,12 @@ fn volumes(pool: &Pool) -> Vec<Volume> {
     if let Some(tls) = &pool.tls {
         volumes.push(secret_volume(TLS_VOLUME, tls.secret_name(), tls.optional()));
     }
+    // Optional: the certificate controller creates it shortly after the pool.
+    volumes.push(secret_volume(
+        PEER_TLS_VOLUME,
+        &meta::peer_tls_secret_name(name),
+        true,
+    ));
     if let Some(auth) = &pool.relay.auth_secret {
         volumes.push(secret_volume(AUTH_VOLUME, auth, false));
     }

@@ -369,6 +369,7 @@ fn volumes_follow_the_spec() {
             ("config".to_owned(), "/etc/smtp-node/config".to_owned()),
             ("spool".to_owned(), "/var/spool/smtp-node".to_owned()),
             ("tmp".to_owned(), "/tmp".to_owned()),
+            ("peer-tls".to_owned(), "/etc/smtp-node/peer".to_owned()),
         ]
     );
     let spec = plain.spec.as_ref().unwrap();
@@ -417,7 +418,10 @@ fn volumes_follow_the_spec() {
     ];
     let full = statefulset(&pool, &pool.data_centres[0], "h");
     let names: Vec<String> = mounts(&full).into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["config", "spool", "tmp", "tls", "auth", "dkim"]);
+    assert_eq!(
+        names,
+        ["config", "spool", "tmp", "tls", "peer-tls", "auth", "dkim"]
+    );
     let volumes = pod(&full).volumes.clone().unwrap();
     let tls = volumes.iter().find(|v| v.name == "tls").unwrap();
     assert_eq!(
