@@ -123,10 +123,11 @@ postfix -c "$pf/etc" stop >/dev/null 2>&1
 # --- smtp-node as a relay (fsync on) ----------------------------------------------------
 mkdir -p "$work/node/spool"
 cat >"$work/node/smtp-node.yaml" <<EOF
-node: { name: bench, hostname: node.bench.example }
-spool: { path: $work/node/spool }
+hostname: node.bench.example
+node: { name: bench }
+spool: { dir: $work/node/spool }
 listeners:
-  - { kind: relay, address: "127.0.0.1:$NODE_PORT" }
+  - { name: relay, address: "127.0.0.1:$NODE_PORT" }
 relay: { allowedNetworks: ["127.0.0.0/8"], domains: ["bench.example"] }
 limits: { maxConnections: 2000, maxConnectionsPerClient: 1000 }
 http: { address: "127.0.0.1:$NODE_HTTP" }

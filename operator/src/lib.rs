@@ -1,6 +1,7 @@
 //! smtpfleet operator.
 
 pub mod api;
+pub mod certificate;
 pub mod crdgen;
 pub mod dkim_keys;
 pub mod dns;

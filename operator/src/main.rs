@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use smtpfleet_operator::runtime::{self, Context, ControllerError, RunArgs};
-use smtpfleet_operator::{crdgen, maildomain, relaypool};
+use smtpfleet_operator::{certificate, crdgen, maildomain, relaypool};
 
 /// Kubernetes operator for smtpfleet relay pools and mail domains.
 #[derive(Debug, Parser)]
@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Both controllers run while this replica leads; either one ending ends the run.
+/// The controllers run while this replica leads; any one ending ends the run.
 async fn controllers(ctx: Context) -> Result<(), ControllerError> {
     let pools = Arc::new(relaypool::Context::from_runtime(&ctx));
     let domains = Arc::new(maildomain::Context::from_flags(
@@ -44,10 +44,15 @@ async fn controllers(ctx: Context) -> Result<(), ControllerError> {
         ctx.dns.query_rate.get(),
         ctx.namespaces.clone(),
     )?);
+    let certificates = Arc::new(certificate::Context::new(
+        ctx.client.clone(),
+        ctx.namespaces.clone(),
+    ));
     let shutdown = ctx.shutdown.clone();
     tokio::select! {
         result = relaypool::run(pools) => result.map_err(Into::into),
         () = maildomain::run(domains) => Ok(()),
+        () = certificate::run(certificates) => Ok(()),
         () = shutdown.cancelled() => Ok(()),
     }
 }

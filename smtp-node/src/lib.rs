@@ -1,6 +1,12 @@
 //! smtp-node: the smtpfleet SMTP relay.
+pub mod auth;
 pub mod config;
 pub mod dkim;
 pub mod dsn;
+pub mod http;
+pub mod inbound;
+pub mod metrics;
+pub mod node;
 pub mod outbound;
+pub mod policy;
 pub mod spool;

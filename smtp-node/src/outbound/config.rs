@@ -459,7 +459,7 @@ pub fn format_duration(duration: Duration) -> String {
     format!("{millis}ms")
 }
 
-mod duration_str {
+pub(crate) mod duration_str {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

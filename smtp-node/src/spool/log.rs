@@ -123,6 +123,8 @@ type Reply = oneshot::Sender<Result<Done, SpoolError>>;
 struct Shared {
     dir: PathBuf,
     index: Mutex<Index>,
+    /// Holds the exclusive lock on `LOCK` for as long as the spool is open.
+    _lock: File,
 }
 
 impl Shared {
@@ -136,7 +138,24 @@ impl Shared {
 #[derive(Clone)]
 pub struct LogSpool {
     shared: Arc<Shared>,
-    ops: mpsc::UnboundedSender<(Op, Reply)>,
+    ops: Arc<WriterHandle>,
+}
+
+/// The writer thread's inbox. When the last spool handle goes, the inbox closes and the
+/// thread is joined, so everything submitted is on disk and the `LOCK` is released when
+/// the spool is gone (a reopen in the same process then succeeds).
+struct WriterHandle {
+    tx: Option<mpsc::UnboundedSender<(Op, Reply)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -247,6 +266,19 @@ impl LogSpool {
     pub fn open(dir: impl AsRef<Path>, options: LogSpoolOptions) -> Result<Self, SpoolError> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir)?;
+        // Two writers on one log would interleave records: refuse a second opener.
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(SpoolError::Locked(dir.display().to_string()));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
         let mut segments: Vec<u64> = fs::read_dir(&dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -282,19 +314,27 @@ impl LogSpool {
         let shared = Arc::new(Shared {
             dir,
             index: Mutex::new(index),
+            _lock: lock,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let oldest = segments.first().copied().unwrap_or(current);
         let writer = Writer::new(shared.clone(), oldest, current, options)?;
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || writer.run(rx))?;
-        Ok(Self { shared, ops: tx })
+        Ok(Self {
+            shared,
+            ops: Arc::new(WriterHandle {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+        })
     }
 
     async fn submit(&self, op: Op) -> Result<Done, SpoolError> {
         let (tx, rx) = oneshot::channel();
-        self.ops.send((op, tx)).map_err(|_| SpoolError::Closed)?;
+        let inbox = self.ops.tx.as_ref().ok_or(SpoolError::Closed)?;
+        inbox.send((op, tx)).map_err(|_| SpoolError::Closed)?;
         rx.await.map_err(|_| SpoolError::Closed)?
     }
 
@@ -305,6 +345,16 @@ impl LogSpool {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Arrival time of the oldest live message, for the queue-age metric.
+    pub fn oldest_received_at(&self) -> Option<super::UnixMillis> {
+        self.shared
+            .index()
+            .messages
+            .values()
+            .map(|e| e.meta.received_at)
+            .min()
     }
 }
 

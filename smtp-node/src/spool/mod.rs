@@ -24,6 +24,8 @@ pub enum SpoolError {
     NotFound(MessageId),
     #[error("spool record is corrupt: {0}")]
     Corrupt(String),
+    #[error("the spool in {0} is in use by another process (a running node?)")]
+    Locked(String),
     #[error("the spool is shutting down")]
     Closed,
 }

@@ -39,7 +39,11 @@ impl Pki {
     /// A certificate for `name` issued by this CA.
     pub fn issue(&self, name: &str) -> ServerCert {
         let key = KeyPair::generate().expect("key");
-        let params = CertificateParams::new(vec![name.to_string()]).expect("params");
+        let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
+        // A random serial, so that reissued certificates can be told apart.
+        let mut serial: [u8; 16] = rand::random();
+        serial[0] &= 0x7f;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let cert = params.signed_by(&key, &self.ca).expect("sign");
         self.write(name, cert.pem(), key.serialize_pem())
     }

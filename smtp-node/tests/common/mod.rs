@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod knot;
 pub mod memory_spool;
+pub mod node;
 pub mod peers;
 
 use std::net::{IpAddr, TcpListener, UdpSocket};

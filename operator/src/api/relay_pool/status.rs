@@ -86,6 +86,15 @@ pub struct CertificateStatus {
     /// End of the certificate's validity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<Time>,
+    /// The Secret the nodes serve it from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Serial number, hexadecimal, as `openssl x509 -serial` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// DNS names the certificate is valid for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
 }
 
 fn data_centre_status_list(schema: &mut schemars::Schema) {

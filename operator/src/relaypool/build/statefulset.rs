@@ -180,7 +180,7 @@ fn container(pool: &Pool, dc: &DataCentre) -> Container {
         name: CONTAINER_NAME.into(),
         image: Some(pool.image.clone()),
         image_pull_policy: pool.image_pull_policy.clone(),
-        args: Some(vec!["--config".into(), layout::config_path()]),
+        args: Some(vec!["run".into(), "--config".into(), layout::config_path()]),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),

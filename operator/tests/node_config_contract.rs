@@ -1,0 +1,105 @@
+//! The contract between the operator and smtp-node: every configuration the operator
+//! renders is one smtp-node itself accepts (parsed and validated by smtp-node's own
+//! `Config`), and pods run the command smtp-node understands.
+
+use k8s_openapi::api::core::v1::Secret;
+use smtpfleet_operator::api::RelayPool;
+use smtpfleet_operator::relaypool::build::build;
+use smtpfleet_operator::relaypool::build::layout::CONFIG_KEY;
+use smtpfleet_operator::relaypool::dereference::{Dereferenced, ReferencedSecret, SecretSummary};
+use smtpfleet_operator::relaypool::validate::validate;
+
+fn pools() -> Vec<(String, RelayPool)> {
+    let mut out = Vec::new();
+    for dir in ["valid", "reconcile"] {
+        let root = format!(
+            "{}/tests/fixtures/relaypool/{dir}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        for entry in std::fs::read_dir(&root).expect("fixtures") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("fixture");
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let value = serde_yaml::Value::deserialize(doc).expect("yaml");
+                if value.get("kind").and_then(|k| k.as_str()) == Some("RelayPool") {
+                    let mut pool: RelayPool = serde_yaml::from_value(value).expect("pool");
+                    pool.metadata.namespace.get_or_insert_with(|| "mail".into());
+                    pool.metadata.uid.get_or_insert_with(|| "uid-1".into());
+                    out.push((path.display().to_string(), pool));
+                }
+            }
+        }
+    }
+    assert!(out.len() > 5, "fixtures found");
+    out
+}
+
+use serde::Deserialize;
+
+/// Every Secret a spec names exists with the keys it needs.
+fn refs_for(pool: &RelayPool) -> Dereferenced {
+    let mut refs = Dereferenced::default();
+    let secret = |field: &'static str, name: &str, type_: &str, keys: &[&str]| ReferencedSecret {
+        field,
+        name: name.to_owned(),
+        found: Some(SecretSummary::of(&Secret {
+            type_: Some(type_.to_owned()),
+            string_data: Some(
+                keys.iter()
+                    .map(|k| (k.to_string(), "x".to_owned()))
+                    .collect(),
+            ),
+            ..Secret::default()
+        })),
+    };
+    if let Some(name) = pool
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.secret_name.as_deref())
+    {
+        refs.tls_secret = Some(secret(
+            "spec.tls.secretName",
+            name,
+            "kubernetes.io/tls",
+            &["tls.crt", "tls.key"],
+        ));
+    }
+    if let Some(auth) = pool.spec.relay.auth_secret_ref.as_ref() {
+        refs.auth_secret = Some(secret(
+            "spec.relay.authSecretRef",
+            &auth.name,
+            "Opaque",
+            &["users"],
+        ));
+    }
+    refs
+}
+
+#[test]
+fn every_rendered_configuration_is_accepted_by_smtp_node() {
+    for (path, pool) in pools() {
+        let validated = match validate(&pool, &refs_for(&pool), "smtp-node:test") {
+            Ok(v) => v,
+            Err(e) => panic!("{path}: {e}"),
+        };
+        let children = build(&validated.pool).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let yaml = &children.config_map.data.as_ref().expect("data")[CONFIG_KEY];
+        if let Err(e) = smtp_node::config::Config::from_yaml(yaml) {
+            panic!("{path}: smtp-node refuses the rendered config:\n{e}\n---\n{yaml}");
+        }
+        for sts in &children.statefulsets {
+            let pod = sts
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .expect("pod");
+            let args = pod.containers[0].args.clone().unwrap_or_default();
+            assert_eq!(
+                args[..2],
+                ["run".to_owned(), "--config".to_owned()],
+                "{path}"
+            );
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Metrics of the accept path and the spool. The delivery side keeps its own
+//! ([`crate::outbound::OutboundMetrics`]); all of them go into one registry served on
+//! `/metrics` with the `smtpnode_` prefix.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+/// Cheap to clone: every field is a shared handle.
+#[derive(Clone, Debug)]
+pub struct InboundMetrics {
+    pub accepted: Family<ListenerLabel, Counter>,
+    pub accepted_bytes: Counter,
+    /// Refused commands and messages, by reason.
+    pub rejected: Family<ReasonLabel, Counter>,
+    pub connections: Family<ListenerLabel, Counter>,
+    /// Connections turned away at connect time, by limit.
+    pub refused_connections: Family<ReasonLabel, Counter>,
+    pub active_sessions: Gauge,
+    pub tls_handshakes: Family<ResultLabel, Counter>,
+    pub certificate_reloads: Family<ResultLabel, Counter>,
+    /// From the end of the message data to the 250 reply: the cost of durability.
+    pub accept_latency: Histogram,
+}
+
+impl InboundMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            accepted: Family::default(),
+            accepted_bytes: Counter::default(),
+            rejected: Family::default(),
+            connections: Family::default(),
+            refused_connections: Family::default(),
+            active_sessions: Gauge::default(),
+            tls_handshakes: Family::default(),
+            certificate_reloads: Family::default(),
+            // 50 µs to ~1.6 s.
+            accept_latency: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+        };
+        registry.register(
+            "inbound_accepted_messages",
+            "Messages accepted (answered 250 after they were durable), by listener",
+            metrics.accepted.clone(),
+        );
+        registry.register(
+            "inbound_accepted_bytes",
+            "Octets of accepted messages",
+            metrics.accepted_bytes.clone(),
+        );
+        registry.register(
+            "inbound_rejected",
+            "Refused commands and messages, by reason",
+            metrics.rejected.clone(),
+        );
+        registry.register(
+            "inbound_connections",
+            "SMTP connections accepted, by listener",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "inbound_refused_connections",
+            "Connections turned away at connect time, by limit",
+            metrics.refused_connections.clone(),
+        );
+        registry.register(
+            "inbound_active_sessions",
+            "SMTP sessions in progress",
+            metrics.active_sessions.clone(),
+        );
+        registry.register(
+            "inbound_tls_handshakes",
+            "TLS handshakes (STARTTLS and implicit), by result",
+            metrics.tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_certificate_reloads",
+            "Listener certificate reloads, by result",
+            metrics.certificate_reloads.clone(),
+        );
+        registry.register(
+            "inbound_accept_latency_seconds",
+            "Time from the end of message data to the 250 reply",
+            metrics.accept_latency.clone(),
+        );
+        metrics
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+/// The spool as a queue.
+#[derive(Clone, Debug)]
+pub struct SpoolMetrics {
+    /// Operations made durable per sync: how well group commit shares fsyncs.
+    pub fsync_batch: Histogram,
+    pub messages: Gauge,
+    pub oldest_message_age_seconds: Gauge,
+}
+
+impl SpoolMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            fsync_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            messages: Gauge::default(),
+            oldest_message_age_seconds: Gauge::default(),
+        };
+        registry.register(
+            "spool_fsync_batch_size",
+            "Spool operations made durable by one fsync",
+            metrics.fsync_batch.clone(),
+        );
+        registry.register(
+            "spool_messages",
+            "Messages in the spool (queue depth)",
+            metrics.messages.clone(),
+        );
+        registry.register(
+            "spool_oldest_message_age_seconds",
+            "Age of the oldest message in the spool",
+            metrics.oldest_message_age_seconds.clone(),
+        );
+        metrics
+    }
+}
