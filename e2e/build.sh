@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the e2e control plane from Go modules: kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl and etcd from this module (k8s.io/kubernetes with its staging
-# modules), kwok and helm with `go install`. The binaries are cached under a key made of
-# go.mod, go.sum and the tool versions, so a second run returns at once.
+# modules), kwok and helm with `go install`, and cert-manager's controller from the module
+# in certmanager/ with the CRDs rendered from the Helm chart in cert-manager's module. The
+# binaries are cached under a key made of both modules' go.mod and go.sum, the
+# cert-manager start-up source and the tool versions, so a second run returns at once.
 # Prints the binary directory as its last line.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,8 +14,12 @@ KWOK_VERSION=v0.7.0
 HELM_VERSION=v3.22.0
 K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' go.mod)
 K8S_MINOR=$(echo "$K8S_VERSION" | cut -d. -f2)
+CERT_MANAGER_MODULE=github.com/cert-manager/cert-manager
+CERT_MANAGER_VERSION=$(awk -v m="$CERT_MANAGER_MODULE" '$1 == m && $2 ~ /^v/ {print $2; exit}' certmanager/go.mod)
+[ -n "$CERT_MANAGER_VERSION" ] || { echo "certmanager/go.mod does not require $CERT_MANAGER_MODULE" >&2; exit 1; }
 cache="${SMTPFLEET_CACHE:-$HOME/.cache/smtpfleet}"
-key=$(cat go.mod go.sum <(echo "$KWOK_VERSION $HELM_VERSION $(go env GOVERSION)") | sha256sum | cut -c1-16)
+key=$(cat go.mod go.sum certmanager/go.mod certmanager/go.sum certmanager/*.go \
+  <(echo "$KWOK_VERSION $HELM_VERSION $(go env GOVERSION)") | sha256sum | cut -c1-16)
 bin="$cache/e2e-bin/$key"
 
 if [ -f "$bin/.complete" ]; then
@@ -44,5 +50,34 @@ done
 timed "control plane ($K8S_VERSION)" go build -ldflags "$ldflags" -o "$bin/" ./cmd/...
 timed "kwok $KWOK_VERSION" env GOBIN="$bin" GOFLAGS= go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 timed "helm $HELM_VERSION" env GOBIN="$bin" GOFLAGS= go install -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+
+# cert-manager publishes its controller `main` as a nested module that is not on the
+# proxy; certmanager/ starts the controllers of the root module (see its main.go).
+timed "cert-manager controller $CERT_MANAGER_VERSION" sh -c "cd certmanager && go build \
+  -ldflags '-s -w -X $CERT_MANAGER_MODULE/pkg/util.AppVersion=$CERT_MANAGER_VERSION' \
+  -o '$bin/cert-manager-controller' ."
+
+# The CRDs as a release installs them: the chart's templates, rendered with CRDs enabled.
+# The chart in the module carries v0.0.0 where the release tool writes the version.
+render_cert_manager_crds() {
+  local dir tmp
+  dir=$(cd certmanager && go mod download -json "$CERT_MANAGER_MODULE@$CERT_MANAGER_VERSION" \
+    | awk -F'"' '$2 == "Dir" {print $4}')
+  [ -d "$dir/deploy/charts/cert-manager" ] || { echo "no Helm chart in $dir" >&2; return 1; }
+  tmp=$(mktemp -d)
+  cp -r "$dir/deploy/charts/cert-manager" "$tmp/"
+  chmod -R u+w "$tmp"
+  sed -i "s/^version: v0.0.0\$/version: $CERT_MANAGER_VERSION/; s/^appVersion: v0.0.0\$/appVersion: $CERT_MANAGER_VERSION/" \
+    "$tmp/cert-manager/Chart.yaml"
+  local only=()
+  for f in "$tmp"/cert-manager/templates/crd-*.yaml; do only+=(--show-only "templates/$(basename "$f")"); done
+  "$bin/helm" template cert-manager "$tmp/cert-manager" --namespace cert-manager \
+    --kube-version "${K8S_VERSION#v}" --set crds.enabled=true --set crds.keep=false "${only[@]}" \
+    >"$bin/cert-manager-crds.yaml"
+  rm -rf "$tmp"
+  [ "$(grep -c '^kind: CustomResourceDefinition$' "$bin/cert-manager-crds.yaml")" -ge 6 ] \
+    || { echo "rendered fewer than 6 cert-manager CRDs" >&2; return 1; }
+}
+timed "cert-manager CRDs $CERT_MANAGER_VERSION" render_cert_manager_crds
 touch "$bin/.complete"
 echo "$bin"

@@ -6,9 +6,18 @@
 #   e2e/cluster.sh up     # build (cached) and start; writes e2e/.work/kubeconfig
 #   e2e/cluster.sh env    # prints export lines for KUBECONFIG and PATH
 #   e2e/cluster.sh down   # stops every component
+#   e2e/cluster.sh certmanager up     # installs cert-manager's CRDs, starts its controller
+#   e2e/cluster.sh certmanager down   # stops the controller, removes the CRDs (and so
+#                                     # every cert-manager object)
+#   e2e/cluster.sh certmanager status # prints running, absent, stale (CRDs without the
+#                                     # controller) or external
+#
+# cert-manager is not part of `up`: the suite covers pools both with and without it, so
+# the tests that need it bring it up and take it down themselves.
 #
 # When KUBECONFIG is set (kind, k3d, a real cluster), `up` builds and starts nothing and
-# the suite uses that cluster as it is.
+# the suite uses that cluster as it is; `certmanager up` then only checks that the
+# cluster has cert-manager, and `certmanager down` leaves it alone.
 set -euo pipefail
 cd "$(dirname "$0")"
 E2E_DIR=$(pwd)
@@ -20,6 +29,7 @@ APISERVER=$((BASE_PORT + 43))
 KCM=$((BASE_PORT + 57))
 SCHEDULER=$((BASE_PORT + 59))
 KWOK=$((BASE_PORT + 47))
+CERT_MANAGER=$((BASE_PORT + 94))
 READY_TIMEOUT="${SMTPFLEET_E2E_READY_TIMEOUT:-120}"
 
 log() { printf 'cluster: %s\n' "$*" >&2; }
@@ -203,7 +213,7 @@ up() {
 down_quiet() {
   [ -d "$WORK/pids" ] || return 0
   local f
-  for f in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  for f in cert-manager kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
     [ -f "$WORK/pids/$f" ] && kill "$(cat "$WORK/pids/$f")" 2>/dev/null || true
   done
   for _ in $(seq 50); do
@@ -216,8 +226,112 @@ down_quiet() {
   rm -rf "$WORK/pids"
 }
 
+# external: KUBECONFIG points at a cluster this script did not start.
+external() { [ -n "${KUBECONFIG:-}" ] && [ "${KUBECONFIG}" != "$WORK/kubeconfig" ]; }
+
+# ours_or_fail prints the binary directory of the running e2e cluster.
+ours_or_fail() {
+  [ -f "$WORK/bin" ] && [ -f "$WORK/kubeconfig" ] || { log "the e2e cluster is not up: run $0 up"; exit 1; }
+  cat "$WORK/bin"
+}
+
+has_cert_manager_crds() {
+  "$1" --kubeconfig "$2" get crd certificates.cert-manager.io >/dev/null 2>&1
+}
+
+# stop_process NAME: SIGTERM, up to 10 s for a clean exit, then SIGKILL.
+stop_process() {
+  local pidfile="$WORK/pids/$1"
+  [ -f "$pidfile" ] || return 0
+  local pid
+  pid=$(cat "$pidfile")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
+certmanager_up() {
+  if external; then
+    if has_cert_manager_crds kubectl "$KUBECONFIG"; then
+      log "KUBECONFIG is set: using the cluster's cert-manager"
+      return 0
+    fi
+    log "KUBECONFIG is set and that cluster has no cert-manager (no certificates.cert-manager.io CRD)"
+    exit 3
+  fi
+  local bin kc="$WORK/kubeconfig"
+  bin=$(ours_or_fail)
+  local crds="$bin/cert-manager-crds.yaml"
+  if [ -f "$WORK/pids/cert-manager" ] && alive cert-manager; then
+    log "cert-manager is already running"
+    return 0
+  fi
+  local started=$(date +%s)
+  # Server-side: the Issuer CRDs are larger than the last-applied annotation allows.
+  "$bin/kubectl" --kubeconfig "$kc" apply --server-side --force-conflicts -f "$crds" >/dev/null
+  "$bin/kubectl" --kubeconfig "$kc" wait --for=condition=Established --timeout=60s -f "$crds" >/dev/null
+  "$bin/kubectl" --kubeconfig "$kc" create namespace cert-manager --dry-run=client -o yaml \
+    | "$bin/kubectl" --kubeconfig "$kc" apply -f - >/dev/null
+  # Appends: the suite brings cert-manager up and down several times in one run.
+  echo "--- started $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$WORK/logs/cert-manager.log"
+  "$bin/cert-manager-controller" --kubeconfig "$kc" \
+    --cluster-resource-namespace cert-manager --enable-certificate-owner-ref \
+    --readyz-address "127.0.0.1:$CERT_MANAGER" --v=2 \
+    >>"$WORK/logs/cert-manager.log" 2>&1 &
+  echo $! >"$WORK/pids/cert-manager"
+  wait_until cert-manager 60 curl -fsS "http://127.0.0.1:$CERT_MANAGER/readyz"
+  log "cert-manager ready in $(( $(date +%s) - started ))s (log: $WORK/logs/cert-manager.log)"
+}
+
+certmanager_down() {
+  if external; then
+    log "KUBECONFIG is set: leaving the cluster's cert-manager alone"
+    return 0
+  fi
+  local bin kc="$WORK/kubeconfig"
+  bin=$(ours_or_fail)
+  stop_process cert-manager
+  # Certificates first, in the foreground, so the garbage collector deletes the Secrets
+  # they own: once the CRDs are gone it no longer follows owners of that kind.
+  if has_cert_manager_crds "$bin/kubectl" "$kc"; then
+    "$bin/kubectl" --kubeconfig "$kc" delete certificates.cert-manager.io --all --all-namespaces \
+      --cascade=foreground --wait --timeout=120s >/dev/null
+  fi
+  # Deleting the CRDs deletes every other cert-manager object with them.
+  "$bin/kubectl" --kubeconfig "$kc" delete --ignore-not-found --wait --timeout=120s \
+    -f "$bin/cert-manager-crds.yaml" >/dev/null
+  "$bin/kubectl" --kubeconfig "$kc" delete namespace cert-manager --ignore-not-found --wait=false >/dev/null
+  log "cert-manager stopped and its CRDs removed"
+}
+
+certmanager_status() {
+  if external; then
+    if has_cert_manager_crds kubectl "$KUBECONFIG"; then echo external; else echo absent; fi
+    return 0
+  fi
+  local bin
+  bin=$(ours_or_fail)
+  if [ -f "$WORK/pids/cert-manager" ] && alive cert-manager; then
+    echo running
+  elif has_cert_manager_crds "$bin/kubectl" "$WORK/kubeconfig"; then
+    # CRDs without the controller: left behind by an interrupted run.
+    echo stale
+  else
+    echo absent
+  fi
+}
+
 case "${1:-}" in
   up) up ;;
+  certmanager)
+    case "${2:-}" in
+      up) certmanager_up ;;
+      down) certmanager_down ;;
+      status) certmanager_status ;;
+      *) echo "usage: $0 certmanager up|down|status" >&2; exit 2 ;;
+    esac
+    ;;
   down)
     if [ -n "${KUBECONFIG:-}" ] && [ "${KUBECONFIG}" != "$WORK/kubeconfig" ]; then exit 0; fi
     down_quiet
@@ -227,5 +341,5 @@ case "${1:-}" in
     if [ -n "${KUBECONFIG:-}" ]; then echo "export KUBECONFIG=$KUBECONFIG"; else echo "export KUBECONFIG=$WORK/kubeconfig"; fi
     [ -f "$WORK/bin" ] && echo "export PATH=$(cat "$WORK/bin"):\$PATH"
     ;;
-  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|env|certmanager up|down|status" >&2; exit 2 ;;
 esac

@@ -15,9 +15,12 @@ fi
 
 # The operator runs out of cluster against the same API server: kwok pods run no
 # containers, so the operator cannot run as a pod here.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SMTPFLEET_CACHE:-$HOME/.cache/smtpfleet}/target}"
-(cd .. && cargo build -q -p smtpfleet-operator --bin operator)
-export SMTPFLEET_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/operator"
+# SMTPFLEET_OPERATOR_BIN names an operator binary built elsewhere, to test it as it is.
+if [ -z "${SMTPFLEET_OPERATOR_BIN:-}" ]; then
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SMTPFLEET_CACHE:-$HOME/.cache/smtpfleet}/target}"
+  (cd .. && cargo build -q -p smtpfleet-operator --bin operator)
+  export SMTPFLEET_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/operator"
+fi
 export SMTPFLEET_REPO="$(cd .. && pwd)"
 
 set +e
