@@ -95,9 +95,6 @@ func TestCertificates(t *testing.T) {
 	Kubectl(t, "apply", "--server-side", "-f", filepath.Join(root, "crds"))
 	Kubectl(t, "wait", "--for=condition=Established", "--timeout=60s",
 		"crd/relaypools.smtpfleet.io", "crd/maildomains.smtpfleet.io")
-	if _, err := KubectlErr("get", "crd", "certificates.cert-manager.io"); err == nil {
-		t.Skip("cert-manager is installed in this cluster; the absent case cannot be checked")
-	}
 	ns := Namespace(t, "certs")
 	StartOperator(t, os.Getenv("KUBECONFIG"), "--namespace="+ns, "--leader-election=false")
 	now := time.Now()
@@ -151,14 +148,5 @@ func TestCertificates(t *testing.T) {
 	t.Run("missing user secret", func(t *testing.T) {
 		MustApply(t, poolManifest(ns, "missing", "mail.example.com", "secretName: nowhere-tls"))
 		eventuallyCertificate(t, ns, "missing", "False/SecretNotFound")
-	})
-
-	t.Run("cert-manager absent", func(t *testing.T) {
-		MustApply(t, poolManifest(ns, "cm", "cm.example.com", "certManager: {issuerRef: {name: letsencrypt, kind: ClusterIssuer}}"))
-		eventuallyCertificate(t, ns, "cm", "False/CertManagerMissing")
-		msg := jsonpath(t, ns, "relaypool/cm", `.status.conditions[?(@.type=="CertificateReady")].message`)
-		if !strings.Contains(msg, "cert-manager is not installed") {
-			t.Errorf("message: %q", msg)
-		}
 	})
 }

@@ -158,14 +158,14 @@ spec:
 	return ca.leaf
 }
 
-// tlsSecret is a kubernetes.io/tls Secret cert-manager wrote, parsed.
-type tlsSecret struct {
+// issuedSecret is a kubernetes.io/tls Secret cert-manager wrote, parsed.
+type issuedSecret struct {
 	leaf   *x509.Certificate // the first certificate of tls.crt
 	ca     []byte            // ca.crt, PEM
 	owners string            // Kind/name of the owners
 }
 
-func readTLSSecret(t *testing.T, ns, name string) tlsSecret {
+func readTLSSecret(t *testing.T, ns, name string) issuedSecret {
 	t.Helper()
 	field := func(key string) []byte {
 		raw := Kubectl(t, "get", "secret", name, "-n", ns, "-o", "jsonpath={.data."+strings.ReplaceAll(key, ".", `\.`)+"}")
@@ -198,7 +198,7 @@ func readTLSSecret(t *testing.T, ns, name string) tlsSecret {
 	if len(certs) == 0 {
 		t.Fatalf("secret %s/%s tls.crt holds no certificate", ns, name)
 	}
-	return tlsSecret{
+	return issuedSecret{
 		leaf:   certs[0],
 		ca:     field("ca.crt"),
 		owners: jsonpath(t, ns, "secret/"+name, ".metadata.ownerReferences[*].kind") + "/" + jsonpath(t, ns, "secret/"+name, ".metadata.ownerReferences[*].name"),
@@ -335,7 +335,7 @@ func TestRelayPoolCertManager(t *testing.T) {
 		}
 	})
 
-	var issued tlsSecret
+	var issued issuedSecret
 	t.Run("cert-manager issues it and the pool reports it", func(t *testing.T) {
 		waitCertificateReady(t, ns, secret)
 		eventuallyField(t, 60*time.Second, ns, "relaypool/"+pool,
