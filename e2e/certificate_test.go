@@ -130,9 +130,16 @@ func TestCertificates(t *testing.T) {
 			out, _ := KubectlErr("get", "events", "-n", ns, "--field-selector", "type=Warning,reason=Expired", "-o", "name")
 			return strings.TrimSpace(out) != "", "none yet"
 		})
+		// Nodes cannot offer working TLS with it: the pool is not Ready, and says why.
+		ready := `.status.conditions[?(@.type=="Ready")]`
+		eventuallyField(t, 60*time.Second, ns, "relaypool/user", ready+".reason", "CertificateNotReady")
+		if msg := jsonpath(t, ns, "relaypool/user", ready+".message"); !strings.Contains(msg, "(Expired)") {
+			t.Errorf("Ready message does not carry the certificate verdict: %q", msg)
+		}
 		// A valid replacement is picked up without touching the pool.
 		MustApply(t, tlsSecret(t, ns, "user-tls", "user.example.com", now.Add(-time.Hour), now.Add(10*24*time.Hour)))
 		eventuallyCertificate(t, ns, "user", "True/CertificateExpiring")
+		eventuallyField(t, 60*time.Second, ns, "relaypool/user", ready+".status", "True")
 		Eventually(t, 30*time.Second, "a CertificateExpiringSoon event", func() (bool, string) {
 			out, _ := KubectlErr("get", "events", "-n", ns, "--field-selector", "type=Warning,reason=CertificateExpiringSoon", "-o", "name")
 			return strings.TrimSpace(out) != "", "none yet"

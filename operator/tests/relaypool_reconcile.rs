@@ -724,7 +724,7 @@ async fn a_stale_cache_on_adding_the_finalizer_is_retried_at_once() {
         .await
         .fail(422, "Invalid");
     let err = finish(task).await.expect_err("the test operation failed");
-    assert!(err.is_stale_finalizer_patch(), "{err}");
+    assert!(err.is_stale_write(), "{err}");
     assert_eq!(
         error_policy(pool.clone(), &err, ctx.clone()),
         Action::requeue(Duration::from_secs(1))

@@ -244,8 +244,8 @@ const STALE_RETRY: Duration = Duration::from_secs(1);
 /// error by category. A finalizer patch refused because the cached pool was stale is
 /// retried at once and not counted: it says nothing about the pool's health.
 pub fn error_policy(pool: Arc<RelayPool>, error: &Error, ctx: Arc<Context>) -> Action {
-    if error.is_stale_finalizer_patch() {
-        tracing::debug!(pool = %key(&pool), error = %error, "finalizer patch on a stale object; retrying");
+    if error.is_stale_write() {
+        tracing::debug!(pool = %key(&pool), error = %error, "write based on a stale object; retrying");
         return Action::requeue(STALE_RETRY);
     }
     ctx.observer.error(error.category());
@@ -285,7 +285,9 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     let previous = pool.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
     let not_ready_for = status::not_ready_for(&previous.conditions, &now);
-    let computed = status::compute(model, observed, &validated.problems, not_ready_for);
+    let mut problems = validated.problems.clone();
+    problems.extend(validate::certificate(&previous.conditions));
+    let computed = status::compute(model, observed, &problems, not_ready_for);
     let requeue = computed
         .recheck_in
         .map_or(ctx.settings.requeue_after, |recheck| {
@@ -301,7 +303,7 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         api.patch_status(
             &model.identity.name,
             &params,
-            &Patch::Merge(status::patch_body(&next)),
+            &Patch::Merge(status::patch_body(&next, pool.resource_version())),
         )
         .await
         .map_err(Error::Status)?;

@@ -118,12 +118,19 @@ impl Error {
         }
     }
 
-    /// Whether the finalizer patch was refused because the cached pool was older than
-    /// the stored one (its JSON-patch `test` no longer holds: 422, or a 409 conflict).
-    /// Expected right after the finalizer is added while other triggers are queued;
-    /// the next attempt reads the fresh object.
-    pub fn is_stale_finalizer_patch(&self) -> bool {
-        matches!(self, Self::Finalizer(kube::Error::Api(status)) if status.code == 409 || status.code == 422)
+    /// Whether a write was refused because the cached pool was older than the stored
+    /// one: the finalizer patch (its JSON-patch `test` no longer holds: 422, or a 409
+    /// conflict), expected right after the finalizer is added while other triggers are
+    /// queued; or the status patch, which carries the resourceVersion it was computed
+    /// from so that a status another controller wrote meanwhile (the certificate
+    /// controller's `CertificateReady`) gives 409 instead of being overwritten. The next
+    /// attempt reads the fresh object.
+    pub fn is_stale_write(&self) -> bool {
+        match self {
+            Self::Finalizer(kube::Error::Api(status)) => status.code == 409 || status.code == 422,
+            Self::Status(kube::Error::Api(status)) => status.code == 409,
+            _ => false,
+        }
     }
 
     /// Folds the finalizer helper's wrapper back into our own error so that callers

@@ -310,8 +310,9 @@ pub fn to_status(
 
 /// Body of the merge patch on `/status`: only the fields this controller owns, so that
 /// a concurrent writer of `queue` or `certificate` is never overwritten.
-pub fn patch_body(status: &RelayPoolStatus) -> serde_json::Value {
+pub fn patch_body(status: &RelayPoolStatus, resource_version: Option<String>) -> serde_json::Value {
     serde_json::json!({
+        "metadata": { "resourceVersion": resource_version },
         "status": {
             "observedGeneration": status.observed_generation,
             "replicas": status.replicas,
@@ -640,7 +641,8 @@ mod tests {
                 ready: 1
             }]
         );
-        let body = patch_body(&second);
+        let body = patch_body(&second, Some("7".into()));
+        assert_eq!(body["metadata"]["resourceVersion"], "7");
         assert_eq!(body["status"]["readyReplicas"], 1);
         assert_eq!(body["status"]["observedGeneration"], 2);
         assert!(body["status"].get("queue").is_none(), "{body}");

@@ -18,8 +18,10 @@ use super::model::{
     DataCentre, Limits, Listener, ListenerKind, Pool, PoolIdentity, Queue, Relay, Storage,
     TlsSource,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
 use crate::api::relay_pool::{
-    self, ImagePullPolicy, LimitsSpec, QueueSpec, RelayPool, RetrySpec, reasons,
+    self, ImagePullPolicy, LimitsSpec, QueueSpec, RelayPool, RetrySpec, condition_types, reasons,
 };
 
 /// Key of the submission users file in the auth Secret: one `user:argon2-hash` line
@@ -279,6 +281,26 @@ pub fn check(pool: &Pool, refs: &Dereferenced) -> Vec<Problem> {
     problems
 }
 
+/// The certificate controller's verdict (`CertificateReady`, from the stored status) as
+/// a problem of the pool: without a usable certificate the nodes cannot offer the TLS
+/// the spec asks for, so it blocks `Ready`. A certificate still being issued is not a
+/// problem yet, and a missing user Secret is already reported by [`check`].
+pub fn certificate(conditions: &[Condition]) -> Option<Problem> {
+    let verdict = conditions
+        .iter()
+        .find(|c| c.type_ == condition_types::CERTIFICATE_READY)?;
+    let transient = [reasons::CERTIFICATE_PENDING, reasons::SECRET_NOT_FOUND];
+    (verdict.status == "False" && !transient.contains(&verdict.reason.as_str())).then(|| {
+        Problem::blocking(
+            reasons::CERTIFICATE_NOT_READY,
+            format!(
+                "The listener certificate is not usable ({}): {}",
+                verdict.reason, verdict.message
+            ),
+        )
+    })
+}
+
 fn check_secret(
     secret: &ReferencedSecret,
     namespace: &str,
@@ -309,4 +331,54 @@ fn check_secret(
             ),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+
+    fn verdict(status: &str, reason: &str) -> Vec<Condition> {
+        vec![Condition {
+            type_: condition_types::CERTIFICATE_READY.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: "Secret \"user-tls\": the certificate expired".into(),
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+            observed_generation: None,
+        }]
+    }
+
+    #[test]
+    fn an_unusable_certificate_blocks_ready_naming_the_verdict() {
+        let problem = certificate(&verdict("False", "Expired")).unwrap();
+        assert!(problem.blocks_ready);
+        assert_eq!(problem.reason, reasons::CERTIFICATE_NOT_READY);
+        assert!(problem.message.contains("(Expired)"), "{}", problem.message);
+        assert!(problem.message.contains("user-tls"), "{}", problem.message);
+        assert!(certificate(&verdict("False", reasons::CERT_MANAGER_MISSING)).is_some());
+    }
+
+    #[test]
+    fn issued_pending_or_unchecked_certificates_are_no_problem() {
+        assert_eq!(certificate(&[]), None);
+        assert_eq!(
+            certificate(&verdict("True", reasons::CERTIFICATE_ISSUED)),
+            None
+        );
+        assert_eq!(
+            certificate(&verdict("True", reasons::CERTIFICATE_EXPIRING)),
+            None
+        );
+        assert_eq!(
+            certificate(&verdict("False", reasons::CERTIFICATE_PENDING)),
+            None
+        );
+        // Reported by `check` already, with the field that names the Secret.
+        assert_eq!(
+            certificate(&verdict("False", reasons::SECRET_NOT_FOUND)),
+            None
+        );
+    }
 }

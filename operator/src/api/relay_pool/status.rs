@@ -165,6 +165,9 @@ pub mod reasons {
     /// `spec.tls.certManager` is set but cert-manager's CRDs are not installed
     /// (CertificateReady, Degraded).
     pub const CERT_MANAGER_MISSING: &str = "CertManagerMissing";
+    /// The listener certificate is unusable; `CertificateReady` says why (Degraded,
+    /// Ready).
+    pub const CERTIFICATE_NOT_READY: &str = "CertificateNotReady";
     /// Every queued message has its copies (QueueReplicated).
     pub const FULLY_REPLICATED: &str = "FullyReplicated";
     /// Some queued messages lack copies, for example after a node lost its disk
