@@ -13,6 +13,15 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Every dependency or toolchain change leaves old artefacts behind in the shared target
+# directory; start it afresh once it grows past SMTPFLEET_TARGET_MAX_GB so a long-lived
+# machine never fills its disk.
+target_kb=$(du -sk "$CARGO_TARGET_DIR" 2>/dev/null | cut -f1 || echo 0)
+if [ "${target_kb:-0}" -gt $(( ${SMTPFLEET_TARGET_MAX_GB:-20} * 1024 * 1024 )) ]; then
+  step "target directory is $(( target_kb / 1024 / 1024 )) GB: cleaning $CARGO_TARGET_DIR"
+  rm -rf "$CARGO_TARGET_DIR"
+fi
+
 step "dependencies"
 scripts/install-deps.sh
 step "cargo fmt --check"
