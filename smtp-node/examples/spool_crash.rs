@@ -1,6 +1,10 @@
 //! Crash-test child: stores messages from concurrent tasks into the spool at `argv[1]`
 //! and prints each id only after `store` returned Ok. The spool tests kill it with
 //! SIGKILL mid-load and check that every printed id survived.
+//!
+//! With `churn` as `argv[2]` it uses 64 KiB segments and removes 19 of every 20 messages
+//! right after storing them (printing only the ones it keeps), so the few kept messages
+//! leave mostly dead segments behind and the spool compacts while it is killed.
 
 use std::io::Write;
 
@@ -43,13 +47,28 @@ fn meta(id: MessageId, size: u64) -> MessageMeta {
 async fn main() -> anyhow::Result<()> {
     let dir = std::env::args()
         .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("usage: spool_crash DIR"))?;
-    let spool = LogSpool::open(&dir, LogSpoolOptions::default())?;
+        .ok_or_else(|| anyhow::anyhow!("usage: spool_crash DIR [churn]"))?;
+    let churn = std::env::args().nth(2).as_deref() == Some("churn");
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let options = if churn {
+        LogSpoolOptions {
+            segment_bytes: 64 * 1024,
+            ..LogSpoolOptions::default()
+        }
+    } else {
+        LogSpoolOptions::default()
+    };
+    let spool = LogSpool::open(&dir, options)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<MessageId>();
     for _ in 0..20 {
         let (spool, tx) = (spool.clone(), tx.clone());
         tokio::spawn(async move {
-            loop {
+            for n in 0u64.. {
                 let id = MessageId::new();
                 let body = body_for(&id);
                 if spool
@@ -58,6 +77,12 @@ async fn main() -> anyhow::Result<()> {
                     .is_err()
                 {
                     return;
+                }
+                if churn && n % 20 != 0 {
+                    if spool.remove(id).await.is_err() {
+                        return;
+                    }
+                    continue;
                 }
                 if tx.send(id).is_err() {
                     return;

@@ -11,8 +11,16 @@
 //! order into an in-memory index; a record whose length or checksum does not hold is a torn
 //! tail (a write the crash interrupted, never acknowledged) and the segment is cut there.
 //! A segment is deleted once every message stored in it, and in all older ones, is removed.
+//!
+//! Compaction: one long-deferred message would otherwise pin its segment and every newer
+//! one, so disk use would grow with traffic rather than with the queue. When the closed
+//! segments are mostly dead (see [`compaction_target`]), the writer appends the live
+//! messages of the oldest one again (current metadata, same body) to the current segment
+//! and syncs; a later store record for an id replaces the earlier one at replay, so the
+//! old segment is spent and deleted. A crash mid-way leaves either the old record or
+//! both, never neither.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -29,6 +37,9 @@ use super::{MessageId, MessageMeta, Ownership, RecipientUpdate, Spool, SpoolErro
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Most operations written under one sync.
 const MAX_BATCH: usize = 1024;
+/// Most body bytes relocated by one compaction step, so that a step never holds up the
+/// callers waiting for their batch for long.
+const MAX_RELOCATE_BYTES: u64 = 4 * 1024 * 1024;
 const HEADER: usize = 8;
 
 const KIND_STORE: u8 = 1;
@@ -63,32 +74,42 @@ struct Entry {
     body_len: u64,
 }
 
+/// Live messages and body bytes of one segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Live {
+    messages: usize,
+    bytes: u64,
+}
+
 #[derive(Default)]
 struct Index {
     messages: HashMap<MessageId, Entry>,
-    /// Live messages stored per segment, for deleting segments.
-    live: HashMap<u64, usize>,
+    /// Live messages stored per segment, for deleting and compacting segments.
+    live: HashMap<u64, Live>,
 }
 
 impl Index {
     fn insert(&mut self, entry: Entry) {
-        *self.live.entry(entry.segment).or_default() += 1;
+        let live = self.live.entry(entry.segment).or_default();
+        live.messages += 1;
+        live.bytes += entry.body_len;
         if let Some(old) = self.messages.insert(entry.meta.id, entry) {
-            self.release(old.segment);
+            self.release(&old);
         }
     }
 
     fn remove(&mut self, id: &MessageId) {
         if let Some(old) = self.messages.remove(id) {
-            self.release(old.segment);
+            self.release(&old);
         }
     }
 
-    fn release(&mut self, segment: u64) {
-        if let Some(n) = self.live.get_mut(&segment) {
-            *n -= 1;
-            if *n == 0 {
-                self.live.remove(&segment);
+    fn release(&mut self, entry: &Entry) {
+        if let Some(live) = self.live.get_mut(&entry.segment) {
+            live.messages -= 1;
+            live.bytes = live.bytes.saturating_sub(entry.body_len);
+            if live.messages == 0 {
+                self.live.remove(&entry.segment);
             }
         }
     }
@@ -291,6 +312,7 @@ impl LogSpool {
             .collect();
         segments.sort_unstable();
         let mut index = Index::default();
+        let mut sizes = BTreeMap::new();
         for &n in &segments {
             let path = segment_path(&dir, n);
             let mut data = Vec::new();
@@ -302,6 +324,7 @@ impl LogSpool {
                 f.set_len(valid)?;
                 f.sync_all()?;
             }
+            sizes.insert(n, valid);
         }
         let current = match segments.last() {
             Some(&n) => n,
@@ -317,8 +340,8 @@ impl LogSpool {
             _lock: lock,
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let oldest = segments.first().copied().unwrap_or(current);
-        let writer = Writer::new(shared.clone(), oldest, current, options)?;
+        sizes.remove(&current);
+        let writer = Writer::new(shared.clone(), sizes, current, options)?;
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -361,8 +384,8 @@ impl LogSpool {
 struct Writer {
     shared: Arc<Shared>,
     segment: u64,
-    /// Oldest segment file still on disk.
-    oldest: u64,
+    /// Size of every segment file on disk before the current one.
+    closed: BTreeMap<u64, u64>,
     file: File,
     size: u64,
     options: LogSpoolOptions,
@@ -371,7 +394,7 @@ struct Writer {
 impl Writer {
     fn new(
         shared: Arc<Shared>,
-        oldest: u64,
+        closed: BTreeMap<u64, u64>,
         segment: u64,
         options: LogSpoolOptions,
     ) -> Result<Self, SpoolError> {
@@ -382,7 +405,7 @@ impl Writer {
         Ok(Self {
             shared,
             segment,
-            oldest,
+            closed,
             file,
             size,
             options,
@@ -424,10 +447,11 @@ impl Writer {
             .write_all(&buf)
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
-            // Nothing of this batch is acknowledged; a partial write is a torn tail that
-            // the next open cuts off.
+            // Nothing of this batch is acknowledged. Its partial write must not stay in
+            // front of the next batch's records: replay stops at a torn record.
             let e = SpoolError::Io(e);
             fail_all(batch, &e);
+            self.discard_unacknowledged();
             return;
         }
         self.size += buf.len() as u64;
@@ -439,14 +463,109 @@ impl Writer {
             let result = at.and_then(|body_at| apply(&mut index, op, self.segment, body_at));
             let _ = reply.send(result);
         }
-        let keep_from = first_needed(&index, self.segment);
         drop(index);
-        while self.oldest < keep_from {
-            if let Err(e) = fs::remove_file(segment_path(&self.shared.dir, self.oldest)) {
-                tracing::warn!(segment = self.oldest, error = %e, "could not delete a spent spool segment");
-            }
-            self.oldest += 1;
+        self.delete_spent();
+        if let Err(e) = self.compact() {
+            // Nothing is lost: the messages stay where they were, and the next batch tries
+            // again.
+            tracing::warn!(error = %e, "spool compaction failed; the segment is kept");
         }
+    }
+
+    /// After a failed write or sync: cuts the current segment back to what was
+    /// acknowledged, so later records follow it directly. When even that fails, the
+    /// writer moves to a fresh segment; the torn tail left behind is cut at the next
+    /// open, and only unacknowledged bytes sit past it.
+    fn discard_unacknowledged(&mut self) {
+        let cut = self
+            .file
+            .set_len(self.size)
+            .and_then(|()| self.file.sync_all());
+        if let Err(e) = cut {
+            tracing::error!(segment = self.segment, error = %e, "could not cut a failed write off the spool segment; starting a new segment");
+            self.size = self.options.segment_bytes;
+        }
+    }
+
+    /// Deletes the segments older than the first one still needed, oldest first.
+    fn delete_spent(&mut self) {
+        let keep_from = first_needed(&self.shared.index(), self.segment);
+        while let Some(entry) = self.closed.first_entry()
+            && *entry.key() < keep_from
+        {
+            let (n, _) = entry.remove_entry();
+            if let Err(e) = fs::remove_file(segment_path(&self.shared.dir, n)) {
+                tracing::warn!(segment = n, error = %e, "could not delete a spent spool segment");
+            }
+        }
+    }
+
+    /// One compaction step: relocates up to [`MAX_RELOCATE_BYTES`] of the live messages
+    /// of the segment [`compaction_target`] picks to the current segment.
+    fn compact(&mut self) -> Result<(), SpoolError> {
+        let moving: Vec<Entry> = {
+            let index = self.shared.index();
+            let Some(target) = compaction_target(&index.live, &self.closed, self.segment) else {
+                return Ok(());
+            };
+            let mut entries: Vec<&Entry> = index
+                .messages
+                .values()
+                .filter(|e| e.segment == target)
+                .collect();
+            entries.sort_by_key(|e| e.body_at);
+            let mut budget = 0u64;
+            entries
+                .into_iter()
+                .take_while(|e| {
+                    let take = budget == 0 || budget + e.body_len <= MAX_RELOCATE_BYTES;
+                    budget += e.body_len;
+                    take
+                })
+                .cloned()
+                .collect()
+        };
+        if moving.is_empty() {
+            return Ok(());
+        }
+        if self.size >= self.options.segment_bytes {
+            self.rotate()?;
+        }
+        let mut buf = Vec::new();
+        let mut relocated = Vec::with_capacity(moving.len());
+        // Every entry comes from the one target segment.
+        let source = File::open(segment_path(&self.shared.dir, moving[0].segment))?;
+        for entry in moving {
+            let mut body = vec![0u8; entry.body_len as usize];
+            source.read_exact_at(&mut body, entry.body_at)?;
+            let at = self.size + buf.len() as u64;
+            let op = Op::Store(entry.meta, Bytes::from(body));
+            let body_offset = encode_op(&op, &mut buf)?;
+            relocated.push((op, at + body_offset));
+        }
+        if let Err(e) = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data())
+        {
+            self.discard_unacknowledged();
+            return Err(e.into());
+        }
+        self.size += buf.len() as u64;
+        let count = relocated.len();
+        let mut index = self.shared.index();
+        for (op, body_at) in relocated {
+            apply(&mut index, op, self.segment, body_at)?;
+        }
+        drop(index);
+        tracing::debug!(
+            messages = count,
+            bytes = buf.len(),
+            to = self.segment,
+            "compacted the oldest spool segment"
+        );
+        self.delete_spent();
+        Ok(())
     }
 
     fn rotate(&mut self) -> Result<(), SpoolError> {
@@ -456,6 +575,7 @@ impl Writer {
             .append(true)
             .open(segment_path(&self.shared.dir, next))?;
         sync_dir(&self.shared.dir)?;
+        self.closed.insert(self.segment, self.size);
         self.segment = next;
         self.file = file;
         self.size = 0;
@@ -539,6 +659,29 @@ fn apply(index: &mut Index, op: Op, segment: u64, body_at: u64) -> Result<Done, 
     }
 }
 
+/// The segment whose live messages should move to the current one, if any: the oldest
+/// one holding live messages (only a prefix of segments can be deleted, see
+/// [`first_needed`]), once at least two segments are closed and a quarter or less of the
+/// closed segments' bytes is live. The ratio is over all closed segments, not the oldest
+/// alone: a dense oldest segment in front of a long sparse tail still pins the tail, and
+/// moving it is the first step of winning that back. A dense backlog (the queue itself is
+/// large) is left alone, so disk use stays within about four times the live bytes plus
+/// two segments, and every byte rewritten frees three.
+fn compaction_target(
+    live: &HashMap<u64, Live>,
+    closed: &BTreeMap<u64, u64>,
+    current: u64,
+) -> Option<u64> {
+    let target = live.keys().copied().filter(|n| *n < current).min()?;
+    let live_bytes: u64 = live
+        .iter()
+        .filter(|(n, _)| **n < current)
+        .map(|(_, l)| l.bytes)
+        .sum();
+    let disk_bytes: u64 = closed.values().sum();
+    (closed.len() >= 2 && live_bytes.saturating_mul(4) <= disk_bytes).then_some(target)
+}
+
 /// The first segment still needed: the oldest holding a live message, or the current
 /// one. Older segments go, oldest first; a newer one may hold updates for messages stored
 /// in an older one, so nothing past the first live segment is deleted.
@@ -586,18 +729,30 @@ impl Spool for LogSpool {
     }
 
     async fn load_body(&self, id: MessageId) -> Result<Bytes, SpoolError> {
-        let entry = self
-            .shared
-            .index()
-            .messages
-            .get(&id)
-            .cloned()
-            .ok_or(SpoolError::NotFound(id))?;
-        let path = segment_path(&self.shared.dir, entry.segment);
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; entry.body_len as usize];
-            File::open(path)?.read_exact_at(&mut buf, entry.body_at)?;
-            Ok(Bytes::from(buf))
+            let mut attempt = 0;
+            loop {
+                let entry = shared
+                    .index()
+                    .messages
+                    .get(&id)
+                    .cloned()
+                    .ok_or(SpoolError::NotFound(id))?;
+                let mut buf = vec![0u8; entry.body_len as usize];
+                match File::open(segment_path(&shared.dir, entry.segment)) {
+                    Ok(file) => {
+                        file.read_exact_at(&mut buf, entry.body_at)?;
+                        return Ok(Bytes::from(buf));
+                    }
+                    // Compaction moved the message and deleted its old segment between
+                    // the lookup and the open: look it up again.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 3 => {
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         })
         .await
         .map_err(|e| SpoolError::Store(e.to_string()))?
@@ -613,5 +768,67 @@ impl Spool for LogSpool {
             .collect();
         all.sort_by_key(|m| m.id);
         Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(entries: &[(u64, usize, u64)]) -> HashMap<u64, Live> {
+        entries
+            .iter()
+            .map(|&(n, messages, bytes)| (n, Live { messages, bytes }))
+            .collect()
+    }
+
+    /// Segments `from..to`, each `bytes` long.
+    fn closed(from: u64, to: u64, bytes: u64) -> BTreeMap<u64, u64> {
+        (from..to).map(|n| (n, bytes)).collect()
+    }
+
+    #[test]
+    fn a_deferred_message_in_front_of_dead_segments_is_moved() {
+        let live = live(&[(3, 1, 100), (9, 40, 900)]);
+        assert_eq!(compaction_target(&live, &closed(3, 9, 1000), 9), Some(3));
+    }
+
+    #[test]
+    fn a_dense_oldest_segment_in_front_of_a_sparse_tail_is_moved_too() {
+        let live = live(&[(1, 20, 900), (2, 1, 50), (3, 1, 50), (4, 1, 50), (5, 1, 50)]);
+        assert_eq!(compaction_target(&live, &closed(1, 9, 1000), 9), Some(1));
+    }
+
+    #[test]
+    fn a_backlog_or_a_short_log_is_left_alone() {
+        // Most of what is on disk is live: the queue is long, not the log.
+        let backlog = live(&[(3, 10, 900), (4, 10, 900), (5, 10, 900)]);
+        assert_eq!(compaction_target(&backlog, &closed(3, 6, 1000), 6), None);
+        // Only the current segment holds live messages.
+        assert_eq!(
+            compaction_target(&live(&[(9, 1, 10)]), &closed(7, 9, 1000), 9),
+            None
+        );
+        // One closed segment: nothing worth winning back yet.
+        assert_eq!(
+            compaction_target(&live(&[(8, 1, 10)]), &closed(8, 9, 1000), 9),
+            None
+        );
+        assert_eq!(
+            compaction_target(&HashMap::new(), &closed(3, 9, 1000), 9),
+            None
+        );
+    }
+
+    #[test]
+    fn the_threshold_is_a_quarter_of_the_closed_bytes() {
+        let disk = closed(1, 3, 500);
+        assert_eq!(compaction_target(&live(&[(1, 5, 250)]), &disk, 3), Some(1));
+        assert_eq!(compaction_target(&live(&[(1, 5, 251)]), &disk, 3), None);
+        // Live bytes in the current segment do not count against the closed ones.
+        assert_eq!(
+            compaction_target(&live(&[(1, 5, 250), (3, 9, 9000)]), &disk, 3),
+            Some(1)
+        );
     }
 }
