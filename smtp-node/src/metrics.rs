@@ -115,6 +115,8 @@ pub struct SpoolMetrics {
     pub fsync_batch: Histogram,
     pub messages: Gauge,
     pub oldest_message_age_seconds: Gauge,
+    /// Messages compaction rewrote at the head of the log.
+    pub relocated: Counter,
 }
 
 impl SpoolMetrics {
@@ -123,6 +125,7 @@ impl SpoolMetrics {
             fsync_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             messages: Gauge::default(),
             oldest_message_age_seconds: Gauge::default(),
+            relocated: Counter::default(),
         };
         registry.register(
             "spool_fsync_batch_size",
@@ -138,6 +141,11 @@ impl SpoolMetrics {
             "spool_oldest_message_age_seconds",
             "Age of the oldest message in the spool",
             metrics.oldest_message_age_seconds.clone(),
+        );
+        registry.register(
+            "spool_relocated_messages",
+            "Messages compaction rewrote at the head of the spool so that old segments could go",
+            metrics.relocated.clone(),
         );
         metrics
     }

@@ -72,10 +72,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let outbound_metrics = OutboundMetrics::register(&mut registry);
 
     let batch = spool_metrics.fsync_batch.clone();
+    let relocated = spool_metrics.relocated.clone();
     let spool = Arc::new(LogSpool::open(
         &config.spool.dir,
         LogSpoolOptions {
             on_batch: Some(Arc::new(move |n| batch.observe(n as f64))),
+            on_compact: Some(Arc::new(move |n| {
+                relocated.inc_by(n as u64);
+            })),
             ..LogSpoolOptions::default()
         },
     )?);

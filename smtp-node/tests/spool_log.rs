@@ -300,8 +300,16 @@ async fn spent_segments_are_deleted_and_live_ones_kept() {
 #[tokio::test]
 async fn a_deferred_message_does_not_pin_the_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let small = || LogSpoolOptions {
+    let relocated = Arc::new(AtomicUsize::new(0));
+    let counter = relocated.clone();
+    let small = move || LogSpoolOptions {
         segment_bytes: 2048,
+        on_compact: Some(Arc::new({
+            let counter = counter.clone();
+            move |n| {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        })),
         ..LogSpoolOptions::default()
     };
     let spool = LogSpool::open(dir.path(), small()).unwrap();
@@ -330,6 +338,9 @@ async fn a_deferred_message_does_not_pin_the_disk() {
     }
     // Segments of 2 KiB at ~330 bytes per store: 400 of them wrote about 65 segments.
     assert!(most <= 8, "up to {most} segment files for one live message");
+    // Only the deferred message is ever live when compaction runs: each step moves it.
+    let moves = relocated.load(Ordering::Relaxed);
+    assert!(moves >= 10, "the deferred message was moved {moves} times");
     drop(spool);
     let spool = LogSpool::open(dir.path(), small()).unwrap();
     let all = spool.list().await.unwrap();

@@ -52,6 +52,8 @@ const KIND_REMOVE: u8 = 4;
 pub struct LogSpoolOptions {
     /// Called after each sync with the number of operations it made durable.
     pub on_batch: Option<Arc<dyn Fn(usize) + Send + Sync>>,
+    /// Called after each compaction step with the number of messages it relocated.
+    pub on_compact: Option<Arc<dyn Fn(usize) + Send + Sync>>,
     /// A new segment is started once the current one reaches this size.
     pub segment_bytes: u64,
 }
@@ -60,6 +62,7 @@ impl Default for LogSpoolOptions {
     fn default() -> Self {
         Self {
             on_batch: None,
+            on_compact: None,
             segment_bytes: SEGMENT_BYTES,
         }
     }
@@ -558,6 +561,9 @@ impl Writer {
             apply(&mut index, op, self.segment, body_at)?;
         }
         drop(index);
+        if let Some(cb) = &self.options.on_compact {
+            cb(count);
+        }
         tracing::debug!(
             messages = count,
             bytes = buf.len(),
