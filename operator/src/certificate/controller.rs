@@ -32,6 +32,7 @@ use crate::api::relay_pool::{CertificateStatus, condition_types, reasons};
 use crate::api::relay_pool::{IssuerKind, IssuerRef, TlsSource};
 use crate::events::{self, normal, publish_all, warning};
 use crate::relaypool::build::meta;
+use crate::runtime::scope::{self, scoped};
 
 /// Field manager of what this controller writes.
 pub const FIELD_MANAGER: &str = "smtpfleet-certificates";
@@ -511,22 +512,13 @@ pub fn error_policy(pool: Arc<RelayPool>, error: &Error, _ctx: Arc<Context>) -> 
 
 /// Runs the controller in each watched namespace (all when none is named).
 pub async fn run(ctx: Arc<Context>) {
-    let scopes: Vec<Option<String>> = if ctx.namespaces.is_empty() {
-        vec![None]
-    } else {
-        ctx.namespaces.iter().cloned().map(Some).collect()
-    };
+    let scopes = scope::scopes(&ctx.namespaces);
     futures::future::join_all(scopes.into_iter().map(|ns| run_scope(ctx.clone(), ns))).await;
 }
 
 async fn run_scope(ctx: Arc<Context>, namespace: Option<String>) {
-    let (pools, secrets): (Api<RelayPool>, Api<Secret>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(ctx.client.clone(), ns),
-            Api::namespaced(ctx.client.clone(), ns),
-        ),
-        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
-    };
+    let pools: Api<RelayPool> = scoped(&ctx.client, namespace.as_deref());
+    let secrets: Api<Secret> = scoped(&ctx.client, namespace.as_deref());
     let controller = Controller::new(pools, watcher::Config::default().any_semantic());
     let store = controller.store();
     controller

@@ -17,6 +17,7 @@ use super::reconcile::{MailDomainView, reconcile_view};
 use super::{Context, Error};
 use crate::api::mail_domain::MailDomain;
 use crate::api::relay_pool::RelayPool;
+use crate::runtime::scope::{self, scoped};
 
 /// Reconciles one MailDomain (the kube-runtime entry point).
 pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -47,30 +48,15 @@ pub fn error_policy(md: Arc<MailDomain>, error: &Error, _ctx: Arc<Context>) -> A
 /// their key Secrets (owned) and RelayPools (a pool appearing or changing its hostname
 /// re-checks the domains bound to it).
 pub async fn run(ctx: Arc<Context>) {
-    let scopes: Vec<Option<String>> = if ctx.namespaces.is_empty() {
-        vec![None]
-    } else {
-        ctx.namespaces.iter().cloned().map(Some).collect()
-    };
+    let scopes = scope::scopes(&ctx.namespaces);
     futures::future::join_all(scopes.into_iter().map(|ns| run_scope(ctx.clone(), ns))).await;
-}
-
-fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 async fn run_scope(ctx: Arc<Context>, namespace: Option<String>) {
     let ns = namespace.as_deref();
-    let domains: Api<MailDomain> = api(&ctx.client, ns);
-    let secrets: Api<Secret> = api(&ctx.client, ns);
-    let pools: Api<RelayPool> = api(&ctx.client, ns);
+    let domains: Api<MailDomain> = scoped(&ctx.client, ns);
+    let secrets: Api<Secret> = scoped(&ctx.client, ns);
+    let pools: Api<RelayPool> = scoped(&ctx.client, ns);
     let controller = Controller::new(domains, watcher::Config::default().any_semantic());
     let store = controller.store();
     controller

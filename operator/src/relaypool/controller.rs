@@ -19,7 +19,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use thiserror::Error;
 
 use super::apply::{self, FIELD_MANAGER};
@@ -33,6 +33,7 @@ use super::status;
 use super::validate;
 use crate::api::{MailDomain, RelayPool};
 use crate::events::{normal, publish_all};
+use crate::runtime::scope::{self, scoped};
 
 /// Finalizer that holds a pool's deletion until its clean-up has run.
 pub const FINALIZER: &str = "smtpfleet.io/cleanup";
@@ -57,11 +58,7 @@ pub enum RunError {
 /// `Controller` per watched namespace (or one for all namespaces when
 /// `ctx.settings.namespaces` is empty), all sharing `ctx`.
 pub async fn run(ctx: Arc<Context>) -> Result<(), RunError> {
-    let scopes: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        ctx.settings.namespaces.iter().cloned().map(Some).collect()
-    };
+    let scopes = scope::scopes(&ctx.settings.namespaces);
     for scope in &scopes {
         let api: Api<RelayPool> = scoped(&ctx.client, scope.as_deref());
         api.list(&ListParams::default().limit(1))
@@ -97,16 +94,6 @@ pub async fn run(ctx: Arc<Context>) -> Result<(), RunError> {
     }
     futures::future::join_all(controllers).await;
     Ok(())
-}
-
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 type PoolStore = kube::runtime::reflector::Store<RelayPool>;

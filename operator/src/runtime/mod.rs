@@ -20,6 +20,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 mod run;
+pub mod scope;
 pub mod telemetry;
 
 pub use cli::{LogFormat, RunArgs};
