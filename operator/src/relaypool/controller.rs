@@ -272,9 +272,7 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     let previous = pool.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
     let not_ready_for = status::not_ready_for(&previous.conditions, &now);
-    let mut problems = validated.problems.clone();
-    problems.extend(validate::certificate(&previous.conditions));
-    let computed = status::compute(model, observed, &problems, not_ready_for);
+    let computed = status::compute(model, observed, &validated.problems, not_ready_for);
     let requeue = computed
         .recheck_in
         .map_or(ctx.settings.requeue_after, |recheck| {

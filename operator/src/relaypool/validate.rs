@@ -169,6 +169,9 @@ pub fn validate(pool: &RelayPool, refs: &Dereferenced, default_image: &str) -> R
         identity,
     };
     problems.splice(0..0, check(&resolved, refs));
+    problems.extend(certificate(
+        pool.status.as_ref().map_or(&[][..], |s| &s.conditions),
+    ));
     Ok(Validated {
         pool: resolved,
         problems,
@@ -285,7 +288,7 @@ pub fn check(pool: &Pool, refs: &Dereferenced) -> Vec<Problem> {
 /// a problem of the pool: without a usable certificate the nodes cannot offer the TLS
 /// the spec asks for, so it blocks `Ready`. A certificate still being issued is not a
 /// problem yet, and a missing user Secret is already reported by [`check`].
-pub fn certificate(conditions: &[Condition]) -> Option<Problem> {
+fn certificate(conditions: &[Condition]) -> Option<Problem> {
     let verdict = conditions
         .iter()
         .find(|c| c.type_ == condition_types::CERTIFICATE_READY)?;
