@@ -1,15 +1,32 @@
 #!/usr/bin/env bash
-# Installs what the build and the tests need on a bare Debian machine. Safe to run again:
-# it only calls apt-get when a package is missing.
+# Installs what the build, the tests, the benchmarks and the scripts call, on a bare Debian
+# machine that has only Rust (rustup) and Go besides. Safe to run again: it only calls
+# apt-get when a package is missing.
+#
+#   scripts/install-deps.sh          install what is missing
+#   scripts/install-deps.sh --list   print the Debian packages, one per line, and install nothing
+#
+# Every program a test runs is listed in scripts/preflight.sh with the package it comes
+# from; `scripts/preflight.sh --audit` proves this list covers them.
 set -euo pipefail
 
 packages=(
-  postfix        # smtp-sink / smtp-source: destination and load generator; Postfix for benchmarks
-  swaks          # SMTP client in tests
-  python3-aiosmtpd python3-dkim python3-dnspython python3-nacl
-  knot knot-dnsutils  # authoritative DNS server for MX / DKIM / SPF checks
-  iproute2 openssl ca-certificates curl
+  postfix                 # smtp-sink / smtp-source: destination and load generator; Postfix for benchmarks
+  swaks                   # SMTP client in tests; the three below are its TLS and AUTH support,
+  libnet-ssleay-perl      #   which --no-install-recommends would leave out
+  libio-socket-ssl-perl
+  libauthen-sasl-perl
+  python3 python3-aiosmtpd python3-dkim python3-dnspython python3-nacl
+  knot knot-dnsutils      # authoritative DNS server (knotd, knotc) and kdig for MX / DKIM / SPF checks
+  iproute2                # ip: network namespaces
+  openssl ca-certificates curl
+  procps                  # kill, pgrep: not Essential on Debian
 )
+
+if [ "${1:-}" = "--list" ]; then
+  printf '%s\n' "${packages[@]}"
+  exit 0
+fi
 
 missing=()
 for p in "${packages[@]}"; do
