@@ -22,8 +22,14 @@ if [ "${target_kb:-0}" -gt $(( ${SMTPFLEET_TARGET_MAX_GB:-20} * 1024 * 1024 )) ]
   rm -rf "$CARGO_TARGET_DIR"
 fi
 
-step "dependencies"
-scripts/install-deps.sh
+if [ "${SMTPFLEET_SKIP_INSTALL:-0}" != 1 ]; then
+  step "dependencies"
+  scripts/install-deps.sh
+fi
+# Fails fast, one line per missing peer naming its package; --audit also proves that
+# install-deps.sh installs every peer the tests call.
+step "preflight"
+scripts/preflight.sh --audit
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
