@@ -10,4 +10,5 @@ pub mod node;
 pub mod outbound;
 pub mod peer_tls;
 pub mod policy;
+pub mod replication;
 pub mod spool;

@@ -1,0 +1,17 @@
+//! Replication of the queue across the nodes of a pool: the decisions, kept pure.
+//!
+//! The protocol is written down in `docs/replication.md`. In short: the API server is
+//! the arbiter. It holds one Lease per node (liveness) and the pool's [`View`] (which
+//! spool incarnations are members, and since which epoch), changed only by
+//! compare-and-set. Every decision a node takes about a message — may I deliver it, must
+//! I take it over, is my copy stale — is a function of the view and the copy's own
+//! ownership record, and lives here, so that the node and the model check
+//! (`tests/replication_model.rs`) run the same code.
+
+pub mod lease;
+pub mod placement;
+pub mod view;
+
+pub use lease::LeaseTiming;
+pub use placement::{Candidate, PlacementError, choose_replicas};
+pub use view::{Copy, Duty, Holder, Incarnation, Member, View};

@@ -1,0 +1,450 @@
+//! The pool's view and what a node may do with one copy of a message.
+//!
+//! The view lives in the API server and changes only by compare-and-set, so every node
+//! that reads epoch `e` reads the same members. A member is a spool *incarnation* (a disk),
+//! not a process: a node restarted on the same disk is the same member, a node that comes
+//! back with an empty disk is a new one. `since` is the epoch at which the incarnation
+//! (re)joined; an incarnation removed from the view and let in again gets a new `since`.
+//!
+//! Each copy of a message carries its ownership record: the holders in rank order and the
+//! epoch at which that list was written. A holder is *eligible* for a copy when it is a
+//! member of the view with the same incarnation and has been one without a break since
+//! the copy's epoch (`since <= epoch`). Whoever is eligible has received every change of
+//! the message since then (the owner waits for every eligible holder's acknowledgement
+//! before a change counts), and whoever left the view in between may have missed some, so
+//! never owns the message again. The owner is the first eligible holder in rank order.
+//! Holder lists only ever keep the rank of the holders they keep and append new ones, so
+//! two copies of different age name the same owner whenever an older copy's holder is
+//! still eligible (see `docs/replication.md`, "Why two copies agree").
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spool::NodeId;
+
+/// A spool's identity: made when the spool directory is first created, kept for its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Incarnation(pub uuid::Uuid);
+
+impl Incarnation {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+}
+
+impl Default for Incarnation {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.simple())
+    }
+}
+
+/// One node's spool holding a copy.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Holder {
+    pub node: NodeId,
+    pub incarnation: Incarnation,
+}
+
+/// A member of the view.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    pub incarnation: Incarnation,
+    /// The epoch at which this incarnation joined without a break since.
+    pub since: u64,
+    pub data_centre: String,
+}
+
+/// The pool's membership at one epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct View {
+    pub epoch: u64,
+    pub members: BTreeMap<NodeId, Member>,
+}
+
+/// One holder's record of a message's replication.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Copy {
+    /// Holders in rank order; the first is the owner that wrote this list.
+    pub holders: Vec<Holder>,
+    /// The view epoch at which this list was written.
+    pub epoch: u64,
+    /// False between the copy's arrival and the owner's commit. The owner answers 250
+    /// only once every holder has committed, so an uncommitted copy proves that no 250
+    /// was given (yet).
+    pub committed: bool,
+}
+
+/// What a node is to do with its copy of a message, given the view it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Duty {
+    /// This node owns the message and its copy names it first: deliver it.
+    Deliver,
+    /// This node owns the message under the view, but the copy still names a holder that
+    /// left: write a new holder list at the view's epoch to every eligible holder, then
+    /// deliver.
+    TakeOver,
+    /// Another holder owns the message: keep the copy, deliver nothing.
+    Hold { owner: NodeId },
+    /// This copy's incarnation left the view after the copy's epoch, so it may have missed
+    /// changes: never deliver from it. It goes once the owner confirms the message.
+    Stale,
+    /// No holder is eligible any more: nobody may deliver it. The copy is kept.
+    Orphaned,
+    /// The copy was written under a newer view than this node's: read the view again
+    /// before deciding anything about it.
+    ReadView,
+    /// The copy was never committed and its writer is gone, or this node wrote it and
+    /// restarted before committing: no 250 was given for it. Drop it everywhere.
+    Discard,
+}
+
+impl View {
+    /// Whether `holder` may act on a copy written at `copy_epoch`.
+    pub fn eligible(&self, holder: &Holder, copy_epoch: u64) -> bool {
+        self.members
+            .get(&holder.node)
+            .is_some_and(|m| m.incarnation == holder.incarnation && m.since <= copy_epoch)
+    }
+
+    /// The member that owns a copy: the first eligible holder in rank order.
+    pub fn owner<'a>(&self, copy: &'a Copy) -> Option<&'a Holder> {
+        copy.holders.iter().find(|h| self.eligible(h, copy.epoch))
+    }
+
+    /// Eligible holders of a copy: those that count towards the replication factor.
+    pub fn copies(&self, copy: &Copy) -> usize {
+        copy.holders
+            .iter()
+            .filter(|h| self.eligible(h, copy.epoch))
+            .count()
+    }
+
+    pub fn is_member(&self, holder: &Holder) -> bool {
+        self.members
+            .get(&holder.node)
+            .is_some_and(|m| m.incarnation == holder.incarnation)
+    }
+
+    /// The view with `holder` a member, or `None` when it already is one. A node that
+    /// comes back after removal, or with another disk, joins at the next epoch.
+    pub fn join(&self, holder: &Holder, data_centre: &str) -> Option<View> {
+        if self.is_member(holder) {
+            return None;
+        }
+        let mut next = self.clone();
+        next.epoch += 1;
+        next.members.insert(
+            holder.node.clone(),
+            Member {
+                incarnation: holder.incarnation,
+                since: next.epoch,
+                data_centre: data_centre.to_owned(),
+            },
+        );
+        Some(next)
+    }
+
+    /// The view without `nodes`, or `None` when none of them is a member. Only for nodes
+    /// whose Lease has expired by the takeover margin: a removed node must have fenced
+    /// itself already (`lease.rs`).
+    pub fn remove(&self, nodes: &[NodeId]) -> Option<View> {
+        if !nodes.iter().any(|n| self.members.contains_key(n)) {
+            return None;
+        }
+        let mut next = self.clone();
+        next.epoch += 1;
+        for node in nodes {
+            next.members.remove(node);
+        }
+        Some(next)
+    }
+
+    /// What `me` is to do with its `copy`. Only for copies at rest: a transaction still
+    /// running on this node is its own business until it commits.
+    pub fn duty(&self, me: &Holder, copy: &Copy) -> Duty {
+        if copy.epoch > self.epoch {
+            return Duty::ReadView;
+        }
+        if !copy.committed {
+            let writer = copy.holders.first();
+            return match writer {
+                Some(w) if w != me && self.eligible(w, copy.epoch) => Duty::Hold {
+                    owner: w.node.clone(),
+                },
+                _ => Duty::Discard,
+            };
+        }
+        let Some(owner) = self.owner(copy) else {
+            return Duty::Orphaned;
+        };
+        if !self.eligible(me, copy.epoch) {
+            return Duty::Stale;
+        }
+        if owner != me {
+            return Duty::Hold {
+                owner: owner.node.clone(),
+            };
+        }
+        if copy.holders.first() == Some(me) {
+            Duty::Deliver
+        } else {
+            Duty::TakeOver
+        }
+    }
+
+    /// Whether the writer of a prepared copy may commit it and answer 250: every holder,
+    /// itself included, is still eligible under its current view. A holder that left the
+    /// view while the copies were being written does not count, nor does the writer if it
+    /// was itself removed and let in again meanwhile.
+    pub fn may_commit(&self, me: &Holder, copy: &Copy) -> bool {
+        copy.holders.first() == Some(me)
+            && copy.epoch <= self.epoch
+            && copy.holders.iter().all(|h| self.eligible(h, copy.epoch))
+    }
+
+    /// The ownership record a new owner writes when it takes a copy over: itself first,
+    /// then the other eligible holders in their rank, then `added` (new holders that
+    /// restore the replication factor), at this view's epoch.
+    pub fn taken_over(&self, me: &Holder, copy: &Copy, added: &[Holder]) -> Copy {
+        let mut holders = vec![me.clone()];
+        holders.extend(
+            copy.holders
+                .iter()
+                .filter(|h| *h != me && self.eligible(h, copy.epoch))
+                .cloned(),
+        );
+        for h in added {
+            if !holders.contains(h) {
+                holders.push(h.clone());
+            }
+        }
+        Copy {
+            holders,
+            epoch: self.epoch,
+            committed: true,
+        }
+    }
+
+    /// The ownership record a draining owner writes: every other eligible holder keeps its
+    /// rank and the drained node moves last, so the next eligible holder owns the message
+    /// and an older copy anywhere names the same owner once this node leaves the view.
+    pub fn handed_over(&self, me: &Holder, copy: &Copy) -> Copy {
+        let mut holders: Vec<Holder> = copy
+            .holders
+            .iter()
+            .filter(|h| *h != me && self.eligible(h, copy.epoch))
+            .cloned()
+            .collect();
+        holders.push(me.clone());
+        Copy {
+            holders,
+            epoch: self.epoch,
+            committed: copy.committed,
+        }
+    }
+
+    /// Data centre of a member.
+    pub fn data_centre(&self, node: &NodeId) -> Option<&str> {
+        self.members.get(node).map(|m| m.data_centre.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(name: &str, inc: u128) -> Holder {
+        Holder {
+            node: NodeId(name.into()),
+            incarnation: Incarnation(uuid::Uuid::from_u128(inc)),
+        }
+    }
+
+    fn view(epoch: u64, members: &[(&str, u128, u64)]) -> View {
+        View {
+            epoch,
+            members: members
+                .iter()
+                .map(|(n, inc, since)| {
+                    (
+                        NodeId((*n).into()),
+                        Member {
+                            incarnation: Incarnation(uuid::Uuid::from_u128(*inc)),
+                            since: *since,
+                            data_centre: "dc".into(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn copy(holders: &[Holder], epoch: u64) -> Copy {
+        Copy {
+            holders: holders.to_vec(),
+            epoch,
+            committed: true,
+        }
+    }
+
+    #[test]
+    fn the_first_holder_delivers_while_it_is_a_member() {
+        let (a, b) = (holder("a", 1), holder("b", 2));
+        let v = view(3, &[("a", 1, 1), ("b", 2, 2)]);
+        let c = copy(&[a.clone(), b.clone()], 3);
+        assert_eq!(v.duty(&a, &c), Duty::Deliver);
+        assert_eq!(
+            v.duty(&b, &c),
+            Duty::Hold {
+                owner: NodeId("a".into())
+            }
+        );
+    }
+
+    #[test]
+    fn the_next_holder_takes_over_once_the_owner_left() {
+        let (a, b, c) = (holder("a", 1), holder("b", 2), holder("c", 3));
+        let v = view(4, &[("b", 2, 1), ("c", 3, 1)]);
+        let cp = copy(&[a.clone(), b.clone(), c.clone()], 2);
+        assert_eq!(v.duty(&b, &cp), Duty::TakeOver);
+        assert_eq!(
+            v.duty(&c, &cp),
+            Duty::Hold {
+                owner: NodeId("b".into())
+            }
+        );
+        let next = v.taken_over(&b, &cp, &[]);
+        assert_eq!(next.holders, vec![b.clone(), c.clone()]);
+        assert_eq!(next.epoch, 4);
+        assert_eq!(v.duty(&b, &next), Duty::Deliver);
+    }
+
+    #[test]
+    fn a_holder_that_left_and_came_back_is_stale_for_older_copies() {
+        let (a, b) = (holder("a", 1), holder("b", 2));
+        // a left at some epoch and joined again at 5; b stayed throughout.
+        let v = view(5, &[("a", 1, 5), ("b", 2, 1)]);
+        let c = copy(&[a.clone(), b.clone()], 3);
+        assert_eq!(v.duty(&a, &c), Duty::Stale);
+        assert_eq!(v.duty(&b, &c), Duty::TakeOver);
+        // A copy written after a joined again counts it.
+        let newer = copy(&[b.clone(), a.clone()], 5);
+        assert!(v.eligible(&a, newer.epoch));
+        assert_eq!(v.copies(&newer), 2);
+    }
+
+    #[test]
+    fn a_new_disk_is_a_new_member_and_holds_nothing() {
+        let (a_old, a_new, b) = (holder("a", 1), holder("a", 9), holder("b", 2));
+        let v = view(6, &[("a", 9, 6), ("b", 2, 1)]);
+        let c = copy(&[a_old.clone(), b.clone()], 2);
+        assert!(!v.eligible(&a_old, 2));
+        assert_eq!(v.copies(&c), 1);
+        assert_eq!(v.owner(&c), Some(&b));
+        assert_eq!(v.join(&a_new, "dc"), None, "already a member");
+        let rejoined = v.join(&a_old, "dc").expect("another incarnation joins");
+        assert_eq!(rejoined.epoch, 7);
+        assert_eq!(rejoined.members[&NodeId("a".into())].since, 7);
+    }
+
+    #[test]
+    fn nobody_owns_a_copy_whose_holders_all_left() {
+        let (a, b) = (holder("a", 1), holder("b", 2));
+        let v = view(5, &[("c", 3, 1)]);
+        let c = copy(&[a.clone(), b.clone()], 2);
+        assert_eq!(v.duty(&a, &c), Duty::Orphaned);
+        assert_eq!(v.owner(&c), None);
+    }
+
+    #[test]
+    fn uncommitted_copies_wait_for_their_writer_or_go() {
+        let (a, b) = (holder("a", 1), holder("b", 2));
+        let mut c = copy(&[a.clone(), b.clone()], 1);
+        c.committed = false;
+        let both = view(1, &[("a", 1, 1), ("b", 2, 1)]);
+        assert_eq!(
+            both.duty(&b, &c),
+            Duty::Hold {
+                owner: NodeId("a".into())
+            }
+        );
+        // The writer restarted before it committed: it never answered 250.
+        assert_eq!(both.duty(&a, &c), Duty::Discard);
+        let without_a = both.remove(&[NodeId("a".into())]).expect("a is a member");
+        assert_eq!(without_a.duty(&b, &c), Duty::Discard);
+    }
+
+    #[test]
+    fn a_drained_owner_hands_over_to_the_next_holder() {
+        let (a, b, c) = (holder("a", 1), holder("b", 2), holder("c", 3));
+        let v = view(2, &[("a", 1, 1), ("b", 2, 1), ("c", 3, 1)]);
+        let cp = copy(&[a.clone(), b.clone(), c.clone()], 2);
+        let handed = v.handed_over(&a, &cp);
+        assert_eq!(handed.holders, vec![b.clone(), c.clone(), a.clone()]);
+        assert_eq!(v.duty(&b, &handed), Duty::Deliver);
+        // A holder that missed the hand-over still names a as long as a is there, and the
+        // same owner as everyone else once a has left.
+        assert_eq!(
+            v.duty(&c, &cp),
+            Duty::Hold {
+                owner: NodeId("a".into())
+            }
+        );
+        let after = v.remove(&[NodeId("a".into())]).expect("member");
+        assert_eq!(after.owner(&cp), after.owner(&handed));
+    }
+
+    #[test]
+    fn taking_over_keeps_rank_and_appends_new_holders_once() {
+        let (a, b, c, d) = (
+            holder("a", 1),
+            holder("b", 2),
+            holder("c", 3),
+            holder("d", 4),
+        );
+        let v = view(3, &[("b", 2, 1), ("c", 3, 1), ("d", 4, 1)]);
+        let cp = copy(&[a, c.clone(), b.clone()], 1);
+        let next = v.taken_over(&c, &cp, &[d.clone(), b.clone()]);
+        assert_eq!(next.holders, vec![c, b, d]);
+    }
+
+    #[test]
+    fn a_copy_newer_than_the_view_waits_for_a_newer_view() {
+        let (a, b) = (holder("a", 1), holder("b", 2));
+        let v = view(3, &[("b", 2, 1)]);
+        let c = copy(&[a.clone(), b.clone()], 4);
+        assert_eq!(v.duty(&b, &c), Duty::ReadView);
+    }
+
+    #[test]
+    fn a_writer_commits_only_while_every_holder_is_eligible() {
+        let (a, b) = (holder("a", 1), holder("b", 2));
+        let mut c = copy(&[a.clone(), b.clone()], 3);
+        c.committed = false;
+        let both = view(3, &[("a", 1, 1), ("b", 2, 1)]);
+        assert!(both.may_commit(&a, &c));
+        assert!(!both.may_commit(&b, &c), "only the writer commits");
+        let b_left = both.remove(&[NodeId("b".into())]).expect("member");
+        assert!(!b_left.may_commit(&a, &c));
+        // a was removed and let in again while the copies were written.
+        let a_back = view(5, &[("a", 1, 5), ("b", 2, 1)]);
+        assert!(!a_back.may_commit(&a, &c));
+    }
+
+    #[test]
+    fn removing_or_joining_nothing_changes_nothing() {
+        let v = view(2, &[("a", 1, 1)]);
+        assert_eq!(v.remove(&[NodeId("z".into())]), None);
+        assert_eq!(v.join(&holder("a", 1), "dc"), None);
+    }
+}
