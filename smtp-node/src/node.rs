@@ -92,19 +92,165 @@ pub fn check_files(config: &Config) -> Result<(), NodeError> {
 /// task fails; see [`crate::supervisor`] for what that means and [`NodeError::exit_code`]
 /// for how the two ends differ.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
-    let identity = config.node.resolve(|var| std::env::var(var).ok())?;
-    for warning in config.warnings() {
-        tracing::warn!("{warning}");
-    }
-    let mut registry = Registry::with_prefix("smtpnode");
-    let inbound_metrics = InboundMetrics::register(&mut registry);
-    let spool_metrics = SpoolMetrics::register(&mut registry);
-    let outbound_metrics = OutboundMetrics::register(&mut registry);
-    let task_failures = metrics::register_task_failures(&mut registry);
+    Node::start(config).await?.run(shutdown).await
+}
 
-    let batch = spool_metrics.fsync_batch.clone();
-    let relocated = spool_metrics.relocated.clone();
-    let spool = Arc::new(LogSpool::open(
+/// A started node: its essential tasks run under a [`Supervisor`]; the rest is what
+/// stopping needs.
+pub struct Node {
+    tasks: Supervisor,
+    readiness: Readiness,
+    /// Cancelled when a task failed: sessions say 421 and complete nothing.
+    failed: CancellationToken,
+    spool: Arc<LogSpool>,
+}
+
+impl Node {
+    /// Opens (and recovers) the spool, loads the files the config names, binds every
+    /// port and starts the tasks. An error here is a start-up error: nothing has been
+    /// accepted yet.
+    pub async fn start(config: Config) -> Result<Self, NodeError> {
+        let identity = config.node.resolve(|var| std::env::var(var).ok())?;
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
+        let mut registry = Registry::with_prefix("smtpnode");
+        let inbound_metrics = InboundMetrics::register(&mut registry);
+        let spool_metrics = SpoolMetrics::register(&mut registry);
+        let outbound_metrics = OutboundMetrics::register(&mut registry);
+        let task_failures = metrics::register_task_failures(&mut registry);
+
+        let spool = open_spool(&config, &spool_metrics)?;
+
+        let certs = config.tls.clone().map(CertStore::load).transpose()?;
+        let users = config
+            .relay
+            .users_file
+            .as_ref()
+            .map(UserDb::load)
+            .transpose()?
+            .map(Arc::new);
+        let keyring = Arc::new(DkimKeyring::load(&config.dkim)?);
+        let node = NodeId(identity.name.clone());
+        let manager = QueueManager::new(
+            &config.delivery,
+            keyring,
+            node.clone(),
+            spool.clone(),
+            outbound_metrics,
+        )?;
+
+        let listeners = inbound::bind(&config.listeners).await?;
+        let http_listener = http::bind(config.http.address).await?;
+
+        let readiness = Readiness::default();
+        readiness.hold(STARTING);
+        let refresh = spool_gauges(spool.clone(), spool_metrics);
+
+        // Started in dependency order; the supervisor stops them the other way round.
+        let mut tasks = Supervisor::new(task_failures);
+        let stop = CancellationToken::new();
+        tasks.spawn(
+            "spool",
+            stop.clone(),
+            SHORT_GRACE,
+            watch_spool(spool.health(), readiness.clone(), stop),
+        );
+        let stop = CancellationToken::new();
+        tasks.spawn(
+            "http",
+            stop.clone(),
+            SHORT_GRACE,
+            http::serve(
+                http_listener,
+                HttpState::new(Arc::new(registry), readiness.clone(), refresh),
+                stop,
+            ),
+        );
+        if let Some(store) = certs.clone() {
+            let stop = CancellationToken::new();
+            tasks.spawn(
+                "certificate-watch",
+                stop.clone(),
+                SHORT_GRACE,
+                watch_certificate(store, inbound_metrics.clone(), stop),
+            );
+        }
+        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        tasks.spawn(
+            "delivery",
+            stop.clone(),
+            config.delivery.shutdown_grace + STOP_MARGIN,
+            manager.run(queue_rx, stop.cancelled_owned()),
+        );
+        let stop = CancellationToken::new();
+        let failed = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            hostname: config.hostname.clone(),
+            limits: config.limits.clone(),
+            policy: RelayPolicy::new(&config.relay),
+            users,
+            certs,
+            spool: spool.clone(),
+            node,
+            queue: queue_tx,
+            metrics: inbound_metrics,
+            shutdown: stop.clone(),
+            failed: failed.clone(),
+        });
+        tasks.spawn(
+            "smtp",
+            stop,
+            config.limits.shutdown_timeout + STOP_MARGIN,
+            inbound::serve(shared, listeners),
+        );
+        for l in &config.listeners {
+            tracing::info!(listener = %l.name, address = %l.address, "accepting SMTP");
+        }
+        readiness.release(STARTING);
+        tracing::info!(node = %identity.name, data_centre = %identity.data_centre, "node ready");
+        Ok(Self {
+            tasks,
+            readiness,
+            failed,
+            spool,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled or an essential task fails, then stops the
+    /// tasks in order; the spool is flushed and closed when the node is dropped.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), NodeError> {
+        let outcome = self.tasks.watch(&shutdown).await;
+        match &outcome {
+            Ok(()) => {
+                self.readiness.hold("stopping");
+                tracing::info!("stopping: no new connections; finishing sessions in flight");
+            }
+            Err(failure) => {
+                self.readiness.hold(format!("stopping: {failure}"));
+                self.failed.cancel();
+                tracing::error!(
+                    task = failure.task(),
+                    "stopping after a failure: no new connections; sessions told 421"
+                );
+            }
+        }
+        let stopped = self.tasks.stop().await;
+        tracing::info!(
+            queued = self.spool.len(),
+            "stopped; queued mail stays in the spool"
+        );
+        outcome?;
+        stopped?;
+        Ok(())
+    }
+}
+
+fn open_spool(config: &Config, metrics: &SpoolMetrics) -> Result<Arc<LogSpool>, SpoolError> {
+    let batch = metrics.fsync_batch.clone();
+    let relocated = metrics.relocated.clone();
+    let spool = LogSpool::open(
         &config.spool.dir,
         LogSpoolOptions {
             on_batch: Some(Arc::new(move |n| batch.observe(n as f64))),
@@ -113,132 +259,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             })),
             ..LogSpoolOptions::default()
         },
-    )?);
-    tracing::info!(dir = %config.spool.dir.display(), messages = spool.len(), "spool open");
-
-    let certs = config.tls.clone().map(CertStore::load).transpose()?;
-    let users = config
-        .relay
-        .users_file
-        .as_ref()
-        .map(UserDb::load)
-        .transpose()?
-        .map(Arc::new);
-    let keyring = Arc::new(DkimKeyring::load(&config.dkim)?);
-    let node = NodeId(identity.name.clone());
-    let manager = QueueManager::new(
-        &config.delivery,
-        keyring,
-        node.clone(),
-        spool.clone(),
-        outbound_metrics,
     )?;
+    tracing::info!(dir = %config.spool.dir.display(), messages = spool.len(), "spool open");
+    Ok(Arc::new(spool))
+}
 
-    let listeners = inbound::bind(&config.listeners).await?;
-    let http_listener = http::bind(config.http.address).await?;
-
-    let readiness = Readiness::default();
-    readiness.hold(STARTING);
-    let refresh = {
-        let spool = spool.clone();
-        let gauges = spool_metrics.clone();
-        Arc::new(move || {
-            gauges.messages.set(spool.len() as i64);
-            let age = spool
-                .oldest_received_at()
-                .map(|at| now_millis().saturating_sub(at) / 1000)
-                .unwrap_or(0);
-            gauges.oldest_message_age_seconds.set(age as i64);
-        })
-    };
-
-    // Started in dependency order; the supervisor stops them the other way round.
-    let mut tasks = Supervisor::new(task_failures);
-    let stop = CancellationToken::new();
-    tasks.spawn(
-        "spool",
-        stop.clone(),
-        SHORT_GRACE,
-        watch_spool(spool.health(), readiness.clone(), stop),
-    );
-    let stop = CancellationToken::new();
-    tasks.spawn(
-        "http",
-        stop.clone(),
-        SHORT_GRACE,
-        http::serve(
-            http_listener,
-            HttpState::new(Arc::new(registry), readiness.clone(), refresh),
-            stop,
-        ),
-    );
-    if let Some(store) = certs.clone() {
-        let stop = CancellationToken::new();
-        tasks.spawn(
-            "certificate-watch",
-            stop.clone(),
-            SHORT_GRACE,
-            watch_certificate(store, inbound_metrics.clone(), stop),
-        );
-    }
-    let (queue_tx, queue_rx) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    tasks.spawn(
-        "delivery",
-        stop.clone(),
-        config.delivery.shutdown_grace + STOP_MARGIN,
-        manager.run(queue_rx, stop.cancelled_owned()),
-    );
-    let stop = CancellationToken::new();
-    let failed = CancellationToken::new();
-    let shared = Arc::new(Shared {
-        hostname: config.hostname.clone(),
-        limits: config.limits.clone(),
-        policy: RelayPolicy::new(&config.relay),
-        users,
-        certs,
-        spool: spool.clone(),
-        node,
-        queue: queue_tx,
-        metrics: inbound_metrics,
-        shutdown: stop.clone(),
-        failed: failed.clone(),
-    });
-    tasks.spawn(
-        "smtp",
-        stop,
-        config.limits.shutdown_timeout + STOP_MARGIN,
-        inbound::serve(shared, listeners),
-    );
-    for l in &config.listeners {
-        tracing::info!(listener = %l.name, address = %l.address, "accepting SMTP");
-    }
-    readiness.release(STARTING);
-    tracing::info!(node = %identity.name, data_centre = %identity.data_centre, "node ready");
-
-    let outcome = tasks.watch(&shutdown).await;
-    match &outcome {
-        Ok(()) => {
-            readiness.hold("stopping");
-            tracing::info!("stopping: no new connections; finishing sessions in flight");
-        }
-        Err(failure) => {
-            readiness.hold(format!("stopping: {failure}"));
-            failed.cancel();
-            tracing::error!(
-                task = failure.task(),
-                "stopping after a failure: no new connections; sessions told 421"
-            );
-        }
-    }
-    let stopped = tasks.stop().await;
-    tracing::info!(
-        queued = spool.len(),
-        "stopped; queued mail stays in the spool"
-    );
-    outcome?;
-    stopped?;
-    Ok(())
+/// The queue gauges are read from the spool at scrape time rather than kept up to date
+/// on every change.
+fn spool_gauges(spool: Arc<LogSpool>, gauges: SpoolMetrics) -> http::Refresh {
+    Arc::new(move || {
+        gauges.messages.set(spool.len() as i64);
+        let age = spool
+            .oldest_received_at()
+            .map(|at| now_millis().saturating_sub(at) / 1000)
+            .unwrap_or(0);
+        gauges.oldest_message_age_seconds.set(age as i64);
+    })
 }
 
 /// Follows the spool writer: not ready while it is out of space, and a failure of the
