@@ -330,3 +330,59 @@ async fn watch_certificate(
             .inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    async fn settled() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_holds_readiness_until_it_has_space_again() {
+        let (health, rx) = watch::channel(SpoolHealth::Ok);
+        let readiness = Readiness::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watch_spool(rx, readiness.clone(), stop.clone()));
+        health.send_replace(SpoolHealth::Full);
+        settled().await;
+        assert!(
+            readiness
+                .not_ready()
+                .is_some_and(|r| r.contains("spool full"))
+        );
+        health.send_replace(SpoolHealth::Ok);
+        settled().await;
+        assert_eq!(readiness.not_ready(), None);
+        stop.cancel();
+        assert!(task.await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_failed_spool_or_a_gone_writer_fails_the_task() {
+        let (health, rx) = watch::channel(SpoolHealth::Ok);
+        let task = tokio::spawn(watch_spool(
+            rx,
+            Readiness::default(),
+            CancellationToken::new(),
+        ));
+        health.send_replace(SpoolHealth::Failed(Arc::new(io::Error::from_raw_os_error(
+            5,
+        ))));
+        assert!(matches!(task.await.unwrap(), Err(SpoolError::Failed(_))));
+
+        let (health, rx) = watch::channel(SpoolHealth::Ok);
+        let task = tokio::spawn(watch_spool(
+            rx,
+            Readiness::default(),
+            CancellationToken::new(),
+        ));
+        drop(health);
+        assert!(matches!(task.await.unwrap(), Err(SpoolError::Closed)));
+    }
+}

@@ -6,7 +6,8 @@
 //! rather than hang. On shutdown the listeners close first (no new sessions), idle
 //! sessions are told 421, and sessions in a transaction get `shutdownTimeout` to finish.
 //! An accept loop that dies (it only can by panicking) ends `serve` with an error at
-//! once, so that the node fails loudly instead of half-listening.
+//! once, closing the other listeners, so that the node fails loudly instead of
+//! half-listening; the node then tells the sessions 421.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -5,7 +5,9 @@
 //! and always before waiting at a sync point (DATA's 354, STARTTLS, AUTH challenges).
 //! A message is answered 250 only after the spool has it on stable storage, and never
 //! once the node has failed: from then on every session says `421 4.3.0` at its next
-//! command, or instead of completing its transaction, and closes.
+//! command, or instead of completing its transaction, and closes. (A store already under
+//! way when the failure is noticed is answered by its outcome: a message on stable
+//! storage is acknowledged, since the restart delivers it; a failed spool refuses it.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
