@@ -1,9 +1,10 @@
 //! The smtpfleet operator binary.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use smtpfleet_operator::runtime::{self, Context, ControllerError, RunArgs};
+use smtpfleet_operator::runtime::{self, Context, ControllerError, Controllers, RunArgs, exit};
 use smtpfleet_operator::{certificate, crdgen, maildomain, relaypool};
 
 /// Kubernetes operator for smtpfleet relay pools and mail domains.
@@ -19,23 +20,35 @@ enum Command {
     /// Print the CustomResourceDefinitions (RelayPool, MailDomain) as YAML.
     Crd(crdgen::CrdArgs),
     /// Run the controllers against the cluster of the current kubeconfig or the pod's
-    /// service account.
+    /// service account. Exits 0 after SIGTERM, 1 when it cannot start, 2 when a
+    /// controller, the HTTP server or the elector fails, 3 when leadership is lost.
     Run(Box<RunArgs>),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     // Two crypto providers are linked through dependencies; pick ring explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd(args) => crdgen::run(&args, &mut std::io::stdout().lock())?,
-        Command::Run(args) => runtime::run(*args, controllers).await?,
+        Command::Crd(args) => match crdgen::run(&args, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::from(exit::CLEAN),
+            Err(error) => {
+                eprintln!("operator: {error:#}");
+                ExitCode::from(exit::START_UP)
+            }
+        },
+        Command::Run(args) => match runtime::run(*args, controllers).await {
+            Ok(()) => ExitCode::from(exit::CLEAN),
+            Err(error) => {
+                eprintln!("operator: {error}");
+                ExitCode::from(error.exit_code())
+            }
+        },
     }
-    Ok(())
 }
 
-/// The controllers run while this replica leads; any one ending ends the run.
+/// The controllers run while this replica leads; any one ending ends the run, named.
 async fn controllers(ctx: Context) -> Result<(), ControllerError> {
     let pools = Arc::new(relaypool::Context::from_runtime(&ctx));
     let domains = Arc::new(maildomain::Context::from_flags(
@@ -48,11 +61,16 @@ async fn controllers(ctx: Context) -> Result<(), ControllerError> {
         ctx.client.clone(),
         ctx.namespaces.clone(),
     ));
-    let shutdown = ctx.shutdown.clone();
-    tokio::select! {
-        result = relaypool::run(pools) => result.map_err(Into::into),
-        () = maildomain::run(domains) => Ok(()),
-        () = certificate::run(certificates) => Ok(()),
-        () = shutdown.cancelled() => Ok(()),
-    }
+    let mut set = Controllers::default();
+    set.spawn("relaypool", relaypool::run(pools));
+    set.spawn("maildomain", async move {
+        maildomain::run(domains).await;
+        Ok::<(), ControllerError>(())
+    });
+    set.spawn("certificate", async move {
+        certificate::run(certificates).await;
+        Ok::<(), ControllerError>(())
+    });
+    set.run(ctx.shutdown.clone()).await?;
+    Ok(())
 }

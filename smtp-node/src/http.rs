@@ -2,11 +2,11 @@
 //!
 //! Readiness is false until the spool is recovered and the listeners are bound, and
 //! again from the moment the node starts stopping, so a Service stops routing new
-//! connections to a node that is about to go away.
+//! connections to a node that is about to go away. It is also false while the spool is
+//! out of space, and from the moment an essential task fails; the body says why.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use axum::extract::State;
@@ -30,18 +30,52 @@ pub enum HttpError {
     Serve(std::io::Error),
 }
 
+/// Why the node is not ready, if it is not: a set of reasons that the parts of the node
+/// hold and release independently (start-up, stop, spool full, a failed task). Cheap to
+/// clone.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    reasons: Arc<Mutex<Vec<String>>>,
+}
+
+impl Readiness {
+    /// Not ready for `reason` until [`Readiness::release`]d.
+    pub fn hold(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        let mut reasons = self.lock();
+        if !reasons.contains(&reason) {
+            reasons.push(reason);
+        }
+    }
+
+    pub fn release(&self, reason: &str) {
+        self.lock().retain(|r| r != reason);
+    }
+
+    /// `None` when ready, otherwise every reason, one per line.
+    pub fn not_ready(&self) -> Option<String> {
+        let reasons = self.lock();
+        (!reasons.is_empty()).then(|| reasons.join("\n"))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<String>> {
+        // Every mutation is a single call: a poisoned list is still consistent.
+        self.reasons.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Called before each scrape to refresh gauges read from their source (queue depth).
 pub type Refresh = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Clone)]
 pub struct HttpState {
     registry: Arc<Registry>,
-    ready: Arc<AtomicBool>,
+    ready: Readiness,
     refresh: Refresh,
 }
 
 impl HttpState {
-    pub fn new(registry: Arc<Registry>, ready: Arc<AtomicBool>, refresh: Refresh) -> Self {
+    pub fn new(registry: Arc<Registry>, ready: Readiness, refresh: Refresh) -> Self {
         Self {
             registry,
             ready,
@@ -76,14 +110,13 @@ pub async fn serve(
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (
+    match state.ready.not_ready() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(reasons) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: starting or stopping\n",
+            format!("not ready: {reasons}\n"),
         )
-            .into_response()
+            .into_response(),
     }
 }
 
@@ -96,5 +129,24 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             tracing::error!(%error, "cannot encode metrics");
             (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_every_reason_is_released() {
+        let ready = Readiness::default();
+        assert_eq!(ready.not_ready(), None);
+        ready.hold("starting");
+        ready.hold("spool full");
+        ready.hold("spool full");
+        assert_eq!(ready.not_ready().as_deref(), Some("starting\nspool full"));
+        ready.release("starting");
+        assert_eq!(ready.not_ready().as_deref(), Some("spool full"));
+        ready.release("spool full");
+        assert_eq!(ready.not_ready(), None);
     }
 }

@@ -3,10 +3,12 @@
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use smtp_node::config::Config;
+use smtp_node::exit;
 use smtp_node::spool::{LogSpool, LogSpoolOptions, RecipientState, Spool};
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the node until SIGTERM or SIGINT.
+    /// Runs the node until SIGTERM or SIGINT (exit 0), or until an essential task fails
+    /// (exit 2); exit 1 when it cannot start.
     Run {
         /// The node configuration file (YAML).
         #[arg(long, env = "SMTP_NODE_CONFIG")]
@@ -76,6 +79,9 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// How long the runtime may take to wind down after the node stopped.
+const RUNTIME_STOP: Duration = Duration::from_secs(2);
+
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
@@ -83,7 +89,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("smtp-node: {error:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::START_UP)
         }
     }
 }
@@ -94,12 +100,21 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             init_tracing(log_format);
             let config = Config::load(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
-            runtime.block_on(async {
+            let ran = runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(signals(shutdown.clone()));
                 smtp_node::node::run(config, shutdown).await
-            })?;
-            Ok(ExitCode::SUCCESS)
+            });
+            // Whatever still runs (an aborted task's blocking call) must not hold up the
+            // exit: the kubelet is waiting for it.
+            runtime.shutdown_timeout(RUNTIME_STOP);
+            match ran {
+                Ok(()) => Ok(ExitCode::from(exit::CLEAN)),
+                Err(error) => {
+                    eprintln!("smtp-node: {error}");
+                    Ok(ExitCode::from(error.exit_code()))
+                }
+            }
         }
         Command::CheckConfig { config: path } => {
             let config = Config::load(&path)?;

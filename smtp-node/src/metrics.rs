@@ -24,6 +24,22 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: &'static str,
+}
+
+/// Essential tasks that ended while the node needed them (see [`crate::supervisor`]).
+pub fn register_task_failures(registry: &mut Registry) -> Family<TaskLabel, Counter> {
+    let failures = Family::default();
+    registry.register(
+        "task_failures",
+        "Essential tasks that failed, panicked or ended while the node ran, by task",
+        failures.clone(),
+    );
+    failures
+}
+
 /// Cheap to clone: every field is a shared handle.
 #[derive(Clone, Debug)]
 pub struct InboundMetrics {

@@ -467,3 +467,41 @@ async fn kill_9_rounds(args: &[&str]) {
         );
     }
 }
+
+/// A write the spool cannot make durable (here its directory vanished, so no new segment
+/// can be created) poisons the writer: that write and every later one are refused, even
+/// once the disk would take them again, and the health channel says so.
+#[tokio::test]
+async fn a_fatal_write_failure_refuses_every_later_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let options = LogSpoolOptions {
+        // Every batch starts a new segment.
+        segment_bytes: 1,
+        ..LogSpoolOptions::default()
+    };
+    let spool = LogSpool::open(&dir, options).unwrap();
+    let kept = store(&spool, 1, b"acknowledged").await;
+    let mut health = spool.health();
+    assert!(matches!(*health.borrow_and_update(), SpoolHealth::Ok));
+
+    std::fs::remove_dir_all(&dir).unwrap();
+    let refused = spool
+        .store(meta(MessageId::new(), 1, 4), Bytes::from_static(b"lost"))
+        .await;
+    assert!(matches!(refused, Err(SpoolError::Failed(_))), "{refused:?}");
+    assert!(matches!(
+        *health.borrow_and_update(),
+        SpoolHealth::Failed(_)
+    ));
+
+    std::fs::create_dir_all(&dir).unwrap();
+    let refused = spool
+        .store(meta(MessageId::new(), 1, 4), Bytes::from_static(b"lost"))
+        .await;
+    assert!(matches!(refused, Err(SpoolError::Failed(_))), "{refused:?}");
+    assert!(matches!(
+        spool.remove(kept).await,
+        Err(SpoolError::Failed(_))
+    ));
+}

@@ -16,6 +16,8 @@
 //! ```
 
 pub mod cli;
+pub mod controllers;
+pub mod exit;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -24,6 +26,7 @@ pub mod scope;
 pub mod telemetry;
 
 pub use cli::{LogFormat, RunArgs};
+pub use controllers::{ControllerExit, Controllers};
 pub use http::Health;
 pub use metrics::{Metrics, ReconcileMetrics};
 pub use run::{

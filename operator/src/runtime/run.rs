@@ -15,8 +15,11 @@
 //! [`RunError::LeadershipLost`]; `main` exits non-zero and Kubernetes restarts the
 //! container as a fresh standby. Exiting is simpler to reason about than stopping and
 //! restarting controllers in one process, and it is what most Kubernetes controllers do.
-//! The controllers future ending on its own (with or without an error) is fatal in the
-//! same way, since nothing would reconcile any more.
+//! The controllers future ending on its own (with or without an error, or by a panic) is
+//! fatal in the same way, since nothing would reconcile any more; `main` builds it from
+//! [`super::Controllers`], so the error names the controller that ended. So is the HTTP
+//! server failing, and the leader elector panicking. [`RunError::exit_code`] maps each
+//! end to an exit code ([`super::exit`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +36,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::cli::{ArgsError, RunArgs, resolve_identity, resolve_lease_namespace};
+use super::exit;
 use super::http::{self, Health, HttpError};
 use super::leader::{ElectionStatus, LeaderConfig, LeaderElector};
 use super::metrics::Metrics;
@@ -178,6 +182,28 @@ pub enum RunError {
     /// The controllers task panicked.
     #[error("controllers panicked: {0}")]
     ControllersPanicked(String),
+    /// The leader elector panicked; nobody renews the Lease any more.
+    #[error("leader election task panicked: {0}")]
+    ElectionPanicked(String),
+}
+
+impl RunError {
+    /// The process exit code (see [`super::exit`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Args(_)
+            | Self::Telemetry(_)
+            | Self::Client(_)
+            | Self::Signals(_)
+            | Self::Http(HttpError::Bind { .. }) => exit::START_UP,
+            Self::LeadershipLost => exit::LEADERSHIP_LOST,
+            Self::Http(_)
+            | Self::Controllers(_)
+            | Self::ControllersExited
+            | Self::ControllersPanicked(_)
+            | Self::ElectionPanicked(_) => exit::TASK_FAILED,
+        }
+    }
 }
 
 /// Runs `operator run`: sets up logging and the client from the environment (honouring
@@ -355,7 +381,12 @@ where
     if let Some(elector) = elector
         && let Err(err) = elector.await
     {
-        tracing::error!(error = %err, "leader election task failed");
+        tracing::error!(task = "leader-election", error = %err, "leader election task failed");
+        // A dead elector shows up as lost leadership (it steps down when dropped); say
+        // what really happened.
+        if err.is_panic() && matches!(outcome, Err(RunError::LeadershipLost)) {
+            return Err(RunError::ElectionPanicked(err.to_string()));
+        }
     }
     outcome
 }
@@ -412,4 +443,30 @@ where
         _ => {}
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_tell_start_up_task_failure_and_lost_leadership_apart() {
+        let bind = RunError::Http(HttpError::Bind {
+            addr: "127.0.0.1:8080".parse().unwrap(),
+            source: std::io::Error::other("in use"),
+        });
+        assert_eq!(bind.exit_code(), exit::START_UP);
+        let serve = RunError::Http(HttpError::Serve(std::io::Error::other("accept")));
+        assert_eq!(serve.exit_code(), exit::TASK_FAILED);
+        assert_eq!(RunError::ControllersExited.exit_code(), exit::TASK_FAILED);
+        assert_eq!(
+            RunError::Controllers("controller maildomain stopped unexpectedly".into()).exit_code(),
+            exit::TASK_FAILED
+        );
+        assert_eq!(
+            RunError::ElectionPanicked("boom".into()).exit_code(),
+            exit::TASK_FAILED
+        );
+        assert_eq!(RunError::LeadershipLost.exit_code(), exit::LEADERSHIP_LOST);
+    }
 }

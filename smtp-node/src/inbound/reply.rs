@@ -84,6 +84,21 @@ pub fn shutting_down() -> Reply {
     Reply::new(421, "4.3.2", "Service shutting down, try again later")
 }
 
+/// An essential part of the node failed and it is going down: the client must retry,
+/// here after the restart or at another node.
+pub fn node_failed() -> Reply {
+    Reply::new(
+        421,
+        "4.3.0",
+        "Service not available: local failure, closing connection; try again later",
+    )
+}
+
+/// The spool is out of space (RFC 3463's 4.3.1): a temporary refusal the client retries.
+pub fn insufficient_storage() -> Reply {
+    Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
+}
+
 pub fn local_error() -> Reply {
     Reply::new(
         451,

@@ -5,6 +5,9 @@
 //! gets one `421 4.7.0` line and the connection is closed, so it learns to retry later
 //! rather than hang. On shutdown the listeners close first (no new sessions), idle
 //! sessions are told 421, and sessions in a transaction get `shutdownTimeout` to finish.
+//! An accept loop that dies (it only can by panicking) ends `serve` with an error at
+//! once, closing the other listeners, so that the node fails loudly instead of
+//! half-listening; the node then tells the sessions 421.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
 use super::io::Stream;
@@ -28,6 +32,8 @@ pub enum ServerError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the accept loop of listener {name} ended: {reason}")]
+    AcceptLoop { name: String, reason: String },
 }
 
 /// A bound listener, ready to serve.
@@ -118,24 +124,38 @@ impl Drop for Slot {
 
 /// Serves all listeners until `shared.shutdown` is cancelled, then waits for sessions
 /// (at most `limits.shutdownTimeout`) and returns.
-pub async fn serve<S: Spool>(shared: Arc<Shared<S>>, listeners: Vec<Bound>) {
+pub async fn serve<S: Spool>(
+    shared: Arc<Shared<S>>,
+    listeners: Vec<Bound>,
+) -> Result<(), ServerError> {
     let limiter = Limiter {
         counts: Arc::default(),
         max_total: shared.limits.max_connections as usize,
         max_per_client: shared.limits.max_connections_per_client as usize,
     };
     let sessions = TaskTracker::new();
-    let mut accept_loops = Vec::new();
+    let mut accept_loops = JoinSet::new();
+    let mut names = HashMap::new();
     for bound in listeners {
         let shared = shared.clone();
         let limiter = limiter.clone();
         let sessions = sessions.clone();
-        accept_loops.push(tokio::spawn(accept_loop(shared, bound, limiter, sessions)));
+        let name = bound.listener.name.clone();
+        let handle = accept_loops.spawn(accept_loop(shared, bound, limiter, sessions));
+        names.insert(handle.id(), name);
     }
-    shared.shutdown.cancelled().await;
-    for handle in &accept_loops {
-        handle.abort();
+    tokio::select! {
+        () = shared.shutdown.cancelled() => {}
+        Some(ended) = accept_loops.join_next_with_id() => {
+            let (id, reason) = match ended {
+                Ok((id, ())) => (id, "returned".to_owned()),
+                Err(join) => (join.id(), join.to_string()),
+            };
+            let name = names.remove(&id).unwrap_or_default();
+            return Err(ServerError::AcceptLoop { name, reason });
+        }
     }
+    accept_loops.abort_all();
     sessions.close();
     let open = sessions.len();
     if open > 0 {
@@ -151,6 +171,7 @@ pub async fn serve<S: Spool>(shared: Arc<Shared<S>>, listeners: Vec<Bound>) {
              messages were not acknowledged and the clients will retry)"
         );
     }
+    Ok(())
 }
 
 async fn accept_loop<S: Spool>(

@@ -3,7 +3,11 @@
 //! The session reads a command, decides with pure helpers (`policy`, parameter checks),
 //! and queues the reply; replies are flushed when the client has nothing more pipelined,
 //! and always before waiting at a sync point (DATA's 354, STARTTLS, AUTH challenges).
-//! A message is answered 250 only after the spool has it on stable storage.
+//! A message is answered 250 only after the spool has it on stable storage, and never
+//! once the node has failed: from then on every session says `421 4.3.0` at its next
+//! command, or instead of completing its transaction, and closes. (A store already under
+//! way when the failure is noticed is answered by its outcome: a message on stable
+//! storage is acknowledged, since the restart delivers it; a failed spool refuses it.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +35,7 @@ use crate::metrics::{InboundMetrics, ListenerLabel, ResultLabel};
 use crate::policy::{self, Client, Refusal, RelayPolicy};
 use crate::spool::{
     BodyType, Envelope, MessageId, MessageMeta, NodeId, Notify, Ownership, Recipient, Ret, Spool,
-    now_millis,
+    SpoolError, now_millis,
 };
 
 /// Longest command line, CRLF included: RFC 5321's 512 octets (section 4.5.3.1.4) plus
@@ -54,6 +58,9 @@ pub struct Shared<S: Spool> {
     pub metrics: InboundMetrics,
     /// Cancelled when the node stops: idle sessions say 421 and close.
     pub shutdown: CancellationToken,
+    /// Cancelled when an essential task failed and the node is going down: sessions say
+    /// 421 whatever their state, and no transaction completes.
+    pub failed: CancellationToken,
 }
 
 /// The listener a session arrived on.
@@ -147,7 +154,13 @@ impl<S: Spool> Session<S> {
             let limit = self.shared.limits.command_timeout;
             let idle = self.tx.is_none();
             let shutdown = self.shared.shutdown.clone();
+            let failed = self.shared.failed.clone();
             let line = tokio::select! {
+                biased;
+                _ = failed.cancelled() => {
+                    self.send(reply::node_failed());
+                    return Ok(());
+                }
                 read = timeout(limit, self.conn.read_line(MAX_COMMAND_LINE)) => match read {
                     Ok(line) => line?,
                     Err(_) => {
@@ -684,6 +697,11 @@ impl<S: Spool> Session<S> {
                  (RFC 5321 section 2.3.8)",
             ));
         }
+        if self.shared.failed.is_cancelled() {
+            self.shared.metrics.reject("node_failed");
+            self.send(reply::node_failed());
+            return Flow::Close;
+        }
         let id = MessageId::new();
         let addresses: Vec<String> = tx.recipients.iter().map(|r| r.address.clone()).collect();
         let header = received_header(&Trace {
@@ -741,6 +759,17 @@ impl<S: Spool> Session<S> {
                     .observe(ended.elapsed().as_secs_f64());
                 tracing::debug!(%id, peer = %self.peer, size, "message accepted");
                 self.reply(reply::ok("2.0.0", format!("Ok: queued as {id}")))
+            }
+            Err(error @ SpoolError::Full(_)) => {
+                tracing::warn!(%error, "cannot store an incoming message; answering 452");
+                self.shared.metrics.reject("spool_full");
+                self.reply(reply::insufficient_storage())
+            }
+            Err(error @ SpoolError::Failed(_)) => {
+                tracing::error!(%error, "cannot store an incoming message; answering 421");
+                self.shared.metrics.reject("spool_failed");
+                self.send(reply::node_failed());
+                Flow::Close
             }
             Err(error) => {
                 tracing::error!(%error, "cannot store an incoming message; answering 451");

@@ -19,6 +19,12 @@
 //! and syncs; a later store record for an id replaces the earlier one at replay, so the
 //! old segment is spent and deleted. A crash mid-way leaves either the old record or
 //! both, never neither.
+//!
+//! A failed write is classified by [`super::health`]: out of space refuses the batch and
+//! the writer goes on; anything else poisons the writer, which then refuses every later
+//! operation, so no acknowledgement can follow a write the spool could not make durable.
+//! The writer publishes its state on a watch channel ([`LogSpool::health`]); the channel
+//! closes if the writer thread dies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -29,8 +35,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use super::health::{SpoolHealth, Verdict, WriteStep, classify};
 use super::{MessageId, MessageMeta, Ownership, RecipientUpdate, Spool, SpoolError};
 
 /// A segment is closed and a new one started past this size.
@@ -163,6 +170,7 @@ impl Shared {
 pub struct LogSpool {
     shared: Arc<Shared>,
     ops: Arc<WriterHandle>,
+    health: watch::Receiver<SpoolHealth>,
 }
 
 /// The writer thread's inbox. When the last spool handle goes, the inbox closes and the
@@ -343,8 +351,9 @@ impl LogSpool {
             _lock: lock,
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        let (health_tx, health) = watch::channel(SpoolHealth::Ok);
         sizes.remove(&current);
-        let writer = Writer::new(shared.clone(), sizes, current, options)?;
+        let writer = Writer::new(shared.clone(), sizes, current, options, health_tx)?;
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -354,7 +363,14 @@ impl LogSpool {
                 tx: Some(tx),
                 thread: Some(thread),
             }),
+            health,
         })
+    }
+
+    /// The writer's state. The channel closes when the writer thread ends: after the
+    /// last handle is dropped, or if it died.
+    pub fn health(&self) -> watch::Receiver<SpoolHealth> {
+        self.health.clone()
     }
 
     async fn submit(&self, op: Op) -> Result<Done, SpoolError> {
@@ -392,6 +408,9 @@ struct Writer {
     file: File,
     size: u64,
     options: LogSpoolOptions,
+    health: watch::Sender<SpoolHealth>,
+    /// Set by the first fatal write failure; every later operation is refused with it.
+    failed: Option<Arc<std::io::Error>>,
 }
 
 impl Writer {
@@ -400,6 +419,7 @@ impl Writer {
         closed: BTreeMap<u64, u64>,
         segment: u64,
         options: LogSpoolOptions,
+        health: watch::Sender<SpoolHealth>,
     ) -> Result<Self, SpoolError> {
         let file = OpenOptions::new()
             .append(true)
@@ -412,6 +432,8 @@ impl Writer {
             file,
             size,
             options,
+            health,
+            failed: None,
         })
     }
 
@@ -430,9 +452,14 @@ impl Writer {
 
     /// Writes a batch, syncs once, then applies it to the index and answers every caller.
     fn commit(&mut self, batch: Vec<(Op, Reply)>) {
+        if let Some(e) = &self.failed {
+            fail_all(batch, &SpoolError::Failed(e.clone()));
+            return;
+        }
         if self.size >= self.options.segment_bytes
             && let Err(e) = self.rotate()
         {
+            self.note_full(&e);
             fail_all(batch, &e);
             return;
         }
@@ -445,17 +472,24 @@ impl Writer {
                 Err(e) => Err(e),
             });
         }
-        let written = self
-            .file
-            .write_all(&buf)
-            .and_then(|()| self.file.sync_data());
+        let written = match self.file.write_all(&buf) {
+            Ok(()) => self
+                .file
+                .sync_data()
+                .map_err(|e| self.refused(WriteStep::Sync, e)),
+            Err(e) => Err(self.refused(WriteStep::Append, e)),
+        };
         if let Err(e) = written {
             // Nothing of this batch is acknowledged. Its partial write must not stay in
             // front of the next batch's records: replay stops at a torn record.
-            let e = SpoolError::Io(e);
+            self.note_full(&e);
             fail_all(batch, &e);
             self.discard_unacknowledged();
             return;
+        }
+        if matches!(*self.health.borrow(), SpoolHealth::Full) {
+            tracing::info!("the spool has space again");
+            self.health.send_replace(SpoolHealth::Ok);
         }
         self.size += buf.len() as u64;
         if let Some(cb) = &self.options.on_batch {
@@ -485,6 +519,11 @@ impl Writer {
             .set_len(self.size)
             .and_then(|()| self.file.sync_all());
         if let Err(e) = cut {
+            if self.failed.is_some() {
+                // No more writes follow: the next open cuts the torn tail.
+                tracing::warn!(segment = self.segment, error = %e, "could not cut a failed write off the spool segment");
+                return;
+            }
             tracing::error!(segment = self.segment, error = %e, "could not cut a failed write off the spool segment; starting a new segment");
             self.size = self.options.segment_bytes;
         }
@@ -546,13 +585,16 @@ impl Writer {
             let body_offset = encode_op(&op, &mut buf)?;
             relocated.push((op, at + body_offset));
         }
-        if let Err(e) = self
-            .file
-            .write_all(&buf)
-            .and_then(|()| self.file.sync_data())
-        {
+        let written = match self.file.write_all(&buf) {
+            Ok(()) => self
+                .file
+                .sync_data()
+                .map_err(|e| self.refused(WriteStep::Sync, e)),
+            Err(e) => Err(self.refused(WriteStep::Append, e)),
+        };
+        if let Err(e) = written {
             self.discard_unacknowledged();
-            return Err(e.into());
+            return Err(e);
         }
         self.size += buf.len() as u64;
         let count = relocated.len();
@@ -579,19 +621,60 @@ impl Writer {
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
-            .open(segment_path(&self.shared.dir, next))?;
-        sync_dir(&self.shared.dir)?;
+            .open(segment_path(&self.shared.dir, next))
+            .map_err(|e| self.refused(WriteStep::Append, e))?;
+        sync_dir(&self.shared.dir).map_err(|e| self.refused(WriteStep::Sync, e))?;
         self.closed.insert(self.segment, self.size);
         self.segment = next;
         self.file = file;
         self.size = 0;
         Ok(())
     }
+
+    /// Classifies a failed write; a fatal one poisons the writer before any caller
+    /// hears of it, so the next batch is refused too.
+    fn refused(&mut self, step: WriteStep, error: std::io::Error) -> SpoolError {
+        let error = Arc::new(error);
+        match classify(step, &error) {
+            Verdict::Full => SpoolError::Full(error),
+            Verdict::Fatal => {
+                tracing::error!(
+                    segment = self.segment,
+                    ?step,
+                    %error,
+                    "spool write failed; the spool takes no more writes"
+                );
+                self.failed = Some(error.clone());
+                self.health.send_replace(SpoolHealth::Failed(error.clone()));
+                SpoolError::Failed(error)
+            }
+        }
+    }
+
+    /// A batch refused for lack of space turns the spool `Full` until a batch succeeds.
+    /// (Compaction running out of space does not: it only delays winning space back.)
+    fn note_full(&self, e: &SpoolError) {
+        if matches!(e, SpoolError::Full(_)) && !matches!(*self.health.borrow(), SpoolHealth::Full) {
+            tracing::warn!(error = %e, "the spool is out of space; refusing new messages");
+            self.health.send_replace(SpoolHealth::Full);
+        }
+    }
 }
 
 fn fail_all(batch: Vec<(Op, Reply)>, e: &SpoolError) {
     for (_, reply) in batch {
-        let _ = reply.send(Err(SpoolError::Store(e.to_string())));
+        let _ = reply.send(Err(for_caller(e)));
+    }
+}
+
+/// The error each caller of a failed batch gets; the kind is kept so that the session
+/// can answer "out of space" differently from "broken".
+fn for_caller(e: &SpoolError) -> SpoolError {
+    match e {
+        SpoolError::Full(io) => SpoolError::Full(io.clone()),
+        SpoolError::Failed(io) => SpoolError::Failed(io.clone()),
+        SpoolError::Closed => SpoolError::Closed,
+        other => SpoolError::Store(other.to_string()),
     }
 }
 

@@ -4,13 +4,16 @@
 //! storage (fsync of data and metadata, or a store commit). Callers answer 250 only after
 //! `store` returned `Ok`. Backends batch concurrent writes into one sync (group commit).
 
+pub mod health;
 pub mod log;
 pub mod model;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use health::SpoolHealth;
 pub use log::{LogSpool, LogSpoolOptions};
 pub use model::*;
 
@@ -26,8 +29,15 @@ pub enum SpoolError {
     Corrupt(String),
     #[error("the spool in {0} is in use by another process (a running node?)")]
     Locked(String),
-    #[error("the spool is shutting down")]
+    #[error("the spool writer has stopped")]
     Closed,
+    /// Out of space: this write was not made; later ones may be (see [`health`]).
+    #[error("the spool is out of space: {0}")]
+    Full(#[source] Arc<std::io::Error>),
+    /// A write failed so that the spool cannot keep its promise; it refuses every write
+    /// from then on (see [`health`]).
+    #[error("the spool failed and takes no more writes: {0}")]
+    Failed(#[source] Arc<std::io::Error>),
 }
 
 /// Storage for queued messages. One backend today; replication adds peers that call the
