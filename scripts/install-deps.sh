@@ -21,6 +21,7 @@ packages=(
   iproute2                # ip: network namespaces
   openssl ca-certificates curl
   procps                  # kill, pgrep: not Essential on Debian
+  mount e2fsprogs         # losetup, mount and mkfs.ext4: spool failure tests on a loop device
 )
 
 if [ "${1:-}" = "--list" ]; then

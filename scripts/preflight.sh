@@ -34,6 +34,12 @@ pgrep        procps            exists
 timeout      coreutils         exists
 sha256sum    coreutils         exists
 nsenter      util-linux        exists
+mount        mount             exists
+umount       mount             exists
+losetup      mount             exists
+mkfs.ext4    e2fsprogs         exists
+dd           coreutils         exists
+truncate     coreutils         exists
 sh           dash              exists
 /usr/bin/python3 python3        python
 "
@@ -173,9 +179,9 @@ done <<<"$PERL_MODULES"
 
 # Every program started by test code must be in the table (or be one the project builds).
 known=" $(echo "$PROGRAMS" | awk 'NF {print $1}' | tr '\n' ' ') $NOT_DEBIAN "
-started=$(grep -rhoE 'Command::new\("[^"]+"\)|exec\.Command(Context)?\((ctx, )?"[^"]+"|run\("[^"]*", "[^"]+"' \
+started=$(grep -rhoE 'Command::new\("[^"]+"\)|exec\.Command(Context)?\((ctx, )?"[^"]+"|run\("[^"]*", "[^"]+"|run\("[^"]+", &\[' \
   --include='*.rs' --include='*.go' operator smtp-node e2e 2>/dev/null \
-  | grep -oE '"[^"]*"\)?$' | tr -d '")' | sort -u)
+  | sed -E 's/, &\[$//' | grep -oE '"[^"]*"\)?$' | tr -d '")' | sort -u)
 for program in $started; do
   case "$program" in ./*) continue ;; esac # a script of the project
   case "$known" in
