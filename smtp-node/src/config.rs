@@ -202,11 +202,43 @@ pub struct ReplicationConfig {
     pub min_data_centres: u32,
     /// Address the peer listener binds.
     pub listen: String,
-    /// Every node of the pool, this one included.
+    /// Host (name or address) other nodes reach this one at; the port is `listen`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_host: Option<String>,
+    /// Variable holding that host (`POD_IP` in a pool). Used when `advertiseHost` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_host_env: Option<String>,
+    /// The API server that arbitrates liveness and ownership (Leases and the pool's view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arbiter: Option<ArbiterConfig>,
+    /// Every node of the pool, this one included. Informational: nodes find each other
+    /// through the view in the API server, so scaling never rewrites this file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
     /// Peer mTLS material from the pool's peer CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<PeerTlsFiles>,
+}
+
+/// Where the pool's Leases and view live.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArbiterConfig {
+    /// Namespace of the pool (the node's own).
+    pub namespace: String,
+    /// The pool's name: Leases are `<pool>-node-<node>`, the view `<pool>-view`.
+    pub pool: String,
+    /// A kubeconfig file; absent, the pod's service account is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Lease duration. Default `10s`; renewals, fencing and the takeover margin scale
+    /// with it (see `docs/replication.md`).
+    #[serde(default = "default_lease_duration", with = "duration_str")]
+    pub lease_duration: Duration,
+}
+
+fn default_lease_duration() -> Duration {
+    crate::replication::LeaseTiming::default().duration
 }
 
 /// One node of the pool.
@@ -560,10 +592,11 @@ impl Config {
         }
         if let Some(r) = &self.replication
             && r.factor > 1
+            && r.arbiter.is_none()
         {
             out.push(format!(
-                "replication.factor is {} but this node keeps its single local copy: \
-                 replication between nodes is not available yet",
+                "replication.factor is {} but replication.arbiter is not set: without the \
+                 API server as arbiter this node keeps its single local copy",
                 r.factor
             ));
         }

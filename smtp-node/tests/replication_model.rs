@@ -216,7 +216,7 @@ impl Model for World {
                 node: NodeId((*name).into()),
                 incarnation: incarnation(i, 0),
             };
-            view = view.join(&h, dc).unwrap_or(view);
+            view = view.join(&h, dc, name).unwrap_or(view);
             nodes.push(Node {
                 up: true,
                 fenced: false,
@@ -428,7 +428,7 @@ impl Model for World {
             }
             Action::Refresh(n) => {
                 let me = holder(&s, n);
-                if let Some(joined) = s.view.join(&me, NODES[n].1) {
+                if let Some(joined) = s.view.join(&me, NODES[n].1, NODES[n].0) {
                     s.view = joined;
                 }
                 s.nodes[n].view = s.view.clone();

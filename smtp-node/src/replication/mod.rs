@@ -15,3 +15,25 @@ pub mod view;
 pub use lease::LeaseTiming;
 pub use placement::{Candidate, PlacementError, choose_replicas};
 pub use view::{Copy, Duty, Holder, Incarnation, Member, View};
+
+/// What a node knows of its standing in the pool, published by the arbiter task to
+/// everything that acts on messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// The view last read from the API server; `None` before the first read.
+    pub view: Option<View>,
+    /// True while the node cannot vouch for its Lease (see `lease.rs`): no deliveries,
+    /// no new mail, not ready.
+    pub fenced: bool,
+}
+
+impl Standing {
+    /// The view, only while it may be acted on.
+    pub fn usable_view(&self) -> Option<&View> {
+        if self.fenced {
+            None
+        } else {
+            self.view.as_ref()
+        }
+    }
+}

@@ -62,6 +62,8 @@ pub struct Member {
     /// The epoch at which this incarnation joined without a break since.
     pub since: u64,
     pub data_centre: String,
+    /// Where its peer listener is reached (`host:port`).
+    pub address: String,
 }
 
 /// The pool's membership at one epoch.
@@ -137,7 +139,7 @@ impl View {
 
     /// The view with `holder` a member, or `None` when it already is one. A node that
     /// comes back after removal, or with another disk, joins at the next epoch.
-    pub fn join(&self, holder: &Holder, data_centre: &str) -> Option<View> {
+    pub fn join(&self, holder: &Holder, data_centre: &str, address: &str) -> Option<View> {
         if self.is_member(holder) {
             return None;
         }
@@ -149,6 +151,7 @@ impl View {
                 incarnation: holder.incarnation,
                 since: next.epoch,
                 data_centre: data_centre.to_owned(),
+                address: address.to_owned(),
             },
         );
         Some(next)
@@ -282,6 +285,7 @@ mod tests {
                             incarnation: Incarnation(uuid::Uuid::from_u128(*inc)),
                             since: *since,
                             data_centre: "dc".into(),
+                            address: format!("{n}:7946"),
                         },
                     )
                 })
@@ -351,8 +355,10 @@ mod tests {
         assert!(!v.eligible(&a_old, 2));
         assert_eq!(v.copies(&c), 1);
         assert_eq!(v.owner(&c), Some(&b));
-        assert_eq!(v.join(&a_new, "dc"), None, "already a member");
-        let rejoined = v.join(&a_old, "dc").expect("another incarnation joins");
+        assert_eq!(v.join(&a_new, "dc", "a:7946"), None, "already a member");
+        let rejoined = v
+            .join(&a_old, "dc", "a:7946")
+            .expect("another incarnation joins");
         assert_eq!(rejoined.epoch, 7);
         assert_eq!(rejoined.members[&NodeId("a".into())].since, 7);
     }
@@ -445,6 +451,6 @@ mod tests {
     fn removing_or_joining_nothing_changes_nothing() {
         let v = view(2, &[("a", 1, 1)]);
         assert_eq!(v.remove(&[NodeId("z".into())]), None);
-        assert_eq!(v.join(&holder("a", 1), "dc"), None);
+        assert_eq!(v.join(&holder("a", 1), "dc", "a:7946"), None);
     }
 }
