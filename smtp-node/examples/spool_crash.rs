@@ -39,6 +39,7 @@ fn meta(id: MessageId, size: u64) -> MessageMeta {
             owner: NodeId("crash".into()),
             replicas: vec![],
             epoch: 0,
+            copy: None,
         },
     }
 }

@@ -247,8 +247,7 @@ impl Model for World {
     }
 
     fn actions(&self, s: &State, actions: &mut Vec<Action>) {
-        for m in 0..self.messages {
-            let owner = ACCEPTED_BY[m];
+        for (m, &owner) in ACCEPTED_BY.iter().enumerate().take(self.messages) {
             match s.phase[m] {
                 Phase::New if s.ready(owner) && !s.nodes[owner].draining => {
                     actions.push(Action::Prepare(m))
@@ -398,9 +397,9 @@ impl Model for World {
                 node.fenced = true;
                 // A message still being prepared on it is refused or unknown to the
                 // client: it never got 250.
-                for m in 0..2 {
-                    if ACCEPTED_BY[m] == n && s.phase[m] == Phase::Prepared {
-                        s.phase[m] = Phase::Unknown;
+                for (phase, &owner) in s.phase.iter_mut().zip(&ACCEPTED_BY) {
+                    if owner == n && *phase == Phase::Prepared {
+                        *phase = Phase::Unknown;
                     }
                 }
             }

@@ -31,6 +31,7 @@ fn meta(id: MessageId, rcpts: usize, size: u64) -> MessageMeta {
             owner: NodeId("n1".into()),
             replicas: vec![NodeId("n2".into())],
             epoch: 0,
+            copy: None,
         },
     }
 }
@@ -115,6 +116,7 @@ async fn updates_ownership_and_removal_survive_reopen() {
         owner: NodeId("n2".into()),
         replicas: vec![],
         epoch: 1,
+        copy: None,
     };
     spool.set_ownership(kept, new_owner.clone()).await.unwrap();
     spool.remove(gone).await.unwrap();
@@ -265,6 +267,7 @@ async fn spent_segments_are_deleted_and_live_ones_kept() {
                         owner: NodeId("n1".into()),
                         replicas: vec![],
                         epoch: i as u64,
+                        copy: None,
                     },
                 )
                 .await

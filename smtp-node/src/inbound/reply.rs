@@ -99,6 +99,27 @@ pub fn insufficient_storage() -> Reply {
     Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
 }
 
+/// The message could not be stored on enough nodes; nothing of it will be delivered.
+pub fn not_replicated(reason: &str) -> Reply {
+    Reply::new(
+        451,
+        "4.3.0",
+        format!(
+            "Not accepted: the message could not be stored on enough nodes ({reason}); try again later"
+        ),
+    )
+}
+
+/// The message is stored but a holder did not confirm it in time: the client gets no
+/// verdict and the connection closes (RFC 5321 4.1.4 lets a client retry).
+pub fn outcome_unknown() -> Reply {
+    Reply::new(
+        421,
+        "4.3.0",
+        "Service not available: the message was stored but not confirmed everywhere; closing connection",
+    )
+}
+
 pub fn local_error() -> Reply {
     Reply::new(
         451,

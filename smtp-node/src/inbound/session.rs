@@ -741,6 +741,7 @@ impl<S: Spool> Session<S> {
                 owner: self.shared.node.clone(),
                 replicas: Vec::new(),
                 epoch: 1,
+                copy: None,
             },
         };
         match self.shared.spool.store(meta, Bytes::from(message)).await {
@@ -769,6 +770,18 @@ impl<S: Spool> Session<S> {
                 tracing::error!(%error, "cannot store an incoming message; answering 421");
                 self.shared.metrics.reject("spool_failed");
                 self.send(reply::node_failed());
+                Flow::Close
+            }
+            Err(SpoolError::NotReplicated(reason)) => {
+                tracing::warn!(%id, %reason, "message not stored on enough nodes; answering 451");
+                self.shared.metrics.reject("not_replicated");
+                self.reply(reply::not_replicated(&reason))
+            }
+            Err(SpoolError::OutcomeUnknown(reason)) => {
+                tracing::warn!(%id, %reason,
+                    "message stored but a holder did not confirm it; kept for delivery, answering 421");
+                self.shared.metrics.reject("replication_unconfirmed");
+                self.send(reply::outcome_unknown());
                 Flow::Close
             }
             Err(error) => {

@@ -23,6 +23,7 @@ pub fn test_meta(mail_from: &str, recipients: Vec<Recipient>) -> MessageMeta {
             owner: NodeId("n1".into()),
             replicas: vec![],
             epoch: 1,
+            copy: None,
         },
     }
 }

@@ -128,14 +128,18 @@ mod tests {
 
     #[test]
     fn timings_that_cannot_fence_in_time_are_refused() {
-        let mut t = LeaseTiming::default();
-        t.fence_after = t.duration;
+        let t = LeaseTiming {
+            fence_after: LeaseTiming::default().duration,
+            ..LeaseTiming::default()
+        };
         assert!(matches!(
             t.validate(),
             Err(TimingError::FencesTooLate { .. })
         ));
-        let mut t = LeaseTiming::default();
-        t.renew_every = Duration::from_secs(4);
+        let t = LeaseTiming {
+            renew_every: Duration::from_secs(4),
+            ..LeaseTiming::default()
+        };
         assert!(matches!(
             t.validate(),
             Err(TimingError::TooFewRenewals { .. })

@@ -9,11 +9,17 @@
 //! (`tests/replication_model.rs`) run the same code.
 
 pub mod lease;
+pub mod peer;
 pub mod placement;
+pub mod protocol;
+pub mod server;
+pub mod store;
 pub mod view;
 
 pub use lease::LeaseTiming;
+pub use peer::{PeerError, Peers};
 pub use placement::{Candidate, PlacementError, choose_replicas};
+pub use store::{ReplicatedSpool, Settings};
 pub use view::{Copy, Duty, Holder, Incarnation, Member, View};
 
 /// What a node knows of its standing in the pool, published by the arbiter task to

@@ -35,6 +35,40 @@ impl Incarnation {
     }
 }
 
+/// The file in a spool directory that names its incarnation.
+pub const INCARNATION_FILE: &str = "INCARNATION";
+
+impl Incarnation {
+    /// The incarnation of the spool in `dir`, made (and synced, with the directory) when
+    /// the spool has none: an empty disk is a new incarnation by construction.
+    pub fn load_or_create(dir: &std::path::Path) -> std::io::Result<Self> {
+        let path = dir.join(INCARNATION_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => uuid::Uuid::parse_str(text.trim()).map(Self).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)?;
+                let new = Self::new();
+                let tmp = dir.join(format!("{INCARNATION_FILE}.tmp"));
+                {
+                    use std::io::Write;
+                    let mut file = std::fs::File::create(&tmp)?;
+                    writeln!(file, "{}", new.0)?;
+                    file.sync_all()?;
+                }
+                std::fs::rename(&tmp, &path)?;
+                std::fs::File::open(dir)?.sync_all()?;
+                Ok(new)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl Default for Incarnation {
     fn default() -> Self {
         Self::new()
@@ -445,6 +479,21 @@ mod tests {
         // a was removed and let in again while the copies were written.
         let a_back = view(5, &[("a", 1, 5), ("b", 2, 1)]);
         assert!(!a_back.may_commit(&a, &c));
+    }
+
+    #[test]
+    fn a_spool_keeps_its_incarnation_and_an_empty_one_gets_a_new_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Incarnation::load_or_create(dir.path()).expect("made");
+        assert_eq!(
+            Incarnation::load_or_create(dir.path()).expect("read"),
+            first
+        );
+        std::fs::remove_file(dir.path().join(INCARNATION_FILE)).expect("wiped");
+        assert_ne!(
+            Incarnation::load_or_create(dir.path()).expect("made"),
+            first
+        );
     }
 
     #[test]

@@ -38,6 +38,14 @@ pub enum SpoolError {
     /// from then on (see [`health`]).
     #[error("the spool failed and takes no more writes: {0}")]
     Failed(#[source] Arc<std::io::Error>),
+    /// The copies the guarantee needs could not be made; nothing of the message is kept
+    /// anywhere that could deliver it.
+    #[error("not enough copies: {0}")]
+    NotReplicated(String),
+    /// Copies were made but not every holder confirmed the commit: the message is kept and
+    /// delivered, but the client cannot be told 250 (nor 451, see docs/replication.md).
+    #[error("copies made but the commit is unconfirmed: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// Storage for queued messages. One backend today; replication adds peers that call the

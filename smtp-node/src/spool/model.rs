@@ -80,6 +80,11 @@ pub struct Ownership {
     /// Other holders in rank order: the first live one takes over when the owner is gone.
     pub replicas: Vec<NodeId>,
     pub epoch: u64,
+    /// The replication record of a message held by several nodes (holders with their
+    /// spool incarnations, the view epoch of the list, committed or not); absent on a
+    /// standalone node. Decisions about it are `replication::View::duty`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<crate::replication::Copy>,
 }
 
 /// DSN `NOTIFY` parameter (RFC 3461), kept per recipient.

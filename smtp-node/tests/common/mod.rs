@@ -113,6 +113,7 @@ pub fn meta(from: &str, recipients: &[&str], size: usize) -> MessageMeta {
             owner: NodeId(NODE.to_string()),
             replicas: vec![],
             epoch: 1,
+            copy: None,
         },
     }
 }

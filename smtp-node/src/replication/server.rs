@@ -1,0 +1,291 @@
+//! The peer listener: where owners put copies of their messages on this node.
+//!
+//! Requests on one connection are handled concurrently, so a burst of prepares from an
+//! owner lands in one group commit of the local spool. A holder refuses what would take
+//! it backwards: a copy for another incarnation of this node (this disk is not the one
+//! the owner thinks), or an ownership record older than the one it has.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{self, Frame, Request, Response};
+use super::view::{Copy, Holder};
+use crate::peer_tls::PeerTls;
+use crate::spool::{Ownership, Spool, SpoolError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerServerError {
+    #[error("cannot listen for peers on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("peer listener failed: {0}")]
+    Accept(std::io::Error),
+}
+
+pub async fn bind(address: &str) -> Result<TcpListener, PeerServerError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| PeerServerError::Bind {
+            address: address.to_owned(),
+            source,
+        })
+}
+
+/// Serves peers until `shutdown`. Only an error of the listener itself ends it early.
+pub async fn serve<S: Spool>(
+    listener: TcpListener,
+    spool: Arc<S>,
+    me: Holder,
+    tls: Option<Arc<PeerTls>>,
+    shutdown: CancellationToken,
+) -> Result<(), PeerServerError> {
+    let me = Arc::new(me);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                // A peer that resets during accept is its problem; the listener goes on.
+                Err(e) if is_per_connection(&e) => continue,
+                Err(e) => return Err(PeerServerError::Accept(e)),
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let spool = spool.clone();
+        let me = me.clone();
+        let tls = tls.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let result = match tls {
+                Some(tls) => {
+                    match tokio_rustls::TlsAcceptor::from(tls.server_config())
+                        .accept(tcp)
+                        .await
+                    {
+                        Ok(stream) => serve_connection(stream, spool, me, stop).await,
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                None => serve_connection(tcp, spool, me, stop).await,
+            };
+            if let Err(reason) = result {
+                tracing::debug!(%remote, %reason, "peer connection ended");
+            }
+        });
+    }
+}
+
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+}
+
+async fn serve_connection<T, S>(
+    stream: T,
+    spool: Arc<S>,
+    me: Arc<Holder>,
+    shutdown: CancellationToken,
+) -> Result<(), String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Spool,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let peer = match protocol::read_frame(&mut reader).await {
+        Ok(Some(Frame::Request(_, Request::Hello { from }))) => from,
+        Ok(_) => return Err("the first frame was not a hello".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let (answers_tx, mut answers) = mpsc::unbounded_channel::<bytes::Bytes>();
+    let write_task = tokio::spawn(async move {
+        while let Some(frame) = answers.recv().await {
+            if protocol::write_frame(&mut writer, &frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let result = loop {
+        let frame = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            frame = protocol::read_frame(&mut reader) => frame,
+        };
+        match frame {
+            Ok(Some(Frame::Request(id, request))) => {
+                let spool = spool.clone();
+                let me = me.clone();
+                let answers = answers_tx.clone();
+                let from = peer.node.clone();
+                tokio::spawn(async move {
+                    let response = match handle(&*spool, &me, request).await {
+                        Ok(()) => Response::Ok,
+                        Err(reason) => {
+                            tracing::debug!(peer = %from, %reason, "refused a peer request");
+                            Response::Refused(reason)
+                        }
+                    };
+                    let _ = answers.send(protocol::encode_response(id, &response));
+                });
+            }
+            Ok(Some(Frame::Response(..))) => break Err("peer sent a response unasked".into()),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    drop(answers_tx);
+    let _ = write_task.await;
+    result
+}
+
+/// Why a holder refuses an ownership record, if it does.
+pub fn check_newer(mine: Option<&Copy>, theirs: &Copy) -> Result<(), String> {
+    match mine {
+        Some(mine) if mine.epoch > theirs.epoch => Err(format!(
+            "stale ownership record: epoch {} is older than this holder's {}",
+            theirs.epoch, mine.epoch
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn handle<S: Spool>(spool: &S, me: &Holder, request: Request) -> Result<(), String> {
+    let text = |e: SpoolError| e.to_string();
+    match request {
+        Request::Hello { .. } => Err("hello sent twice".into()),
+        Request::Prepare { meta, body } => {
+            let Some(copy) = meta.ownership.copy.as_ref() else {
+                return Err("a copy without an ownership record".into());
+            };
+            if !copy.holders.contains(me) {
+                return Err(format!(
+                    "this node is {} incarnation {}, not a holder named in the record",
+                    me.node, me.incarnation
+                ));
+            }
+            if let Some(existing) = spool.load_meta(meta.id).await.map_err(text)? {
+                check_newer(existing.ownership.copy.as_ref(), copy)?;
+            }
+            spool.store(*meta, body).await.map_err(text)
+        }
+        Request::Commit { id, copy } => {
+            let existing = spool
+                .load_meta(id)
+                .await
+                .map_err(text)?
+                .ok_or_else(|| format!("message {id} was never prepared here"))?;
+            check_newer(existing.ownership.copy.as_ref(), &copy)?;
+            spool
+                .set_ownership(id, with_copy(&existing.ownership, copy))
+                .await
+                .map_err(text)
+        }
+        Request::Abort { id } => match spool.load_meta(id).await.map_err(text)? {
+            Some(existing)
+                if existing
+                    .ownership
+                    .copy
+                    .as_ref()
+                    .is_some_and(|c| !c.committed) =>
+            {
+                spool.remove(id).await.map_err(text)
+            }
+            Some(_) => Err(format!("message {id} is committed here; not dropping it")),
+            None => Ok(()),
+        },
+        Request::Update { id, updates, copy } => {
+            let existing = spool
+                .load_meta(id)
+                .await
+                .map_err(text)?
+                .ok_or_else(|| format!("message {id} is not held here"))?;
+            if let Some(copy) = &copy {
+                check_newer(existing.ownership.copy.as_ref(), copy)?;
+            }
+            if updates
+                .iter()
+                .any(|u| u.index >= existing.envelope.recipients.len())
+            {
+                return Err("a recipient update names no recipient of the message".into());
+            }
+            if !updates.is_empty() {
+                spool.update(id, updates).await.map_err(text)?;
+            }
+            if let Some(copy) = copy {
+                spool
+                    .set_ownership(id, with_copy(&existing.ownership, copy))
+                    .await
+                    .map_err(text)?;
+            }
+            Ok(())
+        }
+        Request::Remove { id } => match spool.remove(id).await {
+            Ok(()) | Err(SpoolError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        },
+    }
+}
+
+fn with_copy(ownership: &Ownership, copy: Copy) -> Ownership {
+    Ownership {
+        owner: copy
+            .holders
+            .first()
+            .map(|h| h.node.clone())
+            .unwrap_or_else(|| ownership.owner.clone()),
+        replicas: copy
+            .holders
+            .iter()
+            .skip(1)
+            .map(|h| h.node.clone())
+            .collect(),
+        epoch: copy.epoch,
+        copy: Some(copy),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::view::Incarnation;
+    use crate::spool::NodeId;
+
+    fn copy(epoch: u64) -> Copy {
+        Copy {
+            holders: vec![Holder {
+                node: NodeId("a".into()),
+                incarnation: Incarnation::new(),
+            }],
+            epoch,
+            committed: true,
+        }
+    }
+
+    #[test]
+    fn an_older_record_is_refused_and_an_equal_or_newer_one_taken() {
+        assert!(check_newer(Some(&copy(5)), &copy(4)).is_err());
+        assert!(check_newer(Some(&copy(5)), &copy(5)).is_ok());
+        assert!(check_newer(Some(&copy(5)), &copy(6)).is_ok());
+        assert!(check_newer(None, &copy(1)).is_ok());
+    }
+
+    #[test]
+    fn the_owner_fields_follow_the_record() {
+        let c = copy(3);
+        let o = with_copy(
+            &Ownership {
+                owner: NodeId("old".into()),
+                replicas: vec![],
+                epoch: 1,
+                copy: None,
+            },
+            c.clone(),
+        );
+        assert_eq!(o.owner, NodeId("a".into()));
+        assert_eq!(o.epoch, 3);
+        assert_eq!(o.copy, Some(c));
+    }
+}

@@ -1,0 +1,323 @@
+//! `ReplicatedSpool`: the local spool plus the copies on other nodes, behind the same
+//! [`Spool`] contract, so the SMTP session's "250 only after `store` returned `Ok`" now
+//! means "durable on `replicationFactor` nodes across `minDataCentres` data centres".
+//!
+//! `store` runs the two phases of `docs/replication.md`: prepare (the message with an
+//! uncommitted record, locally and on each replica at once, each group-committed), then
+//! commit (locally and on each replica). A failed prepare drops the copies and says
+//! [`SpoolError::NotReplicated`] (the client hears 451 and nothing is ever delivered); an
+//! unconfirmed commit keeps the message and says [`SpoolError::OutcomeUnknown`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use tokio::sync::watch;
+
+use super::Standing;
+use super::peer::{PeerError, Peers};
+use super::placement::{Candidate, choose_replicas};
+use super::protocol::Request;
+use super::view::{Copy, Holder, View};
+use crate::spool::{MessageId, MessageMeta, Ownership, RecipientUpdate, Spool, SpoolError};
+
+/// What a replicated spool needs to know about its pool.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub me: Holder,
+    pub data_centre: String,
+    pub factor: usize,
+    pub min_data_centres: usize,
+    /// How long an owner waits for a holder's acknowledgement.
+    pub timeout: Duration,
+}
+
+pub struct ReplicatedSpool<S: Spool> {
+    local: Arc<S>,
+    settings: Settings,
+    standing: watch::Receiver<Standing>,
+    peers: Arc<Peers>,
+}
+
+impl<S: Spool> ReplicatedSpool<S> {
+    pub fn new(
+        local: Arc<S>,
+        settings: Settings,
+        standing: watch::Receiver<Standing>,
+        peers: Arc<Peers>,
+    ) -> Self {
+        Self {
+            local,
+            settings,
+            standing,
+            peers,
+        }
+    }
+
+    pub fn local(&self) -> &Arc<S> {
+        &self.local
+    }
+
+    /// The view to act on, or why there is none.
+    fn view(&self) -> Result<View, SpoolError> {
+        let standing = self.standing.borrow();
+        match standing.usable_view() {
+            Some(view) if view.is_member(&self.settings.me) => Ok(view.clone()),
+            Some(_) => Err(SpoolError::NotReplicated(
+                "this node is not a member of the pool's view yet".into(),
+            )),
+            None => Err(SpoolError::NotReplicated(
+                "this node is fenced: it cannot renew its Lease with the API server".into(),
+            )),
+        }
+    }
+
+    fn place(&self, view: &View, id: MessageId) -> Result<Vec<Holder>, SpoolError> {
+        let candidates: Vec<Candidate> = view
+            .members
+            .iter()
+            .filter(|(node, _)| **node != self.settings.me.node)
+            .map(|(node, m)| Candidate {
+                holder: Holder {
+                    node: node.clone(),
+                    incarnation: m.incarnation,
+                },
+                data_centre: m.data_centre.clone(),
+            })
+            .collect();
+        choose_replicas(
+            &self.settings.data_centre,
+            &candidates,
+            self.settings.factor,
+            self.settings.min_data_centres,
+            id.0.as_u128(),
+        )
+        .map_err(|e| SpoolError::NotReplicated(e.to_string()))
+    }
+
+    /// Sends one request to each holder (this node excluded) at the address the view
+    /// gives, all at once, and returns each one's result.
+    async fn broadcast(
+        &self,
+        view: &View,
+        holders: &[Holder],
+        request: impl Fn() -> Request,
+    ) -> Vec<(Holder, Result<(), PeerError>)> {
+        let calls = holders.iter().filter(|h| **h != self.settings.me).map(|h| {
+            let address = view
+                .members
+                .get(&h.node)
+                .map(|m| m.address.clone())
+                .unwrap_or_default();
+            let request = request();
+            async move {
+                let result = if address.is_empty() {
+                    Err(PeerError::Unreachable {
+                        node: h.node.0.clone(),
+                        address,
+                        reason: "not a member of the view".into(),
+                    })
+                } else {
+                    self.peers
+                        .call(&h.node, &address, request, self.settings.timeout)
+                        .await
+                };
+                (h.clone(), result)
+            }
+        });
+        join_all(calls).await
+    }
+
+    /// Drops an uncommitted message here and on its replicas; a replica that cannot be
+    /// told keeps an uncommitted copy, which is never delivered.
+    async fn abort(&self, view: &View, id: MessageId, holders: &[Holder]) {
+        if let Err(error) = self.local.remove(id).await {
+            tracing::warn!(%id, %error, "cannot drop a refused message's local copy");
+        }
+        for (holder, result) in self
+            .broadcast(view, holders, || Request::Abort { id })
+            .await
+        {
+            if let Err(error) = result {
+                tracing::info!(%id, holder = %holder.node, %error,
+                    "a replica keeps an uncommitted copy of a refused message; it is never delivered");
+            }
+        }
+    }
+
+    fn holders_of(meta: &MessageMeta) -> Vec<Holder> {
+        meta.ownership
+            .copy
+            .as_ref()
+            .map(|c| c.holders.clone())
+            .unwrap_or_default()
+    }
+
+    /// Tells every other holder of a message about a change; a holder that does not
+    /// confirm is logged: it counts as lagging until the owner's next write reaches it.
+    async fn propagate(&self, id: MessageId, holders: &[Holder], request: impl Fn() -> Request) {
+        let Ok(view) = self.view() else {
+            tracing::warn!(%id, "fenced: a change to the message stays local for now");
+            return;
+        };
+        for (holder, result) in self.broadcast(&view, holders, request).await {
+            if let Err(error) = result {
+                tracing::warn!(%id, holder = %holder.node, %error, "a holder did not confirm a change");
+            }
+        }
+    }
+}
+
+fn ownership(copy: Copy) -> Ownership {
+    Ownership {
+        owner: copy
+            .holders
+            .first()
+            .map(|h| h.node.clone())
+            .unwrap_or_else(|| crate::spool::NodeId(String::new())),
+        replicas: copy
+            .holders
+            .iter()
+            .skip(1)
+            .map(|h| h.node.clone())
+            .collect(),
+        epoch: copy.epoch,
+        copy: Some(copy),
+    }
+}
+
+impl<S: Spool> Spool for ReplicatedSpool<S> {
+    async fn store(&self, mut meta: MessageMeta, body: Bytes) -> Result<(), SpoolError> {
+        if self.settings.factor <= 1 {
+            return self.local.store(meta, body).await;
+        }
+        let id = meta.id;
+        let view = self.view()?;
+        let mut holders = vec![self.settings.me.clone()];
+        holders.extend(self.place(&view, id)?);
+        let prepared = Copy {
+            holders: holders.clone(),
+            epoch: view.epoch,
+            committed: false,
+        };
+        meta.ownership = ownership(prepared.clone());
+
+        let prepare = {
+            let meta = meta.clone();
+            let body = body.clone();
+            move || Request::Prepare {
+                meta: Box::new(meta.clone()),
+                body: body.clone(),
+            }
+        };
+        let (local, remote) = tokio::join!(
+            self.local.store(meta.clone(), body),
+            self.broadcast(&view, &holders, prepare)
+        );
+        if let Err(error) = local {
+            self.abort(&view, id, &holders).await;
+            return Err(error);
+        }
+        if let Some((holder, Err(error))) = remote.into_iter().find(|(_, r)| r.is_err()) {
+            tracing::warn!(%id, holder = %holder.node, %error, "a replica did not take the message");
+            self.abort(&view, id, &holders).await;
+            return Err(SpoolError::NotReplicated(error.to_string()));
+        }
+
+        // Every holder must still be eligible now: one that left the view meanwhile may
+        // already be replaced, and its copy would not count.
+        let current = match self.view() {
+            Ok(current) if current.may_commit(&self.settings.me, &prepared) => current,
+            Ok(_) => {
+                self.abort(&view, id, &holders).await;
+                return Err(SpoolError::NotReplicated(
+                    "a holder left the pool while the copies were written".into(),
+                ));
+            }
+            Err(error) => {
+                self.abort(&view, id, &holders).await;
+                return Err(error);
+            }
+        };
+        let committed = Copy {
+            committed: true,
+            ..prepared
+        };
+        self.local
+            .set_ownership(id, ownership(committed.clone()))
+            .await?;
+        let unconfirmed: Vec<String> = self
+            .broadcast(&current, &holders, || Request::Commit {
+                id,
+                copy: committed.clone(),
+            })
+            .await
+            .into_iter()
+            .filter_map(|(_, r)| r.err().map(|e| e.to_string()))
+            .collect();
+        if unconfirmed.is_empty() {
+            Ok(())
+        } else {
+            Err(SpoolError::OutcomeUnknown(unconfirmed.join("; ")))
+        }
+    }
+
+    async fn update(
+        &self,
+        id: MessageId,
+        updates: Vec<RecipientUpdate>,
+    ) -> Result<MessageMeta, SpoolError> {
+        let meta = self.local.update(id, updates.clone()).await?;
+        let holders = Self::holders_of(&meta);
+        if !holders.is_empty() {
+            self.propagate(id, &holders, || Request::Update {
+                id,
+                updates: updates.clone(),
+                copy: None,
+            })
+            .await;
+        }
+        Ok(meta)
+    }
+
+    async fn set_ownership(&self, id: MessageId, ownership: Ownership) -> Result<(), SpoolError> {
+        let copy = ownership.copy.clone();
+        self.local.set_ownership(id, ownership).await?;
+        if let Some(copy) = copy {
+            let holders = copy.holders.clone();
+            self.propagate(id, &holders, || Request::Update {
+                id,
+                updates: Vec::new(),
+                copy: Some(copy.clone()),
+            })
+            .await;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: MessageId) -> Result<(), SpoolError> {
+        let holders = match self.local.load_meta(id).await? {
+            Some(meta) => Self::holders_of(&meta),
+            None => Vec::new(),
+        };
+        self.local.remove(id).await?;
+        if !holders.is_empty() {
+            self.propagate(id, &holders, || Request::Remove { id })
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn load_meta(&self, id: MessageId) -> Result<Option<MessageMeta>, SpoolError> {
+        self.local.load_meta(id).await
+    }
+
+    async fn load_body(&self, id: MessageId) -> Result<Bytes, SpoolError> {
+        self.local.load_body(id).await
+    }
+
+    async fn list(&self) -> Result<Vec<MessageMeta>, SpoolError> {
+        self.local.list().await
+    }
+}

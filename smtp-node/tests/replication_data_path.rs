@@ -1,0 +1,437 @@
+//! The replication data path with real spools and real sockets: three nodes in two data
+//! centres, each with its own `LogSpool` on disk, its peer listener on loopback with mTLS
+//! from a test CA, and a `ReplicatedSpool` in front. The pool's view is given to the
+//! nodes directly here (the arbiter that reads it from the API server is tested on its
+//! own), so these tests are about what crosses the wire and lands on disk.
+
+mod common;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::certs::Pki;
+use smtp_node::config::PeerTlsFiles;
+use smtp_node::peer_tls::PeerTls;
+use smtp_node::replication::protocol::Request;
+use smtp_node::replication::{
+    Copy, Holder, Incarnation, PeerError, Peers, ReplicatedSpool, Settings, Standing, View, server,
+};
+use smtp_node::spool::{
+    LogSpool, LogSpoolOptions, MessageMeta, NodeId, RecipientState, RecipientUpdate, Spool,
+    SpoolError,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const NODES: [(&str, &str); 3] = [
+    ("pool-east-0", "east"),
+    ("pool-east-1", "east"),
+    ("pool-west-0", "west"),
+];
+
+struct TestNode {
+    holder: Holder,
+    spool: Arc<LogSpool>,
+    replicated: ReplicatedSpool<LogSpool>,
+    standing: watch::Sender<Standing>,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+struct Pool {
+    nodes: Vec<TestNode>,
+    view: View,
+    pki: Pki,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            n.stop.cancel();
+        }
+    }
+}
+
+fn loopback() -> IpAddr {
+    "127.0.0.1".parse().expect("ip")
+}
+
+/// Starts the three nodes, each a member of the view, with factor 2 over 2 data centres.
+async fn pool(factor: usize, min_dcs: usize) -> Pool {
+    let pki = Pki::new();
+    let ca = pki.ca_file();
+    let mut view = View::default();
+    let mut prepared = Vec::new();
+    for (name, dc) in NODES {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let incarnation = Incarnation::load_or_create(dir.path()).expect("incarnation");
+        let holder = Holder {
+            node: NodeId(name.into()),
+            incarnation,
+        };
+        let cert = pki.issue(name);
+        let tls = PeerTls::load(
+            &PeerTlsFiles {
+                ca_file: ca.clone(),
+                cert_dir: cert.cert.parent().expect("dir").to_path_buf(),
+            },
+            name,
+        )
+        .expect("peer tls");
+        let port = common::free_port(&[loopback()], false);
+        let address = format!("127.0.0.1:{port}");
+        view = view.join(&holder, dc, &address).expect("joins");
+        prepared.push((holder, dir, tls, address, dc));
+    }
+    let mut nodes = Vec::new();
+    for (holder, dir, tls, address, dc) in prepared {
+        let spool =
+            Arc::new(LogSpool::open(dir.path(), LogSpoolOptions::default()).expect("spool"));
+        let stop = CancellationToken::new();
+        let listener = server::bind(&address).await.expect("bind");
+        tokio::spawn(server::serve(
+            listener,
+            spool.clone(),
+            holder.clone(),
+            Some(tls.clone()),
+            stop.clone(),
+        ));
+        let (standing, watch) = watch::channel(Standing {
+            view: Some(view.clone()),
+            fenced: false,
+        });
+        let replicated = ReplicatedSpool::new(
+            spool.clone(),
+            Settings {
+                me: holder.clone(),
+                data_centre: dc.to_owned(),
+                factor,
+                min_data_centres: min_dcs,
+                timeout: Duration::from_secs(5),
+            },
+            watch,
+            Peers::new(holder.clone(), Some(tls)),
+        );
+        nodes.push(TestNode {
+            holder,
+            spool,
+            replicated,
+            standing,
+            stop,
+            _dir: dir,
+        });
+    }
+    Pool { nodes, view, pki }
+}
+
+fn message(n: usize) -> (MessageMeta, Bytes) {
+    let body = format!("Subject: message {n}\r\n\r\nbody of {n} with 8-bit \u{e9}\r\n");
+    (
+        common::meta("sender@example.com", &["rcpt@example.net"], body.len()),
+        Bytes::from(body),
+    )
+}
+
+async fn held(node: &TestNode, meta: &MessageMeta) -> Option<(MessageMeta, Bytes)> {
+    let stored = node.spool.load_meta(meta.id).await.expect("load")?;
+    let body = node.spool.load_body(meta.id).await.expect("body");
+    Some((stored, body))
+}
+
+#[tokio::test]
+async fn a_stored_message_is_committed_on_a_node_in_the_other_data_centre() {
+    let pool = pool(2, 2).await;
+    let owner = &pool.nodes[0];
+    let (meta, body) = message(1);
+    owner
+        .replicated
+        .store(meta.clone(), body.clone())
+        .await
+        .expect("stored on two nodes");
+
+    let (local, local_body) = held(owner, &meta).await.expect("owner keeps a copy");
+    assert_eq!(local_body, body);
+    let copy = local.ownership.copy.clone().expect("a replication record");
+    assert!(copy.committed);
+    assert_eq!(copy.epoch, pool.view.epoch);
+    assert_eq!(copy.holders.len(), 2);
+    assert_eq!(copy.holders[0], owner.holder);
+    assert_eq!(
+        copy.holders[1], pool.nodes[2].holder,
+        "the replica is in west"
+    );
+
+    let (remote, remote_body) = held(&pool.nodes[2], &meta).await.expect("west holds it");
+    assert_eq!(remote_body, body, "byte for byte");
+    assert_eq!(remote.ownership.copy, Some(copy.clone()));
+    assert_eq!(remote.envelope, local.envelope);
+    assert!(
+        held(&pool.nodes[1], &meta).await.is_none(),
+        "only two copies"
+    );
+    assert_eq!(
+        pool.view.duty(&owner.holder, &copy),
+        smtp_node::replication::Duty::Deliver
+    );
+}
+
+#[tokio::test]
+async fn without_the_other_data_centre_nothing_is_kept_and_the_reason_is_given() {
+    let pool = pool(2, 2).await;
+    pool.nodes[2].stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (meta, body) = message(2);
+    let error = pool.nodes[0]
+        .replicated
+        .store(meta.clone(), body)
+        .await
+        .expect_err("the only west node is gone");
+    match &error {
+        SpoolError::NotReplicated(reason) => assert!(reason.contains("pool-west-0"), "{reason}"),
+        other => panic!("expected NotReplicated, got {other}"),
+    }
+    for node in &pool.nodes {
+        assert!(
+            held(node, &meta).await.is_none(),
+            "{} kept a copy",
+            node.holder.node
+        );
+    }
+}
+
+#[tokio::test]
+async fn too_few_data_centres_in_the_view_are_refused_before_anything_is_written() {
+    let pool = pool(2, 2).await;
+    let without_west = pool
+        .view
+        .remove(&[NodeId("pool-west-0".into())])
+        .expect("member");
+    pool.nodes[0].standing.send_replace(Standing {
+        view: Some(without_west),
+        fenced: false,
+    });
+    let (meta, body) = message(3);
+    let error = pool.nodes[0]
+        .replicated
+        .store(meta.clone(), body)
+        .await
+        .expect_err("one DC");
+    assert!(error.to_string().contains("span 2 data centres"), "{error}");
+    assert!(held(&pool.nodes[0], &meta).await.is_none());
+}
+
+#[tokio::test]
+async fn a_fenced_node_takes_no_mail() {
+    let pool = pool(2, 2).await;
+    pool.nodes[0].standing.send_replace(Standing {
+        view: Some(pool.view.clone()),
+        fenced: true,
+    });
+    let (meta, body) = message(4);
+    let error = pool.nodes[0]
+        .replicated
+        .store(meta.clone(), body)
+        .await
+        .expect_err("fenced");
+    assert!(error.to_string().contains("fenced"), "{error}");
+    for node in &pool.nodes {
+        assert!(held(node, &meta).await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn concurrent_messages_all_reach_their_replicas() {
+    let pool = Arc::new(pool(2, 1).await);
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let (meta, body) = message(100 + i);
+            let owner = &pool.nodes[i % 3];
+            owner
+                .replicated
+                .store(meta.clone(), body)
+                .await
+                .map(|()| (i % 3, meta))
+        }));
+    }
+    let mut per_node = [0usize; 3];
+    for task in tasks {
+        let (owner, meta) = task.await.expect("task").expect("stored");
+        let copy = held(&pool.nodes[owner], &meta)
+            .await
+            .expect("owner copy")
+            .0
+            .ownership
+            .copy
+            .expect("record");
+        assert_eq!(copy.holders.len(), 2);
+        for h in &copy.holders {
+            let n = pool
+                .nodes
+                .iter()
+                .position(|x| &x.holder == h)
+                .expect("a pool node");
+            per_node[n] += 1;
+            let (stored, _) = held(&pool.nodes[n], &meta).await.expect("holder has it");
+            assert!(stored.ownership.copy.expect("record").committed);
+        }
+    }
+    assert_eq!(per_node.iter().sum::<usize>(), 600);
+    assert!(
+        per_node.iter().all(|&c| c > 100),
+        "copies spread: {per_node:?}"
+    );
+}
+
+#[tokio::test]
+async fn outcomes_and_removal_reach_the_replica() {
+    let pool = pool(2, 2).await;
+    let owner = &pool.nodes[0];
+    let (meta, body) = message(5);
+    owner
+        .replicated
+        .store(meta.clone(), body)
+        .await
+        .expect("stored");
+    let delivered = RecipientState::Delivered {
+        at: 1,
+        reply: smtp_node::spool::Reply {
+            code: 250,
+            enhanced: Some("2.0.0".into()),
+            text: "ok".into(),
+        },
+    };
+    owner
+        .replicated
+        .update(
+            meta.id,
+            vec![RecipientUpdate {
+                index: 0,
+                state: delivered.clone(),
+                attempt: None,
+            }],
+        )
+        .await
+        .expect("update");
+    let (remote, _) = held(&pool.nodes[2], &meta).await.expect("held");
+    assert_eq!(remote.envelope.recipients[0].state, delivered);
+    owner.replicated.remove(meta.id).await.expect("remove");
+    assert!(
+        held(&pool.nodes[2], &meta).await.is_none(),
+        "removed on the replica too"
+    );
+    assert!(held(owner, &meta).await.is_none());
+}
+
+#[tokio::test]
+async fn a_holder_refuses_an_older_record_and_a_copy_meant_for_another_disk() {
+    let pool = pool(2, 2).await;
+    let owner = &pool.nodes[0];
+    let replica = &pool.nodes[2];
+    let (meta, body) = message(6);
+    owner
+        .replicated
+        .store(meta.clone(), body.clone())
+        .await
+        .expect("stored");
+    let address = pool.view.members[&replica.holder.node].address.clone();
+    let peers = Peers::new(owner.holder.clone(), None);
+    // Without mTLS the replica does not even answer.
+    let plain = peers
+        .call(
+            &replica.holder.node,
+            &address,
+            Request::Remove { id: meta.id },
+            Duration::from_secs(3),
+        )
+        .await;
+    assert!(plain.is_err(), "a peer without a certificate was served");
+    assert!(held(replica, &meta).await.is_some());
+
+    let tls_peers = Peers::new(
+        owner.holder.clone(),
+        Some(
+            PeerTls::load(
+                &PeerTlsFiles {
+                    ca_file: pool.pki.ca_file(),
+                    cert_dir: pool
+                        .pki
+                        .issue("pool-east-0")
+                        .cert
+                        .parent()
+                        .expect("dir")
+                        .to_path_buf(),
+                },
+                "pool-east-0",
+            )
+            .expect("tls"),
+        ),
+    );
+    let older = Copy {
+        holders: vec![owner.holder.clone(), replica.holder.clone()],
+        epoch: pool.view.epoch - 1,
+        committed: true,
+    };
+    let refused = tls_peers
+        .call(
+            &replica.holder.node,
+            &address,
+            Request::Update {
+                id: meta.id,
+                updates: vec![],
+                copy: Some(older),
+            },
+            Duration::from_secs(3),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(PeerError::Refused { reason, .. }) if reason.contains("stale")),
+        "{refused:?}"
+    );
+
+    let (mut other, other_body) = message(7);
+    other.ownership.copy = Some(Copy {
+        holders: vec![
+            owner.holder.clone(),
+            Holder {
+                node: replica.holder.node.clone(),
+                incarnation: Incarnation::new(),
+            },
+        ],
+        epoch: pool.view.epoch,
+        committed: false,
+    });
+    let refused = tls_peers
+        .call(
+            &replica.holder.node,
+            &address,
+            Request::Prepare {
+                meta: Box::new(other.clone()),
+                body: other_body,
+            },
+            Duration::from_secs(3),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(PeerError::Refused { reason, .. }) if reason.contains("incarnation")),
+        "{refused:?}"
+    );
+    assert!(held(replica, &other).await.is_none());
+}
+
+#[tokio::test]
+async fn one_copy_needs_no_peer() {
+    let pool = pool(1, 1).await;
+    pool.nodes[1].stop.cancel();
+    pool.nodes[2].stop.cancel();
+    let (meta, body) = message(8);
+    pool.nodes[0]
+        .replicated
+        .store(meta.clone(), body)
+        .await
+        .expect("stored locally");
+    assert!(held(&pool.nodes[0], &meta).await.is_some());
+}
