@@ -26,6 +26,7 @@ use crate::inbound::{self, CertError, CertStore, ServerError, Shared};
 use crate::metrics::{self, InboundMetrics, ResultLabel, SpoolMetrics};
 use crate::outbound::{OutboundError, OutboundMetrics, QueueManager};
 use crate::policy::RelayPolicy;
+use crate::replication::Authority;
 use crate::spool::{LogSpool, LogSpoolOptions, NodeId, SpoolError, SpoolHealth, now_millis};
 use crate::supervisor::{Supervisor, TaskFailure};
 
@@ -135,7 +136,7 @@ impl Node {
         let manager = QueueManager::new(
             &config.delivery,
             keyring,
-            node.clone(),
+            Authority::Standalone(node.clone()),
             spool.clone(),
             outbound_metrics,
         )?;

@@ -16,7 +16,8 @@ use smtp_node::config::PeerTlsFiles;
 use smtp_node::peer_tls::PeerTls;
 use smtp_node::replication::protocol::Request;
 use smtp_node::replication::{
-    Copy, Holder, Incarnation, PeerError, Peers, ReplicatedSpool, Settings, Standing, View, server,
+    Authority, Copy, Duty, Holder, Incarnation, PeerError, Peers, ReplicatedSpool, Settings,
+    Standing, View, server, takeover,
 };
 use smtp_node::spool::{
     LogSpool, LogSpoolOptions, MessageMeta, NodeId, RecipientState, RecipientUpdate, Spool,
@@ -434,4 +435,117 @@ async fn one_copy_needs_no_peer() {
         .await
         .expect("stored locally");
     assert!(held(&pool.nodes[0], &meta).await.is_some());
+}
+
+fn standing(view: &View) -> Standing {
+    Standing {
+        view: Some(view.clone()),
+        fenced: false,
+    }
+}
+
+#[tokio::test]
+async fn the_survivor_takes_over_and_restores_the_factor() {
+    let pool = pool(2, 2).await;
+    let (east0, east1, west0) = (&pool.nodes[0], &pool.nodes[1], &pool.nodes[2]);
+    let (meta, body) = message(9);
+    east0
+        .replicated
+        .store(meta.clone(), body.clone())
+        .await
+        .expect("stored");
+
+    // east-0 is gone: its Lease expired and the arbiter removed it.
+    east0.stop.cancel();
+    let after = pool
+        .view
+        .remove(std::slice::from_ref(&east0.holder.node))
+        .expect("member");
+    for node in [east1, west0] {
+        node.standing.send_replace(standing(&after));
+    }
+    let (queue, mut announced) = tokio::sync::mpsc::unbounded_channel();
+    let done = takeover::pass(&west0.replicated, &after, false, &queue)
+        .await
+        .expect("pass");
+    assert_eq!(done.taken_over, 1, "{done:?}");
+    assert_eq!(announced.try_recv().ok(), Some(meta.id));
+
+    let (mine, _) = held(west0, &meta).await.expect("west keeps it");
+    let copy = mine.ownership.copy.clone().expect("record");
+    assert_eq!(
+        copy.epoch, after.epoch,
+        "the takeover is written at the new epoch"
+    );
+    assert_eq!(
+        copy.holders,
+        vec![west0.holder.clone(), east1.holder.clone()]
+    );
+    assert_eq!(after.duty(&west0.holder, &copy), Duty::Deliver);
+    let (theirs, their_body) = held(east1, &meta).await.expect("a new copy in east");
+    assert_eq!(their_body, body);
+    assert_eq!(theirs.ownership.copy, Some(copy.clone()));
+
+    let west_authority = Authority::Replicated {
+        me: west0.holder.clone(),
+        standing: west0.standing.subscribe(),
+    };
+    assert!(west_authority.may_deliver(&mine));
+    // The old owner, were it still running: fenced, it delivers nothing; once it reads
+    // the new view, its copy is stale.
+    let old = Authority::Replicated {
+        me: east0.holder.clone(),
+        standing: east0.standing.subscribe(),
+    };
+    let (old_copy, _) = held(east0, &meta).await.expect("its disk still has it");
+    east0.standing.send_replace(Standing {
+        view: Some(pool.view.clone()),
+        fenced: true,
+    });
+    assert!(!old.may_deliver(&old_copy));
+    east0.standing.send_replace(standing(&after));
+    assert!(!old.may_deliver(&old_copy));
+
+    // Nothing more to do on either survivor.
+    let again = takeover::pass(&west0.replicated, &after, false, &queue)
+        .await
+        .expect("pass");
+    assert_eq!(again, takeover::Pass::default());
+    let at_east = takeover::pass(&east1.replicated, &after, false, &queue)
+        .await
+        .expect("pass");
+    assert_eq!(at_east, takeover::Pass::default());
+}
+
+#[tokio::test]
+async fn an_uncommitted_copy_whose_writer_left_is_dropped() {
+    let pool = pool(2, 2).await;
+    let (east0, west0) = (&pool.nodes[0], &pool.nodes[2]);
+    let (mut meta, body) = message(10);
+    meta.ownership.copy = Some(Copy {
+        holders: vec![east0.holder.clone(), west0.holder.clone()],
+        epoch: pool.view.epoch,
+        committed: false,
+    });
+    west0
+        .spool
+        .store(meta.clone(), body)
+        .await
+        .expect("prepared copy");
+    let (queue, _announced) = tokio::sync::mpsc::unbounded_channel();
+    let held_while_writer_lives = takeover::pass(&west0.replicated, &pool.view, true, &queue)
+        .await
+        .expect("pass");
+    assert_eq!(held_while_writer_lives.discarded, 0);
+    assert!(held(west0, &meta).await.is_some());
+
+    let after = pool
+        .view
+        .remove(std::slice::from_ref(&east0.holder.node))
+        .expect("member");
+    let done = takeover::pass(&west0.replicated, &after, false, &queue)
+        .await
+        .expect("pass");
+    assert_eq!(done.discarded, 1);
+    assert!(held(west0, &meta).await.is_none());
 }

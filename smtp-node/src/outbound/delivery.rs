@@ -34,8 +34,9 @@ use super::queue::{
 use super::throttle::RateLimiter;
 use crate::dkim::{DkimKeyring, Signing};
 use crate::dsn::{self, DsnRecipient};
+use crate::replication::Authority;
 use crate::spool::{
-    BodyType, MessageId, MessageMeta, NodeId, RecipientState, RecipientUpdate, Spool, now_millis,
+    BodyType, MessageId, MessageMeta, RecipientState, RecipientUpdate, Spool, now_millis,
 };
 
 /// Recipients per transaction: RFC 5321 section 4.5.3.1.8 obliges servers to take 100.
@@ -51,7 +52,8 @@ pub enum Route {
 /// Everything workers share; built once by the manager.
 pub struct Shared<S> {
     pub spool: Arc<S>,
-    pub node: NodeId,
+    /// Decides which messages this node may deliver.
+    pub authority: Authority,
     pub route: Route,
     pub resolver: MxResolver,
     pub client: ClientSettings,
@@ -365,7 +367,7 @@ fn undone(meta: &MessageMeta, indices: &[usize]) -> Vec<usize> {
 /// The message's metadata when it is still queued and this node owns it.
 async fn load_owned<S: Spool>(shared: &Shared<S>, id: MessageId) -> Option<MessageMeta> {
     match shared.spool.load_meta(id).await {
-        Ok(Some(meta)) if meta.ownership.owner == shared.node => Some(meta),
+        Ok(Some(meta)) if shared.authority.may_deliver(&meta) => Some(meta),
         Ok(Some(_)) => {
             tracing::info!(%id, "message is now owned by another node; not delivering");
             None

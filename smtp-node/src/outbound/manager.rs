@@ -9,8 +9,9 @@
 //! schedules its next attempt from the stored recipient states, so the spool is the only
 //! source of truth and a restart recovers exactly what was queued.
 //!
-//! Messages are delivered only by their owner (`Ownership::owner`); announcing an id on
-//! the incoming channel again (after a takeover) makes the manager look at it afresh.
+//! Messages are delivered only where `Authority::may_deliver` says so (the owner; in a
+//! pool, the owner under the current view); announcing an id on the incoming channel
+//! again (after a takeover) makes the manager look at it afresh.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -29,7 +30,8 @@ use super::queue::{Destination, RetryPolicy, due_recipients, next_due, next_due_
 use super::throttle::RateLimiter;
 use super::tls::{TlsConnectors, TlsSetupError};
 use crate::dkim::DkimKeyring;
-use crate::spool::{MessageId, MessageMeta, NodeId, Spool, SpoolError, UnixMillis, now_millis};
+use crate::replication::Authority;
+use crate::spool::{MessageId, MessageMeta, Spool, SpoolError, UnixMillis, now_millis};
 
 /// Wait before looking again at a message whose attempt could not be made at all.
 const STALLED_BACKOFF: Duration = Duration::from_secs(30);
@@ -70,7 +72,7 @@ impl<S: Spool> QueueManager<S> {
     pub fn new(
         config: &DeliveryConfig,
         dkim: Arc<DkimKeyring>,
-        node: NodeId,
+        authority: Authority,
         spool: Arc<S>,
         metrics: OutboundMetrics,
     ) -> Result<Self, OutboundError> {
@@ -125,7 +127,7 @@ impl<S: Spool> QueueManager<S> {
         };
         let shared = Shared {
             spool,
-            node,
+            authority,
             route,
             resolver: MxResolver::new(&config.nameservers)?,
             client: ClientSettings {
@@ -273,7 +275,7 @@ impl<S: Spool> State<'_, S> {
             .map_err(OutboundError::Recovery)?;
         let (mut owned, mut finished) = (0usize, 0usize);
         for meta in all {
-            if meta.ownership.owner != self.shared().node {
+            if !self.shared().authority.may_deliver(&meta) {
                 continue;
             }
             match next_due(&meta) {
@@ -347,7 +349,7 @@ impl<S: Spool> State<'_, S> {
                 return;
             }
         };
-        if meta.ownership.owner != self.shared().node {
+        if !self.shared().authority.may_deliver(&meta) {
             tracing::debug!(%id, owner = %meta.ownership.owner, "not the owner; not delivering");
             return;
         }
@@ -477,7 +479,7 @@ impl<S: Spool> State<'_, S> {
         }
         let now = now_millis();
         match self.shared().spool.load_meta(id).await {
-            Ok(Some(meta)) if meta.ownership.owner == self.shared().node => {
+            Ok(Some(meta)) if self.shared().authority.may_deliver(&meta) => {
                 match next_due_after_attempt(&meta, now, STALLED_BACKOFF) {
                     Some(at) => self.schedule(id, at),
                     None => self.remove_finished(&meta).await,

@@ -8,7 +8,7 @@
 //! ```text
 //! let keyring = Arc::new(DkimKeyring::load(&dkim_configs)?);
 //! let metrics = OutboundMetrics::register(&mut registry);
-//! let manager = QueueManager::new(&delivery_config, keyring, node_id, spool, metrics)?;
+//! let manager = QueueManager::new(&delivery_config, keyring, Authority::Standalone(node_id), spool, metrics)?;
 //! tokio::spawn(manager.run(stored_ids_rx, shutdown_token.cancelled_owned()));
 //! ```
 

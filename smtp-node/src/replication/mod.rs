@@ -14,11 +14,14 @@ pub mod placement;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod takeover;
 pub mod view;
+
+use crate::spool::{MessageMeta, NodeId};
 
 pub use lease::LeaseTiming;
 pub use peer::{PeerError, Peers};
-pub use placement::{Candidate, PlacementError, choose_replicas};
+pub use placement::{Candidate, PlacementError, choose_more, choose_replicas};
 pub use store::{ReplicatedSpool, Settings};
 pub use view::{Copy, Duty, Holder, Incarnation, Member, View};
 
@@ -40,6 +43,46 @@ impl Standing {
             None
         } else {
             self.view.as_ref()
+        }
+    }
+}
+
+/// Who may deliver what on this node: the one question the delivery side asks.
+#[derive(Clone, Debug)]
+pub enum Authority {
+    /// A node on its own delivers what it owns.
+    Standalone(NodeId),
+    /// A pool member delivers a message while its view, unfenced, makes it the owner
+    /// named first (`View::duty` is `Deliver`).
+    Replicated {
+        me: Holder,
+        standing: tokio::sync::watch::Receiver<Standing>,
+    },
+}
+
+impl Authority {
+    pub fn node(&self) -> &NodeId {
+        match self {
+            Self::Standalone(node) => node,
+            Self::Replicated { me, .. } => &me.node,
+        }
+    }
+
+    /// Whether this node may start delivering `meta` now.
+    pub fn may_deliver(&self, meta: &MessageMeta) -> bool {
+        match self {
+            Self::Standalone(node) => meta.ownership.owner == *node,
+            Self::Replicated { me, standing } => {
+                let standing = standing.borrow();
+                let Some(view) = standing.usable_view() else {
+                    return false;
+                };
+                match &meta.ownership.copy {
+                    Some(copy) => view.duty(me, copy) == Duty::Deliver,
+                    // Accepted while the pool ran with a single copy.
+                    None => meta.ownership.owner == me.node,
+                }
+            }
         }
     }
 }

@@ -41,17 +41,45 @@ pub fn choose_replicas(
     min_data_centres: usize,
     seed: u128,
 ) -> Result<Vec<Holder>, PlacementError> {
-    let needed = factor.saturating_sub(1);
+    choose(
+        &[owner_data_centre],
+        candidates,
+        factor.saturating_sub(1),
+        min_data_centres,
+        seed,
+    )
+}
+
+/// Picks `needed` more holders for a message whose current eligible holders are in
+/// `covered` data centres, so that all of them together span `min_data_centres`. What an
+/// owner does to restore the factor after a holder left.
+pub fn choose_more(
+    covered: &[&str],
+    candidates: &[Candidate],
+    needed: usize,
+    min_data_centres: usize,
+    seed: u128,
+) -> Result<Vec<Holder>, PlacementError> {
+    choose(covered, candidates, needed, min_data_centres, seed)
+}
+
+fn choose(
+    covered: &[&str],
+    candidates: &[Candidate],
+    needed: usize,
+    min_data_centres: usize,
+    seed: u128,
+) -> Result<Vec<Holder>, PlacementError> {
     if candidates.len() < needed {
         return Err(PlacementError::NotEnoughNodes {
-            needed: factor,
-            available: candidates.len() + 1,
+            needed: needed + covered.len().max(1),
+            available: candidates.len() + covered.len().max(1),
         });
     }
     let all_dcs: BTreeSet<&str> = candidates
         .iter()
         .map(|c| c.data_centre.as_str())
-        .chain(std::iter::once(owner_data_centre))
+        .chain(covered.iter().copied())
         .collect();
     if all_dcs.len() < min_data_centres {
         return Err(PlacementError::NotEnoughDataCentres {
@@ -64,22 +92,22 @@ pub fn choose_replicas(
     ranked.sort_by_key(|c| std::cmp::Reverse(score(seed, &c.holder)));
 
     let mut chosen: Vec<&Candidate> = Vec::with_capacity(needed);
-    let mut covered: BTreeSet<&str> = BTreeSet::from([owner_data_centre]);
+    let mut spanned: BTreeSet<&str> = covered.iter().copied().collect();
     // First one copy in each data centre still needed, best-ranked first; then the rest.
     for c in &ranked {
-        if covered.len() >= min_data_centres || chosen.len() == needed {
+        if spanned.len() >= min_data_centres || chosen.len() == needed {
             break;
         }
-        if covered.insert(c.data_centre.as_str()) {
+        if spanned.insert(c.data_centre.as_str()) {
             chosen.push(c);
         }
     }
-    if covered.len() < min_data_centres {
+    if spanned.len() < min_data_centres {
         // More data centres required than copies: factor < min_data_centres.
         return Err(PlacementError::NotEnoughDataCentres {
             needed: min_data_centres,
-            available: covered.len(),
-            names: covered.into_iter().collect::<Vec<_>>().join(", "),
+            available: spanned.len(),
+            names: spanned.into_iter().collect::<Vec<_>>().join(", "),
         });
     }
     for c in &ranked {
@@ -186,6 +214,18 @@ mod tests {
         let err = choose_replicas("east", &cands, 2, 2, 1).expect_err("one data centre");
         assert!(err.to_string().contains("span 2 data centres"), "{err}");
         assert!(err.to_string().contains("east"), "{err}");
+    }
+
+    #[test]
+    fn restoring_the_factor_adds_the_missing_data_centre_first() {
+        let cands = [cand("a2", "east"), cand("a3", "east"), cand("b2", "west")];
+        for seed in 0..200u128 {
+            let more = choose_more(&["east"], &cands, 1, 2, seed).expect("placeable");
+            assert_eq!(more.len(), 1);
+            assert_eq!(more[0].node.0, "b2", "seed {seed}");
+        }
+        let more = choose_more(&["east", "west"], &cands, 2, 2, 3).expect("placeable");
+        assert_eq!(more.len(), 2);
     }
 
     #[test]

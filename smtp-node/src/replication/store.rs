@@ -59,6 +59,36 @@ impl<S: Spool> ReplicatedSpool<S> {
         &self.local
     }
 
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Puts committed copies of a message on new holders (restoring the factor), and
+    /// returns those that confirmed.
+    pub async fn copy_to(
+        &self,
+        view: &View,
+        holders: &[Holder],
+        meta: &MessageMeta,
+        body: Bytes,
+    ) -> Vec<Holder> {
+        let id = meta.id;
+        self.broadcast(view, holders, || Request::Prepare {
+            meta: Box::new(meta.clone()),
+            body: body.clone(),
+        })
+        .await
+        .into_iter()
+        .filter_map(|(holder, result)| match result {
+            Ok(()) => Some(holder),
+            Err(error) => {
+                tracing::warn!(%id, holder = %holder.node, %error, "could not add a copy");
+                None
+            }
+        })
+        .collect()
+    }
+
     /// The view to act on, or why there is none.
     fn view(&self) -> Result<View, SpoolError> {
         let standing = self.standing.borrow();
@@ -169,7 +199,8 @@ impl<S: Spool> ReplicatedSpool<S> {
     }
 }
 
-fn ownership(copy: Copy) -> Ownership {
+/// The ownership fields of a message as its replication record names them.
+pub fn ownership(copy: Copy) -> Ownership {
     Ownership {
         owner: copy
             .holders

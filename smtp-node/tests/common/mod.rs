@@ -147,7 +147,7 @@ impl Node {
         let manager = QueueManager::new(
             &config,
             Arc::new(keyring),
-            NodeId(NODE.to_string()),
+            smtp_node::replication::Authority::Standalone(NodeId(NODE.to_string())),
             spool.clone(),
             metrics,
         )
