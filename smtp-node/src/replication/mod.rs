@@ -8,10 +8,12 @@
 //! ownership record, and lives here, so that the node and the model check
 //! (`tests/replication_model.rs`) run the same code.
 
+pub mod arbiter;
 pub mod lease;
 pub mod placement;
 pub mod view;
 
+pub use arbiter::{Arbiter, ArbiterError, ArbiterSettings};
 pub use lease::LeaseTiming;
 pub use placement::{Candidate, PlacementError, choose_replicas};
 pub use view::{Copy, Duty, Holder, Incarnation, Member, View};
