@@ -726,8 +726,14 @@ mod tests {
         let b = holder("b", 2);
         let old_me = holder("a", 9);
         let current = view(4, &[(&old_me, 1), (&b, 2)]);
-        let (change, next) =
-            plan_view(Some(&current), &me, "dc1", "a:2525", &[b.node.clone()]).unwrap();
+        let (change, next) = plan_view(
+            Some(&current),
+            &me,
+            "dc1",
+            "a:2525",
+            std::slice::from_ref(&b.node),
+        )
+        .unwrap();
         assert_eq!(change, ViewChange::Join);
         assert_eq!(next.epoch, 5);
         assert_eq!(next.members[&me.node].incarnation, me.incarnation);
@@ -742,7 +748,13 @@ mod tests {
         let current = view(3, &[(&me, 1), (&b, 2)]);
         assert_eq!(plan_view(Some(&current), &me, "dc1", "a:2525", &[]), None);
         assert_eq!(
-            plan_view(Some(&current), &me, "dc1", "a:2525", &[me.node.clone()]),
+            plan_view(
+                Some(&current),
+                &me,
+                "dc1",
+                "a:2525",
+                std::slice::from_ref(&me.node)
+            ),
             None
         );
         let gone = [b.node.clone(), NodeId("not-a-member".into())];

@@ -134,8 +134,10 @@ mod tests {
             t.validate(),
             Err(TimingError::FencesTooLate { .. })
         ));
-        let mut t = LeaseTiming::default();
-        t.renew_every = Duration::from_secs(4);
+        let t = LeaseTiming {
+            renew_every: Duration::from_secs(4),
+            ..LeaseTiming::default()
+        };
         assert!(matches!(
             t.validate(),
             Err(TimingError::TooFewRenewals { .. })
