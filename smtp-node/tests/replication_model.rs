@@ -23,6 +23,9 @@
 //! recipient; a message answered with 451 is never delivered; at most one node believes it
 //! may deliver a message.
 
+// Messages and nodes are named by their index into the model's arrays.
+#![allow(clippy::needless_range_loop)]
+
 use std::collections::BTreeMap;
 
 use smtp_node::replication::{Candidate, Copy, Duty, Holder, Incarnation, View, choose_replicas};

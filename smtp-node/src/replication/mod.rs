@@ -8,6 +8,7 @@
 //! ownership record, and lives here, so that the node and the model check
 //! (`tests/replication_model.rs`) run the same code.
 
+pub mod arbiter;
 pub mod lease;
 pub mod peer;
 pub mod placement;
@@ -19,6 +20,7 @@ pub mod view;
 
 use crate::spool::{MessageMeta, NodeId};
 
+pub use arbiter::{Arbiter, ArbiterError, ArbiterSettings};
 pub use lease::LeaseTiming;
 pub use peer::{PeerError, Peers};
 pub use placement::{Candidate, PlacementError, choose_more, choose_replicas};
