@@ -26,7 +26,7 @@ use crate::inbound::{self, CertError, CertStore, ServerError, Shared};
 use crate::metrics::{self, InboundMetrics, ResultLabel, SpoolMetrics};
 use crate::outbound::{OutboundError, OutboundMetrics, QueueManager};
 use crate::policy::RelayPolicy;
-use crate::replication::Authority;
+use crate::replication::{server, takeover, wiring};
 use crate::spool::{LogSpool, LogSpoolOptions, NodeId, SpoolError, SpoolHealth, now_millis};
 use crate::supervisor::{Supervisor, TaskFailure};
 
@@ -60,6 +60,8 @@ pub enum NodeError {
     Listen(#[from] ServerError),
     #[error(transparent)]
     Http(#[from] HttpError),
+    #[error(transparent)]
+    Replication(#[from] crate::replication::wiring::SetupError),
     /// The node started, then an essential task failed (or failed while stopping).
     #[error(transparent)]
     Task(#[from] TaskFailure),
@@ -133,11 +135,16 @@ impl Node {
             .map(Arc::new);
         let keyring = Arc::new(DkimKeyring::load(&config.dkim)?);
         let node = NodeId(identity.name.clone());
+        let prepared = wiring::prepare(&config, &identity, spool.clone(), |var| {
+            std::env::var(var).ok()
+        })
+        .await?;
+        let replicated = prepared.spool.clone();
         let manager = QueueManager::new(
             &config.delivery,
             keyring,
-            Authority::Standalone(node.clone()),
-            spool.clone(),
+            prepared.authority.clone(),
+            replicated.clone(),
             outbound_metrics,
         )?;
 
@@ -178,6 +185,63 @@ impl Node {
             );
         }
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+        if let Some(replication) = prepared.replication {
+            // The arbiter first: everything else waits for the view it publishes.
+            let me = replication.me.clone();
+            let stop = CancellationToken::new();
+            tasks.spawn(
+                "arbiter",
+                stop.clone(),
+                SHORT_GRACE,
+                replication.arbiter.run(stop),
+            );
+            let stop = CancellationToken::new();
+            tasks.spawn(
+                "fencing",
+                stop.clone(),
+                SHORT_GRACE,
+                wiring::watch_standing(
+                    prepared.standing.clone(),
+                    me.clone(),
+                    readiness.clone(),
+                    stop,
+                ),
+            );
+            if let Some(tls) = replication.tls.clone() {
+                let stop = CancellationToken::new();
+                tasks.spawn(
+                    "peer-tls-watch",
+                    stop.clone(),
+                    SHORT_GRACE,
+                    wiring::watch_peer_tls(tls, stop),
+                );
+            }
+            let stop = CancellationToken::new();
+            tasks.spawn(
+                "peer-server",
+                stop.clone(),
+                SHORT_GRACE,
+                server::serve(
+                    replication.listener,
+                    spool.clone(),
+                    me,
+                    replication.tls,
+                    stop,
+                ),
+            );
+            let stop = CancellationToken::new();
+            tasks.spawn(
+                "takeover",
+                stop.clone(),
+                SHORT_GRACE,
+                takeover::run(
+                    replicated.clone(),
+                    prepared.standing.clone(),
+                    queue_tx.clone(),
+                    stop,
+                ),
+            );
+        }
         let stop = CancellationToken::new();
         tasks.spawn(
             "delivery",
@@ -193,7 +257,7 @@ impl Node {
             policy: RelayPolicy::new(&config.relay),
             users,
             certs,
-            spool: spool.clone(),
+            spool: replicated.clone(),
             node,
             queue: queue_tx,
             metrics: inbound_metrics,

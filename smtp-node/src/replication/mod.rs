@@ -17,6 +17,7 @@ pub mod server;
 pub mod store;
 pub mod takeover;
 pub mod view;
+pub mod wiring;
 
 use crate::spool::{MessageMeta, NodeId};
 

@@ -2,6 +2,7 @@
 //! spool, and a running queue manager. Each test binary uses a subset.
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod certs;
 pub mod knot;
 pub mod memory_spool;

@@ -1,0 +1,300 @@
+//! A real Kubernetes API server for tests: etcd and kube-apiserver from the e2e build
+//! (`e2e/build.sh`, cached), started on free loopback ports in a temporary directory and
+//! stopped when the test ends, also when it fails; and a proxy in front of it that a test
+//! can cut to take the API server away from one node.
+#![allow(dead_code)]
+
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use smtp_node::config::ArbiterConfig;
+use smtp_node::replication::arbiter;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The namespace the tests use; it exists in every API server.
+pub const NAMESPACE: &str = "default";
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// An arbiter configuration good enough to ask the API server whether it is up.
+fn admin(kubeconfig: &Path) -> ArbiterConfig {
+    ArbiterConfig {
+        namespace: NAMESPACE.into(),
+        pool: "probe".into(),
+        kubeconfig: Some(kubeconfig.to_path_buf()),
+        lease_duration: Duration::from_secs(10),
+    }
+}
+
+/// etcd and kube-apiserver, killed on drop.
+pub struct ControlPlane {
+    dir: tempfile::TempDir,
+    children: Vec<(String, Child)>,
+    pub port: u16,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for (_, child) in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl ControlPlane {
+    pub fn start() -> Self {
+        let bin = binaries();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut plane = ControlPlane {
+            dir,
+            children: Vec::new(),
+            port: free_port(),
+        };
+        let work = plane.dir.path().to_path_buf();
+        certificates(&work);
+        let (client, peer) = (free_port(), free_port());
+        plane.spawn(
+            "etcd",
+            Command::new(bin.join("etcd")).args([
+                "--name",
+                "arbiter",
+                "--data-dir",
+                &work.join("etcd").display().to_string(),
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-cluster",
+                &format!("arbiter=http://127.0.0.1:{peer}"),
+                "--unsafe-no-fsync",
+            ]),
+        );
+        let pki = |f: &str| work.join("pki").join(f).display().to_string();
+        plane.spawn(
+            "kube-apiserver",
+            Command::new(bin.join("kube-apiserver")).args([
+                "--etcd-servers",
+                &format!("http://127.0.0.1:{client}"),
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                &plane.port.to_string(),
+                "--tls-cert-file",
+                &pki("apiserver.crt"),
+                "--tls-private-key-file",
+                &pki("apiserver.key"),
+                "--client-ca-file",
+                &pki("ca.crt"),
+                "--service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+                "--service-account-key-file",
+                &pki("sa.pub"),
+                "--service-account-signing-key-file",
+                &pki("sa.key"),
+                "--service-cluster-ip-range",
+                "10.0.0.0/24",
+                "--authorization-mode",
+                "RBAC",
+                "--endpoint-reconciler-type",
+                "none",
+            ]),
+        );
+        plane
+    }
+
+    fn spawn(&mut self, name: &str, command: &mut Command) {
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log file");
+        let err = log.try_clone().expect("log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        self.children.push((name.to_owned(), child));
+    }
+
+    /// The last lines of every component's log, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (name, _) in &self.children {
+            let mut text = String::new();
+            if let Ok(mut f) = std::fs::File::open(self.dir.path().join(format!("{name}.log"))) {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let _ = f.seek(SeekFrom::Start(len.saturating_sub(3000)));
+                let _ = f.read_to_string(&mut text);
+            }
+            out.push_str(&format!("--- {name}.log (tail)\n{text}\n"));
+        }
+        out
+    }
+
+    pub fn exited(&mut self) -> Option<String> {
+        self.children
+            .iter_mut()
+            .find_map(|(name, child)| matches!(child.try_wait(), Ok(Some(_))).then(|| name.clone()))
+    }
+
+    /// A kubeconfig (admin client certificate) for the API server at `port`: the
+    /// server's own port, or a proxy's.
+    pub fn kubeconfig(&self, file: &str, port: u16) -> PathBuf {
+        let pki = self.dir.path().join("pki");
+        let path = self.dir.path().join(file);
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {ca}\nusers:\n- name: admin\n  user:\n    client-certificate: {crt}\n    client-key: {key}\ncontexts:\n- name: t\n  context: {{cluster: t, user: admin, namespace: {NAMESPACE}}}\ncurrent-context: t\n",
+            ca = pki.join("ca.crt").display(),
+            crt = pki.join("admin.crt").display(),
+            key = pki.join("admin.key").display(),
+        );
+        std::fs::write(&path, text).expect("kubeconfig");
+        path
+    }
+
+    pub async fn wait_ready(&mut self, kubeconfig: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(name) = self.exited() {
+                panic!("{name} exited\n{}", self.logs());
+            }
+            if let Ok(client) = arbiter::client(&admin(kubeconfig)).await {
+                let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+                if api.get_opt(NAMESPACE).await.ok().flatten().is_some() {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("the API server was not ready in 120 s\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// The e2e control-plane binaries: built and cached by `e2e/build.sh`, which prints their
+/// directory last.
+fn binaries() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/build.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running e2e/build.sh");
+    assert!(out.status.success(), "e2e/build.sh failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let dir = PathBuf::from(
+        text.lines()
+            .last()
+            .expect("e2e/build.sh printed nothing")
+            .trim(),
+    );
+    assert!(
+        dir.join("kube-apiserver").exists(),
+        "no kube-apiserver in {dir:?}"
+    );
+    dir
+}
+
+/// A CA, the API server's certificate for 127.0.0.1, an admin client certificate
+/// (`system:masters`) and the service-account key pair, as `e2e/cluster.sh` makes them.
+fn certificates(work: &Path) {
+    let script = r#"
+set -euo pipefail
+d="$1/pki"; mkdir -p "$d"; cd "$d"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=arbiter-test-ca" -keyout ca.key -out ca.crt
+openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout apiserver.key -out apiserver.csr
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >apiserver.ext
+openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile apiserver.ext -out apiserver.crt
+openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=arbiter-test-admin" -keyout admin.key -out admin.csr
+printf 'extendedKeyUsage=clientAuth\n' >admin.ext
+openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile admin.ext -out admin.crt
+openssl genrsa -out sa.key 2048
+openssl rsa -in sa.key -pubout -out sa.pub
+"#;
+    let out = Command::new("bash")
+        .args(["-c", script, "certs"])
+        .arg(work)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "making certificates failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TCP proxy to the API server that the test can cut (every connection dropped, new
+/// ones refused at once) and restore: a node behind it loses the API server while the
+/// process keeps running.
+pub struct Proxy {
+    pub port: u16,
+    cut: Arc<Mutex<Option<CancellationToken>>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+        let port = listener.local_addr().expect("proxy address").port();
+        let cut = Arc::new(Mutex::new(Some(CancellationToken::new())));
+        let state = cut.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let live = state.lock().expect("proxy state").clone();
+                let Some(live) = live else {
+                    drop(inbound);
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let target = SocketAddr::from(([127, 0, 0, 1], target));
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        () = live.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, cut, task }
+    }
+
+    pub fn cut(&self) {
+        if let Some(live) = self.cut.lock().expect("proxy state").take() {
+            live.cancel();
+        }
+    }
+
+    pub fn restore(&self) {
+        *self.cut.lock().expect("proxy state") = Some(CancellationToken::new());
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
