@@ -22,6 +22,19 @@ if [ "${target_kb:-0}" -gt $(( ${SMTPFLEET_TARGET_MAX_GB:-20} * 1024 * 1024 )) ]
   rm -rf "$CARGO_TARGET_DIR"
 fi
 
+# Cargo names a workspace crate's artefacts by its path inside the workspace, not by the
+# checkout's path, and trusts them while the files their dep-info names (in the checkout
+# that built them) are unchanged: a second checkout sharing the target directory could be
+# handed the other checkout's build. Rebuild our own crates (dependencies stay cached)
+# whenever the checkout that last built here was another one.
+mkdir -p "$CARGO_TARGET_DIR"
+checkout=$(pwd -P)
+if [ "$(cat "$CARGO_TARGET_DIR/.smtpfleet-checkout" 2>/dev/null)" != "$checkout" ]; then
+  step "target directory last built by another checkout: rebuilding this workspace's crates"
+  cargo clean -q -p smtp-node -p smtpfleet-operator
+  echo "$checkout" >"$CARGO_TARGET_DIR/.smtpfleet-checkout"
+fi
+
 if [ "${SMTPFLEET_SKIP_INSTALL:-0}" != 1 ]; then
   step "dependencies"
   scripts/install-deps.sh
