@@ -21,6 +21,8 @@ packages=(
   iproute2                # ip: network namespaces
   openssl ca-certificates curl
   procps                  # kill, pgrep: not Essential on Debian
+  libseccomp-dev pkg-config gcc libc6-dev  # e2e real node: runc (cgo, seccomp) and the static pause binary
+  nftables                # nft: the e2e real node's forward filter (pods reach nothing off the machine)
 )
 
 if [ "${1:-}" = "--list" ]; then
