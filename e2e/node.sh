@@ -48,7 +48,7 @@ PV_COUNT=60
 SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.ip_forward
   fs.inotify.max_user_instances fs.inotify.max_user_watches)
-CGROUP_HIERARCHIES=(cpu cpuacct cpuset memory pids devices freezer blkio systemd hugetlb net_cls net_prio perf_event)
+CGROUP_HIERARCHIES=(cpu cpuacct cpuset memory pids devices freezer blkio systemd hugetlb net_cls net_prio perf_event unified)
 
 log() { printf 'node: %s\n' "$*" >&2; }
 
