@@ -295,6 +295,7 @@ spec:
 
 	t.Run("kill -9 under load loses no acknowledged message", func(t *testing.T) {
 		const messages = 300
+		var mu sync.Mutex // guards acked while the sender runs
 		acked := make([]int, 0, messages)
 		failed := 0
 		done := make(chan struct{})
@@ -306,7 +307,9 @@ spec:
 					failed++
 					time.Sleep(200 * time.Millisecond)
 				} else {
+					mu.Lock()
 					acked = append(acked, seq)
+					mu.Unlock()
 				}
 				if seq == messages/3 {
 					close(killAt)
@@ -320,6 +323,15 @@ spec:
 			t.Fatalf("kill -9 %d: %v", pid, err)
 		}
 		killed := time.Now()
+		mu.Lock()
+		pending := 0
+		for _, seq := range acked {
+			if sink.delivered(seq) == 0 {
+				pending++
+			}
+		}
+		mu.Unlock()
+		t.Logf("killed the container (pid %d) with %d acknowledged messages not yet at the sink", pid, pending)
 		<-done
 		t.Logf("sent %d messages: %d acknowledged, %d refused or cut off (the container was killed after message %d)",
 			messages, len(acked), failed, messages/3)
@@ -346,6 +358,7 @@ spec:
 		if after.RestartCount < 1 {
 			t.Errorf("the container was not restarted: %+v", after)
 		}
+		Kubectl(t, "wait", "-n", ns, "--for=condition=Ready", "pod/"+pod, "--timeout=120s")
 		t.Logf("kubectl get pods -o wide:\n%s", Kubectl(t, "get", "pods", "-n", ns, "-o", "wide"))
 	})
 }
