@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -90,10 +91,13 @@ func (z dnsZone) answer(query []byte) ([]byte, error) {
 	return b.Finish()
 }
 
-// smtpSink accepts every message and records the X-E2E-Seq header of each.
+// smtpSink accepts every message and records the X-E2E-Seq header of each; while
+// deferring, it answers every recipient with a temporary failure, so mail queues up in
+// the pool's spool.
 type smtpSink struct {
-	mu  sync.Mutex
-	got map[int]int // sequence number -> deliveries
+	mu        sync.Mutex
+	got       map[int]int // sequence number -> deliveries
+	deferring atomic.Bool
 }
 
 func startSink(t *testing.T, addr string) *smtpSink {
@@ -132,7 +136,13 @@ func (s *smtpSink) serve(conn net.Conn) {
 		case "EHLO":
 			say("250-sink.test")
 			say("250 8BITMIME")
-		case "HELO", "MAIL", "RCPT", "RSET", "NOOP":
+		case "RCPT":
+			if s.deferring.Load() {
+				say("451 4.3.0 the e2e sink defers, try again later")
+			} else {
+				say("250 OK")
+			}
+		case "HELO", "MAIL", "RSET", "NOOP":
 			say("250 OK")
 		case "DATA":
 			say("354 end with .")
@@ -216,8 +226,9 @@ func sendOne(addr string, seq int) error {
 // TestRealPodsMail sends mail through a pool on the real node to a sink on the host. The
 // pool delivers by MX: the pods' nameserver is the bridge address, where the test answers
 // MX sink.test -> mx.sink.test -> 10.244.0.1, and the sink listens on port 25 there. Then
-// the container is killed with SIGKILL while a client sends: every message the pool
-// acknowledged with 250 must reach the sink.
+// the container is killed with SIGKILL while a client sends and the sink defers every
+// delivery: every message the pool acknowledged with 250 must reach the sink once the
+// sink accepts again.
 func TestRealPodsMail(t *testing.T) {
 	realNode(t)
 	startDNS(t, net.JoinHostPort(podGateway, "53"), dnsZone{
@@ -298,6 +309,9 @@ spec:
 		var mu sync.Mutex // guards acked while the sender runs
 		acked := make([]int, 0, messages)
 		failed := 0
+		// Deliveries fail temporarily until after the kill: what the pool acknowledged
+		// before it is in the spool only, to be delivered by the restarted container.
+		sink.deferring.Store(true)
 		done := make(chan struct{})
 		killAt := make(chan struct{})
 		go func() {
@@ -333,6 +347,7 @@ spec:
 		mu.Unlock()
 		t.Logf("killed the container (pid %d) with %d acknowledged messages not yet at the sink", pid, pending)
 		<-done
+		sink.deferring.Store(false)
 		t.Logf("sent %d messages: %d acknowledged, %d refused or cut off (the container was killed after message %d)",
 			messages, len(acked), failed, messages/3)
 		if len(acked) < messages/2 {
