@@ -289,13 +289,16 @@ spec:
 		return exists(ns, "pod/"+pod), "not created yet"
 	})
 	Kubectl(t, "wait", "-n", ns, "--for=condition=Ready", "pod/"+pod, "--timeout=240s")
-	status := getPod(t, ns, pod)
-	addr := net.JoinHostPort(status.Status.PodIP, "2525")
+	waitPoolPod(t, ns, "mail", "local")
+	// The pod's address, read afresh: a configuration change replaces the pod.
+	podAddr := func() string { return net.JoinHostPort(getPod(t, ns, pod).Status.PodIP, "2525") }
+	addr := podAddr()
 
 	t.Run("a message reaches the sink", func(t *testing.T) {
 		// The node learns the MailDomain through its configuration: retry until it relays.
 		var err error
 		Eventually(t, 90*time.Second, "the pool to accept a message", func() (bool, string) {
+			addr = podAddr()
 			err = sendOne(addr, 0)
 			return err == nil, fmt.Sprint(err)
 		})
@@ -314,9 +317,12 @@ spec:
 		sink.deferring.Store(true)
 		done := make(chan struct{})
 		killAt := make(chan struct{})
+		// The sender gives up after two minutes: a pool that does not come back fails the
+		// test below instead of holding it up.
+		stopAt := time.Now().Add(2 * time.Minute)
 		go func() {
 			defer close(done)
-			for seq := 1; seq <= messages; seq++ {
+			for seq := 1; seq <= messages && time.Now().Before(stopAt); seq++ {
 				if err := sendOne(addr, seq); err != nil {
 					failed++
 					time.Sleep(200 * time.Millisecond)
@@ -330,7 +336,11 @@ spec:
 				}
 			}
 		}()
-		<-killAt
+		select {
+		case <-killAt:
+		case <-done:
+			t.Fatalf("the sender gave up before message %d: %d acknowledged, %d refused", messages/3, len(acked), failed)
+		}
 		before := getPod(t, ns, pod).Status.ContainerStatuses[0]
 		pid := containerPid(t, before.ContainerID)
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {

@@ -116,6 +116,21 @@ func getPod(t *testing.T, ns, name string) podStatus {
 	return pod
 }
 
+// waitPoolPod waits until the pool has settled on the real node: its configuration
+// rendered with everything it depends on (a MailDomain or a certificate arriving changes
+// the configuration, and the pod is replaced), the StatefulSet rolled out, the pool Ready
+// and its one pod Ready. Only then is the pod's IP the one to talk to.
+func waitPoolPod(t *testing.T, ns, pool, dc string) string {
+	t.Helper()
+	pod := pool + "-" + dc + "-0"
+	eventuallyField(t, 240*time.Second, ns, "relaypool/"+pool, `.status.conditions[?(@.type=="Ready")].status`, "True")
+	gen := jsonpath(t, ns, "relaypool/"+pool, ".metadata.generation")
+	eventuallyField(t, 60*time.Second, ns, "relaypool/"+pool, ".status.observedGeneration", gen)
+	Kubectl(t, "rollout", "status", "-n", ns, "statefulset/"+pool+"-"+dc, "--timeout=240s")
+	Kubectl(t, "wait", "-n", ns, "--for=condition=Ready", "pod/"+pod, "--timeout=240s")
+	return pod
+}
+
 // httpStatus is the status code of GET url, or the error.
 func httpStatus(url string) (int, error) {
 	client := http.Client{Timeout: 3 * time.Second}
@@ -193,6 +208,7 @@ func TestRealPods(t *testing.T) {
 		return exists(ns, "pod/"+pod), "not created yet"
 	})
 	Kubectl(t, "wait", "-n", ns, "--for=condition=Ready", "pod/"+pod, "--timeout=240s")
+	waitPoolPod(t, ns, name, "local")
 	t.Logf("pod Ready %s after the pool was applied", time.Since(started).Round(time.Second))
 	t.Logf("kubectl get pods -o wide:\n%s", Kubectl(t, "get", "pods", "-n", ns, "-o", "wide"))
 
@@ -359,6 +375,7 @@ spec:
 		return exists(poolNs, "pod/"+pod), "not created yet"
 	})
 	Kubectl(t, "wait", "-n", poolNs, "--for=condition=Ready", "pod/"+pod, "--timeout=240s")
+	waitPoolPod(t, poolNs, "inside", "local")
 	if image := jsonpath(t, poolNs, "pod/"+pod, ".spec.containers[0].image"); image != nodeImage {
 		t.Errorf("the pool's pod runs %q, want the chart's nodeImage %q", image, nodeImage)
 	}
