@@ -222,8 +222,9 @@ up() {
 
 down_quiet() {
   # The real node first (it needs nothing from the control plane to go): also after an
-  # interrupted run, whose pid files may be gone.
-  "$E2E_DIR/node.sh" down
+  # interrupted run, whose pid files may be gone. With SMTPFLEET_E2E_REAL_NODE=0 the
+  # machine's real node, if any, belongs to another run: leave it alone.
+  if [ "$REAL_NODE" = 1 ]; then "$E2E_DIR/node.sh" down; fi
   [ -d "$WORK/pids" ] || return 0
   local f
   for f in cert-manager kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
