@@ -12,6 +12,11 @@ export PATH="/usr/local/go/bin:$PATH"
 
 KWOK_VERSION=v0.7.0
 HELM_VERSION=v3.22.0
+# The real node: container runtime, OCI runtime, CNI plugins and the CRI client.
+CONTAINERD_VERSION=v2.3.7
+RUNC_VERSION=v1.5.3
+CNI_PLUGINS_VERSION=v1.10.0
+CRICTL_VERSION=v1.37.0
 K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' go.mod)
 K8S_MINOR=$(echo "$K8S_VERSION" | cut -d. -f2)
 CERT_MANAGER_MODULE=github.com/cert-manager/cert-manager
@@ -19,7 +24,8 @@ CERT_MANAGER_VERSION=$(awk -v m="$CERT_MANAGER_MODULE" '$1 == m && $2 ~ /^v/ {pr
 [ -n "$CERT_MANAGER_VERSION" ] || { echo "certmanager/go.mod does not require $CERT_MANAGER_MODULE" >&2; exit 1; }
 cache="${SMTPFLEET_CACHE:-$HOME/.cache/smtpfleet}"
 key=$(cat go.mod go.sum certmanager/go.mod certmanager/go.sum certmanager/*.go \
-  <(echo "$KWOK_VERSION $HELM_VERSION $(go env GOVERSION)") | sha256sum | cut -c1-16)
+  <(echo "$KWOK_VERSION $HELM_VERSION $CONTAINERD_VERSION $RUNC_VERSION $CNI_PLUGINS_VERSION" \
+    "$CRICTL_VERSION $(go env GOVERSION)") | sha256sum | cut -c1-16)
 bin="$cache/e2e-bin/$key"
 
 if [ -f "$bin/.complete" ]; then
@@ -47,9 +53,28 @@ for pkg in $ver $cgver; do
   ldflags="$ldflags -X $pkg.gitTreeState=clean -X $pkg.buildDate=$now"
 done
 
-timed "control plane ($K8S_VERSION)" go build -ldflags "$ldflags" -o "$bin/" ./cmd/...
+timed "control plane and kubelet ($K8S_VERSION)" go build -ldflags "$ldflags" -o "$bin/" ./cmd/...
 timed "kwok $KWOK_VERSION" env GOBIN="$bin" GOFLAGS= go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 timed "helm $HELM_VERSION" env GOBIN="$bin" GOFLAGS= go install -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+
+# The real node's runtime. containerd and the CNI plugins are pure Go; runc needs cgo and
+# libseccomp (Debian's libseccomp-dev) for the `seccomp` tag: pods run with the
+# RuntimeDefault profile. The shim and runc must sit next to containerd (it finds the shim
+# on PATH). CNI plugins go to cni/ so containerd's bin_dirs holds only plugins.
+cd_mod="github.com/containerd/containerd/v2"
+timed "containerd $CONTAINERD_VERSION" env GOBIN="$bin" GOFLAGS= CGO_ENABLED=0 go install \
+  -ldflags "-s -w -X $cd_mod/version.Version=$CONTAINERD_VERSION" \
+  "$cd_mod/cmd/containerd@$CONTAINERD_VERSION" "$cd_mod/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+  "$cd_mod/cmd/ctr@$CONTAINERD_VERSION"
+timed "runc $RUNC_VERSION" env GOBIN="$bin" GOFLAGS= CGO_ENABLED=1 go install -tags "seccomp urfave_cli_no_docs" \
+  -ldflags "-s -w -X main.version=${RUNC_VERSION#v}" "github.com/opencontainers/runc@$RUNC_VERSION"
+mkdir -p "$bin/cni"
+timed "CNI plugins $CNI_PLUGINS_VERSION" env GOBIN="$bin/cni" GOFLAGS= CGO_ENABLED=0 go install -ldflags "-s -w" \
+  "github.com/containernetworking/plugins/plugins/main/bridge@$CNI_PLUGINS_VERSION" \
+  "github.com/containernetworking/plugins/plugins/ipam/host-local@$CNI_PLUGINS_VERSION" \
+  "github.com/containernetworking/plugins/plugins/main/loopback@$CNI_PLUGINS_VERSION"
+timed "crictl $CRICTL_VERSION" env GOBIN="$bin" GOFLAGS= CGO_ENABLED=0 go install -ldflags "-s -w" \
+  "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
 
 # cert-manager publishes its controller `main` as a nested module that is not on the
 # proxy; certmanager/ starts the controllers of the root module (see its main.go).

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane on loopback for the e2e suite: etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, and kwok standing in for kubelets (it marks
-# pods Running and Ready on fake nodes in two zones).
+# kube-controller-manager, kube-scheduler, kwok standing in for kubelets on fake nodes in
+# two zones (it marks pods Running and Ready), and one real node, e2e-node-1: a kubelet
+# and containerd that run containers (node.sh; SMTPFLEET_E2E_REAL_NODE=0 leaves it out).
 #
 #   e2e/cluster.sh up     # build (cached) and start; writes e2e/.work/kubeconfig
 #   e2e/cluster.sh env    # prints export lines for KUBECONFIG and PATH
@@ -31,6 +32,7 @@ SCHEDULER=$((BASE_PORT + 59))
 KWOK=$((BASE_PORT + 47))
 CERT_MANAGER=$((BASE_PORT + 94))
 READY_TIMEOUT="${SMTPFLEET_E2E_READY_TIMEOUT:-120}"
+REAL_NODE="${SMTPFLEET_E2E_REAL_NODE:-1}"
 
 log() { printf 'cluster: %s\n' "$*" >&2; }
 
@@ -109,7 +111,7 @@ EOF
 # smtp-node pod claims a spool volume. Unclassed PVs bind to claims without a class.
 volumes() {
   local i
-  for i in $(seq 1 40); do
+  for i in $(seq 1 60); do
     cat <<EOF
 ---
 apiVersion: v1
@@ -183,6 +185,8 @@ up() {
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --service-cluster-ip-range 10.0.0.0/24 \
     --authorization-mode Node,RBAC --allow-privileged=true \
+    --kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \
+    --kubelet-preferred-address-types InternalIP \
     --endpoint-reconciler-type none
   wait_until kube-apiserver "$READY_TIMEOUT" "$bin/kubectl" --kubeconfig "$kc" get --raw /readyz
 
@@ -195,22 +199,32 @@ up() {
   start kube-scheduler "$bin/kube-scheduler" \
     --kubeconfig "$kc" --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
     --bind-address 127.0.0.1 --secure-port "$SCHEDULER" --leader-elect=false
-  start kwok "$bin/kwok" --kubeconfig "$kc" --manage-all-nodes=true \
+  # kwok manages only the fake nodes (and their pods), never the real one.
+  start kwok "$bin/kwok" --kubeconfig "$kc" --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
     --server-address "127.0.0.1:$KWOK" --node-lease-duration-seconds 40
 
   wait_until kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$KCM/healthz"
   wait_until kube-scheduler 60 curl -fsSk "https://127.0.0.1:$SCHEDULER/healthz"
   nodes | "$bin/kubectl" --kubeconfig "$kc" apply -f - >/dev/null
   volumes | "$bin/kubectl" --kubeconfig "$kc" apply -f - >/dev/null
-  wait_until kwok 60 "$bin/kubectl" --kubeconfig "$kc" wait --for=condition=Ready node --all --timeout=5s
+  wait_until kwok 60 "$bin/kubectl" --kubeconfig "$kc" wait --for=condition=Ready node -l type=kwok --timeout=5s
   # New nodes carry the not-ready taint until the node lifecycle controller sees them Ready.
   wait_until kube-controller-manager 60 sh -c "! '$bin/kubectl' --kubeconfig '$kc' get nodes -o jsonpath='{.items[*].spec.taints}' | grep -q not-ready"
   # Pods need the default ServiceAccount, which the controller manager creates.
   wait_until kube-controller-manager 60 "$bin/kubectl" --kubeconfig "$kc" get serviceaccount default
+  if [ "$REAL_NODE" = 1 ]; then
+    "$E2E_DIR/node.sh" up "$bin" "$WORK" "$APISERVER" "$BASE_PORT"
+    log "real node: $("$E2E_DIR/node.sh" status)"
+  fi
   log "ready in $(( $(date +%s) - started ))s: export KUBECONFIG=$kc"
 }
 
 down_quiet() {
+  # The real node first (it needs nothing from the control plane to go): also after an
+  # interrupted run, whose pid files may be gone. With SMTPFLEET_E2E_REAL_NODE=0 the
+  # machine's real node, if any, belongs to another run: leave it alone.
+  if [ "$REAL_NODE" = 1 ]; then "$E2E_DIR/node.sh" down; fi
   [ -d "$WORK/pids" ] || return 0
   local f
   for f in cert-manager kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do

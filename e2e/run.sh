@@ -13,8 +13,8 @@ if [ -z "${KUBECONFIG:-}" ]; then
   eval "$(./cluster.sh env)"
 fi
 
-# The operator runs out of cluster against the same API server: kwok pods run no
-# containers, so the operator cannot run as a pod here.
+# Most tests run the operator out of cluster against the same API server (pods on the
+# kwok nodes run no containers); the real-pod tests run it from its image on the real node.
 # SMTPFLEET_OPERATOR_BIN names an operator binary built elsewhere, to test it as it is.
 if [ -z "${SMTPFLEET_OPERATOR_BIN:-}" ]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SMTPFLEET_CACHE:-$HOME/.cache/smtpfleet}/target}"

@@ -22,6 +22,8 @@ packages=(
   openssl ca-certificates curl
   procps                  # kill, pgrep: not Essential on Debian
   mount e2fsprogs         # losetup, mount and mkfs.ext4: spool failure tests on a loop device
+  libseccomp-dev pkg-config gcc libc6-dev  # e2e real node: runc (cgo, seccomp) and the static pause binary
+  nftables                # nft: the e2e real node's forward filter (pods reach nothing off the machine)
 )
 
 if [ "${1:-}" = "--list" ]; then

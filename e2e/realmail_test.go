@@ -1,0 +1,389 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/smtp"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+// podGateway is the host's address on the real node's pod bridge: the pods' nameserver
+// (e2e/node.sh) and where the test's DNS server and SMTP sink listen.
+const podGateway = "10.244.0.1"
+
+// dnsZone is a tiny authoritative DNS server: MX and A records for the test's domains,
+// NXDOMAIN for every other name. It is what the pods' resolv.conf names.
+type dnsZone struct {
+	mx map[string]string // domain. -> exchange.
+	a  map[string][4]byte
+}
+
+func startDNS(t *testing.T, addr string, zone dnsZone) {
+	t.Helper()
+	conn, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatalf("DNS server on %s: %v", addr, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := conn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if reply, err := zone.answer(buf[:n]); err == nil {
+				_, _ = conn.WriteTo(reply, from)
+			}
+		}
+	}()
+}
+
+func (z dnsZone) answer(query []byte) ([]byte, error) {
+	var p dnsmessage.Parser
+	h, err := p.Start(query)
+	if err != nil {
+		return nil, err
+	}
+	q, err := p.Question()
+	if err != nil {
+		return nil, err
+	}
+	name := strings.ToLower(q.Name.String())
+	_, isMX := z.mx[name]
+	_, isA := z.a[name]
+	rcode := dnsmessage.RCodeSuccess
+	if !isMX && !isA {
+		rcode = dnsmessage.RCodeNameError
+	}
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true,
+		RecursionDesired: h.RecursionDesired, RecursionAvailable: true, RCode: rcode})
+	if err := b.StartQuestions(); err != nil {
+		return nil, err
+	}
+	if err := b.Question(q); err != nil {
+		return nil, err
+	}
+	if err := b.StartAnswers(); err != nil {
+		return nil, err
+	}
+	hdr := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 5}
+	switch {
+	case q.Type == dnsmessage.TypeMX && isMX:
+		err = b.MXResource(hdr, dnsmessage.MXResource{Pref: 10, MX: dnsmessage.MustNewName(z.mx[name])})
+	case q.Type == dnsmessage.TypeA && isA:
+		err = b.AResource(hdr, dnsmessage.AResource{A: z.a[name]})
+	}
+	if err != nil {
+		return nil, err
+	}
+	return b.Finish()
+}
+
+// smtpSink accepts every message and records the X-E2E-Seq header of each; while
+// deferring, it answers every recipient with a temporary failure, so mail queues up in
+// the pool's spool.
+type smtpSink struct {
+	mu        sync.Mutex
+	got       map[int]int // sequence number -> deliveries
+	deferring atomic.Bool
+}
+
+func startSink(t *testing.T, addr string) *smtpSink {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("SMTP sink on %s: %v", addr, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	s := &smtpSink{got: map[int]int{}}
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go s.serve(conn)
+		}
+	}()
+	return s
+}
+
+func (s *smtpSink) serve(conn net.Conn) {
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	say := func(line string) { _, _ = conn.Write([]byte(line + "\r\n")) }
+	say("220 sink.test ESMTP e2e sink")
+	for {
+		_ = conn.SetDeadline(time.Now().Add(60 * time.Second))
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		verb := strings.ToUpper(strings.Fields(line + " x")[0])
+		switch verb {
+		case "EHLO":
+			say("250-sink.test")
+			say("250 8BITMIME")
+		case "RCPT":
+			if s.deferring.Load() {
+				say("451 4.3.0 the e2e sink defers, try again later")
+			} else {
+				say("250 OK")
+			}
+		case "HELO", "MAIL", "RSET", "NOOP":
+			say("250 OK")
+		case "DATA":
+			say("354 end with .")
+			seq := -1
+			for {
+				l, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if l == ".\r\n" || l == ".\n" {
+					break
+				}
+				if v, ok := strings.CutPrefix(l, "X-E2E-Seq: "); ok && seq < 0 {
+					seq, _ = strconv.Atoi(strings.TrimSpace(v))
+				}
+			}
+			s.mu.Lock()
+			s.got[seq]++
+			s.mu.Unlock()
+			say("250 2.0.0 delivered")
+		case "QUIT":
+			say("221 bye")
+			return
+		default:
+			say("502 5.5.2 not implemented")
+		}
+	}
+}
+
+func (s *smtpSink) delivered(seq int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.got[seq]
+}
+
+func (s *smtpSink) total() (messages, copies int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range s.got {
+		messages++
+		copies += n
+	}
+	return messages, copies
+}
+
+// sendOne relays one message through addr; nil means the pool answered 250 to DATA.
+func sendOne(addr string, seq int) error {
+	conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return err
+	}
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	c, err := smtp.NewClient(conn, "relay.example.com")
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	defer c.Close()
+	if err := c.Hello("client.sender.test"); err != nil {
+		return err
+	}
+	if err := c.Mail("app@sender.test"); err != nil {
+		return err
+	}
+	if err := c.Rcpt("user@sink.test"); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "From: app@sender.test\r\nTo: user@sink.test\r\nSubject: e2e %d\r\n"+
+		"Message-ID: <e2e-%d@sender.test>\r\nX-E2E-Seq: %d\r\n\r\nmessage %d\r\n", seq, seq, seq, seq)
+	if err := w.Close(); err != nil {
+		return err
+	}
+	_ = c.Quit()
+	return nil
+}
+
+// TestRealPodsMail sends mail through a pool on the real node to a sink on the host. The
+// pool delivers by MX: the pods' nameserver is the bridge address, where the test answers
+// MX sink.test -> mx.sink.test -> 10.244.0.1, and the sink listens on port 25 there. Then
+// the container is killed with SIGKILL while a client sends and the sink defers every
+// delivery: every message the pool acknowledged with 250 must reach the sink once the
+// sink accepts again.
+func TestRealPodsMail(t *testing.T) {
+	realNode(t)
+	startDNS(t, net.JoinHostPort(podGateway, "53"), dnsZone{
+		mx: map[string]string{"sink.test.": "mx.sink.test."},
+		a:  map[string][4]byte{"mx.sink.test.": {10, 244, 0, 1}},
+	})
+	sink := startSink(t, net.JoinHostPort(podGateway, "25"))
+	root := repo(t)
+	Kubectl(t, "apply", "--server-side", "-f", filepath.Join(root, "crds"))
+	Kubectl(t, "wait", "--for=condition=Established", "--timeout=60s",
+		"crd/relaypools.smtpfleet.io", "crd/maildomains.smtpfleet.io")
+	ns := Namespace(t, "real-mail")
+	// The operator's MailDomain checks ask the test's DNS server too: nothing off the machine.
+	StartOperator(t, os.Getenv("KUBECONFIG"), "--namespace="+ns, "--leader-election=false",
+		"--node-image="+nodeImage, "--dns-nameserver="+net.JoinHostPort(podGateway, "53"))
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := KubectlErr("logs", "-n", ns, "mail-local-0", "--tail=60")
+			t.Logf("smtp-node log:\n%s", out)
+			out, _ = KubectlErr("logs", "-n", ns, "mail-local-0", "--previous", "--tail=30")
+			t.Logf("smtp-node log before the restart:\n%s", out)
+		}
+	})
+	MustApply(t, fmt.Sprintf(`apiVersion: smtpfleet.io/v1alpha1
+kind: RelayPool
+metadata:
+  name: mail
+  namespace: %[1]s
+spec:
+  hostname: relay.example.com
+  image: %[2]s
+  imagePullPolicy: Never
+  dataCentres:
+    - name: local
+      replicas: 1
+      nodeSelector: { smtpfleet.io/e2e-node: real }
+      tolerations:
+        - { key: %[3]s, operator: Exists, effect: NoSchedule }
+  tls:
+    selfSigned: {}
+  relay:
+    allowedNetworks: [%[4]s/32]
+  queue:
+    retry:
+      schedule: [2s, 5s]
+---
+apiVersion: smtpfleet.io/v1alpha1
+kind: MailDomain
+metadata:
+  name: sender-test
+  namespace: %[1]s
+spec:
+  domain: sender.test
+  relayPoolRef: { name: mail }
+`, ns, nodeImage, realNodeTaint, podGateway))
+	pod := "mail-local-0"
+	Eventually(t, 60*time.Second, "pod "+pod, func() (bool, string) {
+		return exists(ns, "pod/"+pod), "not created yet"
+	})
+	Kubectl(t, "wait", "-n", ns, "--for=condition=Ready", "pod/"+pod, "--timeout=240s")
+	waitPoolPod(t, ns, "mail", "local")
+	// The pod's address, read afresh: a configuration change replaces the pod.
+	podAddr := func() string { return net.JoinHostPort(getPod(t, ns, pod).Status.PodIP, "2525") }
+	addr := podAddr()
+
+	t.Run("a message reaches the sink", func(t *testing.T) {
+		// The node learns the MailDomain through its configuration: retry until it relays.
+		var err error
+		Eventually(t, 90*time.Second, "the pool to accept a message", func() (bool, string) {
+			addr = podAddr()
+			err = sendOne(addr, 0)
+			return err == nil, fmt.Sprint(err)
+		})
+		Eventually(t, 60*time.Second, "the message at the sink", func() (bool, string) {
+			return sink.delivered(0) > 0, "not delivered yet"
+		})
+	})
+
+	t.Run("kill -9 under load loses no acknowledged message", func(t *testing.T) {
+		const messages = 300
+		var mu sync.Mutex // guards acked while the sender runs
+		acked := make([]int, 0, messages)
+		failed := 0
+		// Deliveries fail temporarily until after the kill: what the pool acknowledged
+		// before it is in the spool only, to be delivered by the restarted container.
+		sink.deferring.Store(true)
+		done := make(chan struct{})
+		killAt := make(chan struct{})
+		// The sender gives up after two minutes: a pool that does not come back fails the
+		// test below instead of holding it up.
+		stopAt := time.Now().Add(2 * time.Minute)
+		go func() {
+			defer close(done)
+			for seq := 1; seq <= messages && time.Now().Before(stopAt); seq++ {
+				if err := sendOne(addr, seq); err != nil {
+					failed++
+					time.Sleep(200 * time.Millisecond)
+				} else {
+					mu.Lock()
+					acked = append(acked, seq)
+					mu.Unlock()
+				}
+				if seq == messages/3 {
+					close(killAt)
+				}
+			}
+		}()
+		select {
+		case <-killAt:
+		case <-done:
+			t.Fatalf("the sender gave up before message %d: %d acknowledged, %d refused", messages/3, len(acked), failed)
+		}
+		before := getPod(t, ns, pod).Status.ContainerStatuses[0]
+		pid := containerPid(t, before.ContainerID)
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill -9 %d: %v", pid, err)
+		}
+		killed := time.Now()
+		mu.Lock()
+		pending := 0
+		for _, seq := range acked {
+			if sink.delivered(seq) == 0 {
+				pending++
+			}
+		}
+		mu.Unlock()
+		t.Logf("killed the container (pid %d) with %d acknowledged messages not yet at the sink", pid, pending)
+		<-done
+		sink.deferring.Store(false)
+		t.Logf("sent %d messages: %d acknowledged, %d refused or cut off (the container was killed after message %d)",
+			messages, len(acked), failed, messages/3)
+		if len(acked) < messages/2 {
+			t.Errorf("only %d of %d messages acknowledged: the pool did not come back", len(acked), messages)
+		}
+		Eventually(t, 180*time.Second, "every acknowledged message at the sink", func() (bool, string) {
+			missing := 0
+			first := -1
+			for _, seq := range acked {
+				if sink.delivered(seq) == 0 {
+					if first < 0 {
+						first = seq
+					}
+					missing++
+				}
+			}
+			return missing == 0, fmt.Sprintf("%d acknowledged messages missing, the first %d", missing, first)
+		})
+		unique, copies := sink.total()
+		after := getPod(t, ns, pod).Status.ContainerStatuses[0]
+		t.Logf("sink: %d messages, %d copies (duplicates are allowed, losses are not); container restarts %d; all delivered %s after the kill",
+			unique, copies, after.RestartCount, time.Since(killed).Round(time.Second))
+		if after.RestartCount < 1 {
+			t.Errorf("the container was not restarted: %+v", after)
+		}
+		Kubectl(t, "wait", "-n", ns, "--for=condition=Ready", "pod/"+pod, "--timeout=120s")
+		t.Logf("kubectl get pods -o wide:\n%s", Kubectl(t, "get", "pods", "-n", ns, "-o", "wide"))
+	})
+}
