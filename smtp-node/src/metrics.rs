@@ -166,3 +166,73 @@ impl SpoolMetrics {
         metrics
     }
 }
+
+/// The replicated queue (see `docs/replication.md`).
+#[derive(Clone, Debug)]
+pub struct ReplicationMetrics {
+    /// Messages this node took over from a holder that left the view.
+    pub takeovers: Counter,
+    /// Messages given a new copy because a holder left.
+    pub rereplicated: Counter,
+    /// Uncommitted copies dropped because their writer left (no 250 was given).
+    pub discarded: Counter,
+    /// Copies this node may no longer act on: it left the view after they were written.
+    pub stale: Gauge,
+    /// Held copies with fewer eligible holders than the replication factor.
+    pub under_replicated: Gauge,
+    /// 1 while this node is fenced.
+    pub fenced: Gauge,
+    /// The pool's view epoch as this node last read it.
+    pub view_epoch: Gauge,
+}
+
+impl ReplicationMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let sub = registry.sub_registry_with_prefix("replication");
+        let m = Self {
+            takeovers: Counter::default(),
+            rereplicated: Counter::default(),
+            discarded: Counter::default(),
+            stale: Gauge::default(),
+            under_replicated: Gauge::default(),
+            fenced: Gauge::default(),
+            view_epoch: Gauge::default(),
+        };
+        sub.register(
+            "takeovers",
+            "Messages taken over from a holder that left the pool's view",
+            m.takeovers.clone(),
+        );
+        sub.register(
+            "rereplicated",
+            "Messages given a new copy after a holder left",
+            m.rereplicated.clone(),
+        );
+        sub.register(
+            "discarded",
+            "Uncommitted copies dropped because their writer left (no 250 was given)",
+            m.discarded.clone(),
+        );
+        sub.register(
+            "stale_copies",
+            "Copies kept on disk that this node may no longer act on (it left the view since)",
+            m.stale.clone(),
+        );
+        sub.register(
+            "under_replicated_messages",
+            "Held messages with fewer eligible holders than the replication factor",
+            m.under_replicated.clone(),
+        );
+        sub.register(
+            "fenced",
+            "1 while the node cannot renew its Lease: no deliveries, 451 to new mail",
+            m.fenced.clone(),
+        );
+        sub.register(
+            "view_epoch",
+            "The pool view's epoch as this node last read it",
+            m.view_epoch.clone(),
+        );
+        m
+    }
+}

@@ -122,6 +122,7 @@ impl Node {
         let spool_metrics = SpoolMetrics::register(&mut registry);
         let outbound_metrics = OutboundMetrics::register(&mut registry);
         let task_failures = metrics::register_task_failures(&mut registry);
+        let replication_metrics = metrics::ReplicationMetrics::register(&mut registry);
 
         let spool = open_spool(&config, &spool_metrics)?;
 
@@ -204,6 +205,7 @@ impl Node {
                     prepared.standing.clone(),
                     me.clone(),
                     readiness.clone(),
+                    replication_metrics.clone(),
                     stop,
                 ),
             );
@@ -238,6 +240,7 @@ impl Node {
                     replicated.clone(),
                     prepared.standing.clone(),
                     queue_tx.clone(),
+                    replication_metrics.clone(),
                     stop,
                 ),
             );

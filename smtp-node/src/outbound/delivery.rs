@@ -165,6 +165,10 @@ impl WorkerLink {
 }
 
 /// Runs one worker until the manager has no more jobs for its destination.
+/// How long after a failed connection the jobs queued for the same destination are
+/// failed with its outcome instead of being attempted.
+const FAIL_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub async fn run_worker<S: Spool>(shared: Arc<Shared<S>>, link: WorkerLink, first: Job) {
     let resolved = tokio::select! {
         resolved = resolve(&shared, &link.destination) => resolved,
@@ -330,6 +334,10 @@ async fn fail_all<S: Spool>(
     outcome: Option<Outcome>,
     host: Option<String>,
 ) {
+    // The jobs queued behind the failed one share its fate without another attempt, but
+    // only for a moment: under steady traffic the queue never empties, and a worker that
+    // kept failing new jobs with an old outcome would never try the destination again.
+    let until = tokio::time::Instant::now() + FAIL_WINDOW;
     let mut job = Some(first);
     while let Some(current) = job.take() {
         if let Some(meta) = load_owned(shared, current.id).await {
@@ -345,6 +353,9 @@ async fn fail_all<S: Spool>(
             record(shared, link, &meta, results, host.clone(), None).await;
         }
         link.job_done(current.id);
+        if tokio::time::Instant::now() >= until {
+            break;
+        }
         job = link.next_job().await;
     }
 }

@@ -8,7 +8,8 @@
 //! [`SpoolError::NotReplicated`] (the client hears 451 and nothing is ever delivered); an
 //! unconfirmed commit keeps the message and says [`SpoolError::OutcomeUnknown`].
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,6 +39,35 @@ pub struct ReplicatedSpool<S: Spool> {
     settings: Settings,
     standing: watch::Receiver<Standing>,
     peers: Arc<Peers>,
+    /// Messages whose `store` is running here: their uncommitted copies belong to a live
+    /// transaction, not to one a restart cut off.
+    in_flight: Mutex<HashSet<MessageId>>,
+}
+
+/// Marks a message as being stored for as long as it lives.
+struct InFlight<'a> {
+    set: &'a Mutex<HashSet<MessageId>>,
+    id: MessageId,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(set: &'a Mutex<HashSet<MessageId>>, id: MessageId) -> Self {
+        lock(set).insert(id);
+        Self { set, id }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.id);
+    }
+}
+
+fn lock(set: &Mutex<HashSet<MessageId>>) -> std::sync::MutexGuard<'_, HashSet<MessageId>> {
+    match set.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 impl<S: Spool> ReplicatedSpool<S> {
@@ -52,7 +82,13 @@ impl<S: Spool> ReplicatedSpool<S> {
             settings,
             standing,
             peers,
+            in_flight: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Whether a `store` of this message is running on this node right now.
+    pub fn is_being_stored(&self, id: MessageId) -> bool {
+        lock(&self.in_flight).contains(&id)
     }
 
     pub fn local(&self) -> &Arc<S> {
@@ -224,6 +260,7 @@ impl<S: Spool> Spool for ReplicatedSpool<S> {
             return self.local.store(meta, body).await;
         }
         let id = meta.id;
+        let _in_flight = InFlight::new(&self.in_flight, id);
         let view = self.view()?;
         let mut holders = vec![self.settings.me.clone()];
         holders.extend(self.place(&view, id)?);

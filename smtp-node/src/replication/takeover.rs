@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -13,11 +14,14 @@ use super::Standing;
 use super::placement::{Candidate, choose_more};
 use super::store::{ReplicatedSpool, ownership};
 use super::view::{Copy, Duty, Holder, View};
+use crate::metrics::ReplicationMetrics;
 use crate::spool::{MessageId, MessageMeta, Spool, SpoolError};
 
 /// How often the copies are looked at again without a view change: a restore that
 /// failed (a new holder unreachable) is retried at this pace.
 const RESCAN: Duration = Duration::from_secs(10);
+/// Messages restored (taken over or re-replicated) at the same time.
+const RESTORES_AT_ONCE: usize = 32;
 
 /// What one look at the copies did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,7 +29,10 @@ pub struct Pass {
     pub taken_over: usize,
     pub rereplicated: usize,
     pub discarded: usize,
-    pub orphaned: usize,
+    /// Copies this node may no longer act on (it left the view since they were written).
+    pub stale: usize,
+    /// Copies held (owned or not) with fewer eligible holders than the factor, after the pass.
+    pub under_replicated: usize,
     /// Messages handed to delivery.
     pub announced: usize,
 }
@@ -42,6 +49,7 @@ pub async fn pass<S: Spool>(
     let me = spool.settings().me.clone();
     let factor = spool.settings().factor;
     let mut done = Pass::default();
+    let mut to_restore: Vec<(MessageMeta, Copy, bool)> = Vec::new();
     for meta in spool.local().list().await? {
         let Some(copy) = meta.ownership.copy.clone() else {
             if announce_all && meta.ownership.owner == me.node {
@@ -50,23 +58,14 @@ pub async fn pass<S: Spool>(
             }
             continue;
         };
-        match view.duty(&me, &copy) {
-            Duty::TakeOver => {
-                let new = restore(spool, view, &me, &meta, &copy).await?;
-                tracing::info!(id = %meta.id, from = %copy.holders.first().map(|h| h.node.0.as_str()).unwrap_or(""),
-                    epoch = new.epoch, copies = view.copies(&new), "took a message over");
-                done.taken_over += 1;
-                let _ = queue.send(meta.id);
-                done.announced += 1;
-            }
-            Duty::Deliver if view.copies(&copy) < factor => {
-                let new = restore(spool, view, &me, &meta, &copy).await?;
-                if view.copies(&new) > view.copies(&copy) {
-                    done.rereplicated += 1;
-                }
-                let _ = queue.send(meta.id);
-                done.announced += 1;
-            }
+        if spool.is_being_stored(meta.id) {
+            // Its transaction is still running here; it decides for itself.
+            continue;
+        }
+        let duty = view.duty(&me, &copy);
+        match duty {
+            Duty::TakeOver => to_restore.push((meta, copy, true)),
+            Duty::Deliver if view.copies(&copy) < factor => to_restore.push((meta, copy, false)),
             Duty::Deliver => {
                 if announce_all {
                     let _ = queue.send(meta.id);
@@ -74,15 +73,82 @@ pub async fn pass<S: Spool>(
                 }
             }
             Duty::Discard => {
-                tracing::info!(id = %meta.id, "dropping a copy that was never committed: no 250 was given for it");
-                spool.local().remove(meta.id).await?;
-                done.discarded += 1;
+                if discard(spool, view, &me, meta.id).await? {
+                    done.discarded += 1;
+                }
             }
-            Duty::Orphaned => done.orphaned += 1,
-            Duty::Hold { .. } | Duty::Stale | Duty::ReadView => {}
+            Duty::Stale => done.stale += 1,
+            Duty::Hold { .. } | Duty::ReadView => {
+                if copy.committed && view.copies(&copy) < factor {
+                    done.under_replicated += 1;
+                }
+            }
         }
     }
+    // Restores run side by side: each waits on peers, and a dead node's mail should be
+    // back to full strength in the time of a few round trips, not one per message.
+    let results = futures::stream::iter(to_restore)
+        .map(|(meta, copy, takeover)| {
+            let me = me.clone();
+            async move {
+                let result = restore(spool, view, &me, &meta, &copy).await;
+                (meta, copy, takeover, result)
+            }
+        })
+        .buffer_unordered(RESTORES_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await;
+    for (meta, copy, takeover, result) in results {
+        let new = match result {
+            Ok(new) => new,
+            // Delivered and removed, or dropped by its owner, meanwhile.
+            Err(SpoolError::NotFound(_)) => continue,
+            Err(error) => return Err(error),
+        };
+        if takeover {
+            tracing::info!(id = %meta.id, from = %copy.holders.first().map(|h| h.node.0.as_str()).unwrap_or(""),
+                epoch = new.epoch, copies = view.copies(&new), "took a message over");
+            done.taken_over += 1;
+        } else if view.copies(&new) > view.copies(&copy) {
+            done.rereplicated += 1;
+        }
+        if view.copies(&new) < factor {
+            done.under_replicated += 1;
+        }
+        let _ = queue.send(meta.id);
+        done.announced += 1;
+    }
     Ok(done)
+}
+
+/// Drops an uncommitted copy, deciding again on its current record: the listing the
+/// pass works from may predate a commit (a transaction that was running then and has
+/// answered 250 since must keep its message).
+async fn discard<S: Spool>(
+    spool: &ReplicatedSpool<S>,
+    view: &View,
+    me: &Holder,
+    id: MessageId,
+) -> Result<bool, SpoolError> {
+    if spool.is_being_stored(id) {
+        return Ok(false);
+    }
+    let Some(current) = spool.local().load_meta(id).await? else {
+        return Ok(false);
+    };
+    let still = current
+        .ownership
+        .copy
+        .as_ref()
+        .is_some_and(|copy| view.duty(me, copy) == Duty::Discard);
+    if !still || spool.is_being_stored(id) {
+        return Ok(false);
+    }
+    tracing::info!(%id, "dropping a copy that was never committed: no 250 was given for it");
+    match spool.local().remove(id).await {
+        Ok(()) | Err(SpoolError::NotFound(_)) => Ok(true),
+        Err(error) => Err(error),
+    }
 }
 
 /// Writes a new record with this node first and, where holders are missing, new
@@ -149,6 +215,7 @@ pub async fn run<S: Spool>(
     spool: Arc<ReplicatedSpool<S>>,
     mut standing: watch::Receiver<Standing>,
     queue: mpsc::UnboundedSender<MessageId>,
+    metrics: ReplicationMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), SpoolError> {
     let mut acted_on: Option<u64> = None;
@@ -166,14 +233,22 @@ pub async fn run<S: Spool>(
             continue;
         };
         let announce_all = acted_on != Some(view.epoch);
+        metrics
+            .view_epoch
+            .set(i64::try_from(view.epoch).unwrap_or(i64::MAX));
         let done = pass(&spool, &view, announce_all, &queue).await?;
-        if done != Pass::default() {
+        metrics.takeovers.inc_by(done.taken_over as u64);
+        metrics.rereplicated.inc_by(done.rereplicated as u64);
+        metrics.discarded.inc_by(done.discarded as u64);
+        metrics.stale.set(done.stale as i64);
+        metrics.under_replicated.set(done.under_replicated as i64);
+        if done.taken_over + done.rereplicated + done.discarded > 0 {
             tracing::info!(
                 epoch = view.epoch,
                 taken_over = done.taken_over,
                 rereplicated = done.rereplicated,
                 discarded = done.discarded,
-                orphaned = done.orphaned,
+                stale = done.stale,
                 announced = done.announced,
                 "acted on the view"
             );

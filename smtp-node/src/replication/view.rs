@@ -132,10 +132,9 @@ pub enum Duty {
     /// Another holder owns the message: keep the copy, deliver nothing.
     Hold { owner: NodeId },
     /// This copy's incarnation left the view after the copy's epoch, so it may have missed
-    /// changes: never deliver from it. It goes once the owner confirms the message.
+    /// changes (a newer record elsewhere may not even name it): never deliver from it. It
+    /// is kept on disk: when every eligible holder is gone too, it is the last copy.
     Stale,
-    /// No holder is eligible any more: nobody may deliver it. The copy is kept.
-    Orphaned,
     /// The copy was written under a newer view than this node's: read the view again
     /// before deciding anything about it.
     ReadView,
@@ -221,12 +220,13 @@ impl View {
                 _ => Duty::Discard,
             };
         }
-        let Some(owner) = self.owner(copy) else {
-            return Duty::Orphaned;
-        };
         if !self.eligible(me, copy.epoch) {
             return Duty::Stale;
         }
+        let Some(owner) = self.owner(copy) else {
+            // Unreachable: this node is eligible, so some holder is.
+            return Duty::Stale;
+        };
         if owner != me {
             return Duty::Hold {
                 owner: owner.node.clone(),
@@ -402,7 +402,7 @@ mod tests {
         let (a, b) = (holder("a", 1), holder("b", 2));
         let v = view(5, &[("c", 3, 1)]);
         let c = copy(&[a.clone(), b.clone()], 2);
-        assert_eq!(v.duty(&a, &c), Duty::Orphaned);
+        assert_eq!(v.duty(&a, &c), Duty::Stale);
         assert_eq!(v.owner(&c), None);
     }
 

@@ -15,6 +15,7 @@ use super::server::{self, PeerServerError};
 use super::{Authority, Holder, Incarnation, Peers, ReplicatedSpool, Settings, Standing};
 use crate::config::{Config, ReplicationConfig, ResolvedIdentity};
 use crate::http::Readiness;
+use crate::metrics::ReplicationMetrics;
 use crate::peer_tls::{PeerTls, PeerTlsError};
 use crate::spool::{LogSpool, NodeId};
 
@@ -186,6 +187,7 @@ pub async fn watch_standing(
     mut standing: watch::Receiver<Standing>,
     me: Holder,
     readiness: Readiness,
+    metrics: ReplicationMetrics,
     stop: CancellationToken,
 ) -> Result<(), std::convert::Infallible> {
     const FENCED: &str =
@@ -196,7 +198,11 @@ pub async fn watch_standing(
             let s = standing.borrow_and_update();
             (s.fenced, s.view.as_ref().is_some_and(|v| v.is_member(&me)))
         };
+        metrics.fenced.set(i64::from(fenced));
         if fenced {
+            tracing::warn!(
+                "fenced: this node's Lease is not renewed; no deliveries start, new mail gets 451"
+            );
             readiness.hold(FENCED);
         } else {
             readiness.release(FENCED);

@@ -13,6 +13,8 @@ use super::{free_port, ip};
 /// Everything a test may want to change in the generated config.
 #[derive(Clone)]
 pub struct NodeSettings {
+    /// `node:` block: the node's name and data centre.
+    pub identity_yaml: String,
     /// Extra top-level YAML appended verbatim (e.g. a `limits:` block).
     pub extra_yaml: String,
     /// `relay:` block; default allows loopback for example.com.
@@ -28,6 +30,7 @@ pub struct NodeSettings {
 impl Default for NodeSettings {
     fn default() -> Self {
         Self {
+            identity_yaml: "node: {name: test-0}\n".to_owned(),
             extra_yaml: String::new(),
             relay_yaml: "relay: {allowedNetworks: [127.0.0.0/8], domains: [example.com]}\n"
                 .to_owned(),
@@ -76,7 +79,8 @@ impl Node {
             (None, None)
         };
         let mut yaml = format!(
-            "hostname: relay.test\nnode: {{name: test-0}}\nlisteners:\n  - {{name: relay, address: \"{smtp}\"}}\n"
+            "hostname: relay.test\n{}listeners:\n  - {{name: relay, address: \"{smtp}\"}}\n",
+            settings.identity_yaml
         );
         if let (Some(sub), Some(imp)) = (submission, implicit) {
             yaml.push_str(&format!(
@@ -115,7 +119,12 @@ impl Node {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::File::create(&self.log).expect("log file");
+        // Appended, so a restarted node's log keeps what happened before.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let child = Command::new(binary())
             .args(["run", "--config"])
             .arg(&self.config)

@@ -50,6 +50,19 @@ impl SmtpSink {
         Self { child, dir }
     }
 
+    /// Stops smtp-sink, then reads what it captured: a transaction it was still writing
+    /// is complete on disk by then.
+    pub fn stop(mut self) -> Vec<SinkMessage> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.messages()
+    }
+
+    /// Whether the smtp-sink process still runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Messages captured so far (complete files only).
     pub fn messages(&self) -> Vec<SinkMessage> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(self.dir.path())

@@ -1,0 +1,404 @@
+//! The replicated queue end to end: four smtp-node processes in two data centres, the
+//! real kube-apiserver and etcd as the arbiter, Postfix's smtp-sink as the destination,
+//! and SMTP load with a ledger of every message answered 250. Faults hit the processes
+//! while the load runs; at the end every acknowledged message must have reached the sink.
+//! The run prints acknowledged, delivered, lost and duplicated counts and how long the
+//! survivors took to take a killed owner's mail over.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::apiserver::ControlPlane;
+use common::node::{Node, NodeSettings, signal};
+use common::peers::SmtpSink;
+use common::{free_port, ip};
+
+/// Short Leases keep the test short: takeover about 5 s after an owner's last renewal.
+const LEASE: &str = "4s";
+const POOL: &str = "chaos";
+const NODES: [(&str, &str); 4] = [
+    ("east-0", "east"),
+    ("east-1", "east"),
+    ("west-0", "west"),
+    ("west-1", "west"),
+];
+
+fn settings(name: &str, dc: &str, kubeconfig: &Path, sink_port: u16) -> NodeSettings {
+    let peer_port = free_port(&[ip("127.0.0.1")], false);
+    NodeSettings {
+        identity_yaml: format!("node: {{name: {name}, dataCentre: {dc}}}\n"),
+        delivery_yaml: format!(
+            "delivery: {{smarthost: {{host: 127.0.0.1, port: {sink_port}, tls: none}}, retrySchedule: [1s], concurrencyPerDestination: 4}}\n"
+        ),
+        extra_yaml: format!(
+            "replication: {{factor: 2, minDataCentres: 2, listen: \"127.0.0.1:{peer_port}\", arbiter: {{namespace: default, pool: {POOL}, kubeconfig: \"{}\", leaseDuration: {LEASE}}}}}\n",
+            kubeconfig.display()
+        ),
+        ..NodeSettings::default()
+    }
+}
+
+/// A plain SMTP client that sends numbered messages and reports which got 250.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let writer = stream.try_clone()?;
+        let mut client = Self {
+            reader: BufReader::new(stream),
+            writer,
+        };
+        client.expect("220")?;
+        client.command("EHLO load.test", "250")?;
+        Ok(client)
+    }
+
+    fn reply(&mut self) -> std::io::Result<String> {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(all);
+            }
+        }
+    }
+
+    fn expect(&mut self, code: &str) -> std::io::Result<String> {
+        let reply = self.reply()?;
+        if reply.starts_with(code) {
+            Ok(reply)
+        } else {
+            Err(std::io::Error::other(reply))
+        }
+    }
+
+    fn command(&mut self, line: &str, code: &str) -> std::io::Result<String> {
+        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
+        self.expect(code)
+    }
+
+    /// Sends one message; its queue id when it was answered 250.
+    fn send(&mut self, subject: &str) -> std::io::Result<String> {
+        self.command("MAIL FROM:<load@example.com>", "250")?;
+        self.command("RCPT TO:<sink@dest.test>", "250")?;
+        self.command("DATA", "354")?;
+        let body = format!(
+            "From: <load@example.com>\r\nTo: <sink@dest.test>\r\nSubject: {subject}\r\n\r\nledger entry {subject}\r\n.\r\n"
+        );
+        self.writer.write_all(body.as_bytes())?;
+        let reply = self.expect("250 2.0.0 Ok: queued as")?;
+        Ok(reply
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned())
+    }
+}
+
+fn subject_of(data: &str) -> Option<String> {
+    data.lines()
+        .find_map(|l| l.strip_prefix("Subject: "))
+        .map(|s| s.trim().to_owned())
+}
+
+/// Load from `threads` clients spread over the nodes' SMTP ports until `stop`; each
+/// message answered 250 goes into the ledger.
+fn load(
+    addrs: Vec<SocketAddr>,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<BTreeMap<String, String>>>,
+    refused: Arc<Mutex<u64>>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..threads)
+        .map(|t| {
+            let (addrs, stop, ledger, refused) =
+                (addrs.clone(), stop.clone(), ledger.clone(), refused.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                let mut target = t;
+                let mut client: Option<Client> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    // Every node gets its share: a new connection to the next node
+                    // every few messages, and at once after any failure.
+                    if n.is_multiple_of(20) {
+                        client = None;
+                    }
+                    if client.is_none() {
+                        target = (target + 1) % addrs.len();
+                        client = Client::connect(addrs[target]).ok();
+                        if client.is_none() {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    }
+                    let subject = format!("m-{t}-{n}");
+                    n += 1;
+                    let sent = client.as_mut().map(|c| c.send(&subject));
+                    match sent {
+                        Some(Ok(id)) => {
+                            ledger.lock().expect("ledger").insert(subject, id);
+                        }
+                        _ => {
+                            *refused.lock().expect("count") += 1;
+                            client = None;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect()
+}
+
+fn takeovers(nodes: &[Node], except: usize) -> f64 {
+    nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != except)
+        .map(|(_, n)| n.metric("smtpnode_replication_takeovers_total"))
+        .sum()
+}
+
+/// Waits until every node has acted on the same view and no message it holds lacks a
+/// copy: the point from which the pool again survives the loss of any one copy.
+fn settle(nodes: &[Node], skip: &[usize]) {
+    let started = Instant::now();
+    loop {
+        let state: Vec<(f64, f64, f64)> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !skip.contains(i))
+            .map(|(_, n)| {
+                (
+                    n.metric("smtpnode_replication_view_epoch"),
+                    n.metric("smtpnode_replication_under_replicated_messages"),
+                    0.0,
+                )
+            })
+            .collect();
+        let same_view = state.windows(2).all(|w| w[0].0 == w[1].0);
+        if same_view && state.iter().all(|s| s.1 == 0.0 && s.2 == 0.0) {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            dump(nodes);
+            panic!(
+                "copies not restored within 60 s: (view epoch, under-replicated) per node {state:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The log lines of every node that say what replication did, for a failure; the whole
+/// logs go to a directory under the system's temporary one.
+fn dump(nodes: &[Node]) {
+    let dir = std::env::temp_dir().join("smtpfleet-replication-cluster");
+    let _ = std::fs::create_dir_all(&dir);
+    eprintln!("node logs in {}", dir.display());
+    for (node, (name, _)) in nodes.iter().zip(NODES) {
+        let log = node.log_text();
+        let _ = std::fs::write(dir.join(format!("{name}.log")), &log);
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                l.contains("replication::") || l.contains(" WARN ") || l.contains(" ERROR ")
+            })
+            .collect();
+        eprintln!("--- {name}");
+        for line in tail.iter().rev().take(40).rev() {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn wait_until(
+    what: &str,
+    nodes: &[Node],
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        if started.elapsed() > limit {
+            dump(nodes);
+            panic!("{what}: not within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn acknowledged_mail_survives_killed_paused_and_wiped_nodes() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mut plane = ControlPlane::start();
+    let kubeconfig = plane.kubeconfig("admin.kubeconfig", plane.port);
+    runtime.block_on(plane.wait_ready(&kubeconfig));
+
+    let sink_port = free_port(&[ip("127.0.0.1")], false);
+    let mut sink = Some(SmtpSink::start(ip("127.0.0.1"), sink_port));
+    let mut nodes: Vec<Node> = NODES
+        .iter()
+        .map(|(name, dc)| Node::start(settings(name, dc, &kubeconfig, sink_port)))
+        .collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.smtp).collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(Mutex::new(BTreeMap::new()));
+    let refused = Arc::new(Mutex::new(0u64));
+    let clients = load(addrs, 6, stop.clone(), ledger.clone(), refused.clone());
+    let acked = || ledger.lock().expect("ledger").len();
+    wait_until(
+        "first acknowledged messages",
+        &nodes,
+        Duration::from_secs(30),
+        || acked() > 200,
+    );
+
+    // Each fault hits while the destination is away, so owners hold deferred mail, and
+    // only once the pool has restored every message's copies after the previous one: the
+    // guarantee covers `replicationFactor - 1` lost copies at a time.
+    let mut captured = Vec::new();
+    let mut pause_sink = |sink: &mut Option<SmtpSink>| {
+        if let Some(s) = sink.take() {
+            captured.extend(s.stop());
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let resume_sink = || SmtpSink::start(ip("127.0.0.1"), sink_port);
+
+    // kill -9 an owner: its messages are taken over by their replicas in west.
+    pause_sink(&mut sink);
+    let before = takeovers(&nodes, 0);
+    nodes[0].kill();
+    let took = wait_until(
+        "a takeover after kill -9",
+        &nodes,
+        Duration::from_secs(30),
+        || takeovers(&nodes, 0) > before,
+    );
+    eprintln!(
+        "takeover {:.1} s after kill -9 of east-0",
+        took.as_secs_f64()
+    );
+    sink = Some(resume_sink());
+    nodes[0].restart();
+    settle(&nodes, &[]);
+
+    // SIGSTOP a node past its Lease: it is removed and its mail taken over; resumed, it
+    // finds itself out of the view and joins again, its old copies stale.
+    pause_sink(&mut sink);
+    let before = takeovers(&nodes, 2);
+    let paused = nodes[2].pid();
+    signal(paused, "STOP");
+    let took_paused = wait_until(
+        "a takeover from the paused node",
+        &nodes,
+        Duration::from_secs(30),
+        || takeovers(&nodes, 2) > before,
+    );
+    signal(paused, "CONT");
+    eprintln!(
+        "takeover {:.1} s after SIGSTOP of west-0",
+        took_paused.as_secs_f64()
+    );
+    sink = Some(resume_sink());
+    nodes[2].wait_ready();
+    settle(&nodes, &[]);
+
+    // An empty disk: east-1 comes back as a new incarnation that holds nothing; its mail
+    // is taken over from the copies in west.
+    pause_sink(&mut sink);
+    let before = takeovers(&nodes, 1);
+    nodes[1].kill();
+    std::fs::remove_dir_all(nodes[1].spool_dir()).expect("wipe the spool");
+    let took_wiped = wait_until(
+        "a takeover from the wiped node",
+        &nodes,
+        Duration::from_secs(30),
+        || takeovers(&nodes, 1) > before,
+    );
+    eprintln!(
+        "takeover {:.1} s after kill -9 of east-1 and the loss of its disk",
+        took_wiped.as_secs_f64()
+    );
+    sink = Some(resume_sink());
+    nodes[1].restart();
+    settle(&nodes, &[]);
+    let restarted = took;
+
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let ledger = ledger.lock().expect("ledger").clone();
+
+    let mut delivered: BTreeMap<String, usize> = BTreeMap::new();
+    let load_ended = Instant::now();
+    while load_ended.elapsed() < Duration::from_secs(120) {
+        delivered.clear();
+        let now = sink.as_ref().map(SmtpSink::messages).unwrap_or_default();
+        for m in captured.iter().chain(&now) {
+            if let Some(s) = subject_of(&m.data) {
+                *delivered.entry(s).or_default() += 1;
+            }
+        }
+        if ledger.keys().all(|s| delivered.contains_key(s)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let settled = load_ended.elapsed();
+    eprintln!(
+        "sink alive at the end: {}",
+        sink.as_mut().is_some_and(SmtpSink::alive)
+    );
+    let lost: Vec<(&String, &String)> = ledger
+        .iter()
+        .filter(|(s, _)| !delivered.contains_key(*s))
+        .collect();
+    let duplicates: usize = delivered.values().map(|c| c - 1).sum();
+    let unexpected = delivered
+        .keys()
+        .filter(|s| !ledger.contains_key(*s))
+        .count();
+    eprintln!(
+        "acknowledged {}, refused or cut {}, delivered {} distinct, lost {}, duplicates {}, \
+         delivered without 250 {}, first takeover {:.1} s, settled {:.1} s after the load",
+        ledger.len(),
+        refused.lock().expect("count"),
+        delivered.len(),
+        lost.len(),
+        duplicates,
+        unexpected,
+        restarted.as_secs_f64(),
+        settled.as_secs_f64()
+    );
+    if !lost.is_empty() {
+        dump(&nodes);
+        panic!("lost acknowledged messages (subject, queue id): {lost:?}");
+    }
+    assert!(ledger.len() > 1000, "too little load to mean anything");
+    drop(nodes);
+    drop(plane);
+}
