@@ -663,7 +663,8 @@ fn two_messages_from_two_data_centres() {
 }
 
 /// The widest world: both messages, two crashes, a wiped disk and a node cut off from the
-/// API server. Minutes on two cores; run with `--ignored` when the protocol changes.
+/// API server. More than twenty minutes on two cores, so not part of the test command:
+/// run it with `--ignored` when the protocol changes.
 #[test]
 #[ignore]
 fn everything_at_once() {
