@@ -152,16 +152,16 @@ impl ControlPlane {
             .find_map(|(name, child)| matches!(child.try_wait(), Ok(Some(_))).then(|| name.clone()))
     }
 
-    /// A kubeconfig (admin client certificate) for the API server at `port`: the
-    /// server's own port, or a proxy's.
-    fn kubeconfig(&self, file: &str, port: u16) -> PathBuf {
+    /// A kubeconfig for the API server at `port` (the server's own port, or a proxy's),
+    /// authenticating with the client certificate `user` (`admin` or `node`).
+    fn kubeconfig(&self, file: &str, port: u16, user: &str) -> PathBuf {
         let pki = self.dir.path().join("pki");
         let path = self.dir.path().join(file);
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {ca}\nusers:\n- name: admin\n  user:\n    client-certificate: {crt}\n    client-key: {key}\ncontexts:\n- name: t\n  context: {{cluster: t, user: admin, namespace: {NAMESPACE}}}\ncurrent-context: t\n",
             ca = pki.join("ca.crt").display(),
-            crt = pki.join("admin.crt").display(),
-            key = pki.join("admin.key").display(),
+            crt = pki.join(format!("{user}.crt")).display(),
+            key = pki.join(format!("{user}.key")).display(),
         );
         std::fs::write(&path, text).expect("kubeconfig");
         path
@@ -185,6 +185,54 @@ impl ControlPlane {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
+}
+
+/// The Role and RoleBinding the operator gives a pool's ServiceAccount
+/// (`operator/src/relaypool/build/rbac.rs`): the nodes in this test run with exactly
+/// these permissions.
+async fn grant_lease_role(admin: &Path) {
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    use kube::api::{ObjectMeta, PostParams};
+    let client = arbiter::client(&config(admin)).await.expect("admin client");
+    let meta = ObjectMeta {
+        name: Some(format!("{POOL}-node")),
+        namespace: Some(NAMESPACE.into()),
+        ..ObjectMeta::default()
+    };
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["coordination.k8s.io".into()]),
+            resources: Some(vec!["leases".into()]),
+            verbs: ["get", "list", "watch", "create", "update"]
+                .map(String::from)
+                .to_vec(),
+            ..PolicyRule::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: format!("{POOL}-node"),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: POOL.into(),
+            namespace: Some(NAMESPACE.into()),
+            ..Subject::default()
+        }]),
+    };
+    let pp = PostParams::default();
+    kube::Api::<Role>::namespaced(client.clone(), NAMESPACE)
+        .create(&pp, &role)
+        .await
+        .expect("create the Role");
+    kube::Api::<RoleBinding>::namespaced(client, NAMESPACE)
+        .create(&pp, &binding)
+        .await
+        .expect("create the RoleBinding");
 }
 
 /// The e2e control-plane binaries: built and cached by `e2e/build.sh`, which prints their
@@ -212,7 +260,9 @@ fn binaries() -> PathBuf {
 }
 
 /// A CA, the API server's certificate for 127.0.0.1, an admin client certificate
-/// (`system:masters`) and the service-account key pair, as `e2e/cluster.sh` makes them.
+/// (`system:masters`), a client certificate authenticating as the pool's ServiceAccount
+/// (`system:serviceaccount:default:relay`, which RBAC matches like a token of that
+/// account) and the service-account key pair, as `e2e/cluster.sh` makes them.
 fn certificates(work: &Path) {
     let script = r#"
 set -euo pipefail
@@ -224,6 +274,8 @@ openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -da
 openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=arbiter-test-admin" -keyout admin.key -out admin.csr
 printf 'extendedKeyUsage=clientAuth\n' >admin.ext
 openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile admin.ext -out admin.crt
+openssl req -newkey rsa:2048 -nodes -subj "/CN=system:serviceaccount:default:relay" -keyout node.key -out node.csr
+openssl x509 -req -in node.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile admin.ext -out node.crt
 openssl genrsa -out sa.key 2048
 openssl rsa -in sa.key -pubout -out sa.pub
 "#;
@@ -401,29 +453,56 @@ fn everyone_in(nodes: &[&Node]) -> bool {
 async fn nodes_join_fence_leave_and_rejoin_through_the_api_server() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut plane = ControlPlane::start();
-    let direct = plane.kubeconfig("direct.kubeconfig", plane.port);
-    plane.wait_ready(&direct).await;
+    let admin = plane.kubeconfig("admin.kubeconfig", plane.port, "admin");
+    plane.wait_ready(&admin).await;
+    grant_lease_role(&admin).await;
+    let direct = plane.kubeconfig("direct.kubeconfig", plane.port, "node");
     let proxy = Proxy::start(plane.port).await;
-    let proxied = plane.kubeconfig("proxied.kubeconfig", proxy.port);
+    let proxied = plane.kubeconfig("proxied.kubeconfig", proxy.port, "node");
     let timing = arbiter::scaled_timing(LEASE);
 
-    // Three nodes at once: every join lands although the writes race.
-    let (a, b, c) = tokio::join!(
+    // Five nodes at once: every join lands although the writes race.
+    let (a, b, c, d, e) = tokio::join!(
         Node::start(&direct, "a"),
         Node::start(&direct, "b"),
         Node::start(&proxied, "c"),
+        Node::start(&direct, "d"),
+        Node::start(&direct, "e"),
     );
     wait_for(
-        "a, b and c all members and unfenced",
+        "a to e all members and unfenced",
         Duration::from_secs(30),
-        || everyone_in(&[&a, &b, &c]),
+        || everyone_in(&[&a, &b, &c, &d, &e]),
     )
     .await;
     let view = a.now().view.expect("a view");
-    assert_eq!(view.epoch, 3, "one epoch per join: {view:?}");
+    assert_eq!(view.epoch, 5, "one epoch per join: {view:?}");
     let mut since: Vec<u64> = view.members.values().map(|m| m.since).collect();
     since.sort_unstable();
-    assert_eq!(since, vec![1, 2, 3]);
+    assert_eq!(since, vec![1, 2, 3, 4, 5]);
+
+    // d and e stop: their Leases stand still, and the others remove them.
+    let stopped_at = Instant::now();
+    let (d_node, e_node) = (d.me.node.clone(), e.me.node.clone());
+    d.stop().await;
+    e.stop().await;
+    let without_d_e = |s: &Standing| {
+        !s.fenced
+            && s.view.as_ref().is_some_and(|v| {
+                !v.members.contains_key(&d_node) && !v.members.contains_key(&e_node)
+            })
+    };
+    wait_for("a, b and c remove d and e", Duration::from_secs(30), || {
+        [&a, &b, &c].iter().all(|n| without_d_e(&n.now()))
+    })
+    .await;
+    assert!(
+        stopped_at.elapsed() >= timing.duration + timing.takeover_margin,
+        "removed after only {:?}",
+        stopped_at.elapsed()
+    );
+    assert!(everyone_in(&[&a, &b, &c]));
+    let view = a.now().view.expect("a view");
     let c_since = view.members[&c.me.node].since;
 
     // c loses the API server: it fences itself first, the others remove it later.
