@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::lease::{self, LeaseTiming, Observed};
 use super::{Holder, Standing, View};
-use crate::config::ArbiterConfig;
+use crate::config::{ArbiterConfig, ReplicationConfig};
 use crate::spool::NodeId;
 
 /// Label on every Lease of the arbiter, valued with the pool's name.
@@ -252,6 +252,9 @@ impl Liveness {
 /// An arbiter request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ArbiterError {
+    /// The address to advertise to peers cannot be made from the configuration.
+    #[error("advertised address: {0}")]
+    Address(String),
     /// The client configuration could not be read (kubeconfig file, in-cluster files).
     #[error("API server client: {0}")]
     Client(String),
@@ -297,6 +300,42 @@ async fn kubeconfig(path: &Path) -> Result<Config, ArbiterError> {
     Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
         .await
         .map_err(|e| ArbiterError::Client(format!("{}: {e}", path.display())))
+}
+
+/// Where peers reach this node (`host:port`), as it writes it into the view: the host from
+/// `advertiseHost`, else from the variable `advertiseHostEnv` names (`env` looks it up);
+/// the port is the peer listener's. IPv6 addresses get brackets.
+pub fn advertised_address(
+    config: &ReplicationConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, ArbiterError> {
+    let host = match (&config.advertise_host, &config.advertise_host_env) {
+        (Some(host), _) => host.clone(),
+        (None, Some(var)) => env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+            ArbiterError::Address(format!("environment variable {var} is not set"))
+        })?,
+        (None, None) => {
+            return Err(ArbiterError::Address(
+                "neither replication.advertiseHost nor replication.advertiseHostEnv is set"
+                    .to_owned(),
+            ));
+        }
+    };
+    let port = config
+        .listen
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .ok_or_else(|| {
+            ArbiterError::Address(format!(
+                "replication.listen {:?} has no port",
+                config.listen
+            ))
+        })?;
+    if host.contains(':') && !host.starts_with('[') {
+        Ok(format!("[{host}]:{port}"))
+    } else {
+        Ok(format!("{host}:{port}"))
+    }
 }
 
 /// Who this node is in the pool and where the pool's Leases live.
@@ -846,6 +885,46 @@ mod tests {
         assert_eq!(new_disk.acquire_time, Some(MicroTime(at(102))));
         assert_eq!(new_disk.lease_transitions, Some(1));
         assert_eq!(renewal_of(None), "absent");
+    }
+
+    #[test]
+    fn the_advertised_address_is_the_host_with_the_peer_port() {
+        let mut config = ReplicationConfig {
+            factor: 2,
+            min_data_centres: 1,
+            listen: "0.0.0.0:7443".into(),
+            advertise_host: None,
+            advertise_host_env: Some("POD_IP".into()),
+            arbiter: None,
+            peers: Vec::new(),
+            tls: None,
+        };
+        let env = |ip: &'static str| move |var: &str| (var == "POD_IP").then(|| ip.to_owned());
+        assert_eq!(
+            advertised_address(&config, env("10.1.2.3")).unwrap(),
+            "10.1.2.3:7443"
+        );
+        assert_eq!(
+            advertised_address(&config, env("fd00::7")).unwrap(),
+            "[fd00::7]:7443"
+        );
+        assert!(matches!(
+            advertised_address(&config, |_| None),
+            Err(ArbiterError::Address(_))
+        ));
+        config.advertise_host = Some("node-0.peers.mail.svc".into());
+        assert_eq!(
+            advertised_address(&config, |_| None).unwrap(),
+            "node-0.peers.mail.svc:7443"
+        );
+        config.listen = "[::]:7443".into();
+        assert_eq!(
+            advertised_address(&config, |_| None).unwrap(),
+            "node-0.peers.mail.svc:7443"
+        );
+        config.advertise_host = None;
+        config.advertise_host_env = None;
+        assert!(advertised_address(&config, |_| None).is_err());
     }
 
     #[test]
