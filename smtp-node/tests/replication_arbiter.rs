@@ -2,8 +2,9 @@
 //! (`e2e/build.sh`, cached), started on free loopback ports in a temporary directory and
 //! stopped when the test ends, also when it fails.
 //!
-//! Three nodes join one pool at once (their compare-and-set writes conflict and are
-//! retried), one loses the API server (its connections go through a proxy the test cuts):
+//! Five nodes join one pool at once (their compare-and-set writes conflict and are
+//! retried), two stop and are removed after the expiry, one loses the API server (its
+//! connections go through a proxy the test turns into a black hole, so requests hang):
 //! it fences itself, and only later do the others remove it; it joins again with a new
 //! `since` once it reaches the API server again; and a new incarnation under the same
 //! node name replaces the old member.
@@ -167,16 +168,36 @@ impl ControlPlane {
         path
     }
 
-    async fn wait_ready(&mut self, kubeconfig: &Path) {
+    /// Starts etcd and kube-apiserver and waits until the API server serves; returns
+    /// the admin kubeconfig. The free ports are picked before the components bind them,
+    /// so another process may take one in between: a component that exits at start is
+    /// retried on new ports, twice.
+    async fn start_ready() -> (ControlPlane, PathBuf) {
+        let mut attempt = 1;
+        loop {
+            let mut plane = ControlPlane::start();
+            let admin = plane.kubeconfig("admin.kubeconfig", plane.port, "admin");
+            match plane.wait_ready(&admin).await {
+                Ok(()) => return (plane, admin),
+                Err(exited) if attempt < 3 => {
+                    eprintln!("attempt {attempt}: {exited}");
+                    attempt += 1;
+                }
+                Err(exited) => panic!("{exited}"),
+            }
+        }
+    }
+
+    async fn wait_ready(&mut self, kubeconfig: &Path) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(name) = self.exited() {
-                panic!("{name} exited\n{}", self.logs());
+                return Err(format!("{name} exited\n{}", self.logs()));
             }
             if let Ok(client) = arbiter::client(&config(kubeconfig)).await {
                 let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
                 if api.get_opt(NAMESPACE).await.ok().flatten().is_some() {
-                    return;
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
@@ -291,12 +312,13 @@ openssl rsa -in sa.key -pubout -out sa.pub
     );
 }
 
-/// A TCP proxy to the API server that the test can cut (every connection dropped, new
-/// ones refused at once) and restore: a node behind it loses the API server while the
-/// process keeps running.
+/// A TCP proxy to the API server that the test can cut and restore: a node behind it
+/// loses the API server while the process keeps running. Cut, it is a black hole:
+/// connections stay open and nothing passes either way (requests hang, as behind a
+/// partition), until it is restored and they are closed.
 struct Proxy {
     port: u16,
-    cut: Arc<Mutex<Option<CancellationToken>>>,
+    cut: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -304,26 +326,31 @@ impl Proxy {
     async fn start(target: u16) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
         let port = listener.local_addr().expect("proxy address").port();
-        let cut = Arc::new(Mutex::new(Some(CancellationToken::new())));
+        let (cut, _) = watch::channel(false);
         let state = cut.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     continue;
                 };
-                let live = state.lock().expect("proxy state").clone();
-                let Some(live) = live else {
-                    drop(inbound);
-                    continue;
-                };
+                let mut cut = state.subscribe();
                 tokio::spawn(async move {
+                    let already_cut = *cut.borrow_and_update();
+                    if already_cut {
+                        let _ = cut.wait_for(|c| !*c).await.map(|_| ());
+                        return;
+                    }
                     let target = SocketAddr::from(([127, 0, 0, 1], target));
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
                     };
-                    tokio::select! {
-                        () = live.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    let frozen = tokio::select! {
+                        _ = async { cut.wait_for(|c| *c).await.map(|_| ()) } => true,
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                    };
+                    if frozen {
+                        // Hold both ends, pass nothing, until restored.
+                        let _ = cut.wait_for(|c| !*c).await.map(|_| ());
                     }
                 });
             }
@@ -332,19 +359,17 @@ impl Proxy {
     }
 
     fn cut(&self) {
-        if let Some(live) = self.cut.lock().expect("proxy state").take() {
-            live.cancel();
-        }
+        self.cut.send_replace(true);
     }
 
     fn restore(&self) {
-        *self.cut.lock().expect("proxy state") = Some(CancellationToken::new());
+        self.cut.send_replace(false);
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.cut();
+        self.restore();
         self.task.abort();
     }
 }
@@ -452,9 +477,7 @@ fn everyone_in(nodes: &[&Node]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_join_fence_leave_and_rejoin_through_the_api_server() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut plane = ControlPlane::start();
-    let admin = plane.kubeconfig("admin.kubeconfig", plane.port, "admin");
-    plane.wait_ready(&admin).await;
+    let (plane, admin) = ControlPlane::start_ready().await;
     grant_lease_role(&admin).await;
     let direct = plane.kubeconfig("direct.kubeconfig", plane.port, "node");
     let proxy = Proxy::start(plane.port).await;

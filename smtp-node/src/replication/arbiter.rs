@@ -417,6 +417,8 @@ impl Arbiter {
         let _fence = FenceOnDrop(self.standing.clone());
         let timing = self.settings.timing;
         loop {
+            // Also after waking at the fencing deadline: publish before anything can hang.
+            self.publish();
             let started = Instant::now();
             // A cycle may take until the moment the node must fence: past it, the node
             // publishes that it is fenced rather than wait for a hung request.
