@@ -435,9 +435,11 @@ fn pods_run_non_root_read_only_without_capabilities() {
             assert_eq!(csc.read_only_root_filesystem, Some(true));
             assert_eq!(csc.allow_privilege_escalation, Some(false));
             assert_eq!(csc.capabilities.unwrap().drop, Some(vec!["ALL".to_owned()]));
-            assert_eq!(pod(&sts).automount_service_account_token, Some(false));
+            // The token reaches the API server for the node's Lease and the pool's view.
+            assert_eq!(pod(&sts).automount_service_account_token, Some(true));
         }
     }
+    // The account itself mounts nothing: only the pod template asks for the token.
     let sa = children_of("minimal.yaml").service_account;
     assert_eq!(sa.automount_service_account_token, Some(false));
 }
@@ -619,54 +621,15 @@ fn node_configuration_is_rendered_into_the_config_map() {
     assert_eq!(config.replication.factor, 3);
     assert_eq!(config.replication.min_data_centres, 2);
     assert_eq!(config.replication.listen, "0.0.0.0:7443");
-    let peers: Vec<(&str, &str, &str)> = config
-        .replication
-        .peers
-        .iter()
-        .map(|p| (p.name.as_str(), p.address.as_str(), p.data_centre.as_str()))
-        .collect();
-    assert_eq!(
-        peers,
-        [
-            (
-                "outbound-eu-west-1a-0",
-                "outbound-eu-west-1a-0.outbound-peers.mail.svc:7443",
-                "eu-west-1a"
-            ),
-            (
-                "outbound-eu-west-1a-1",
-                "outbound-eu-west-1a-1.outbound-peers.mail.svc:7443",
-                "eu-west-1a"
-            ),
-            (
-                "outbound-eu-west-1b-0",
-                "outbound-eu-west-1b-0.outbound-peers.mail.svc:7443",
-                "eu-west-1b"
-            ),
-            (
-                "outbound-eu-west-1b-1",
-                "outbound-eu-west-1b-1.outbound-peers.mail.svc:7443",
-                "eu-west-1b"
-            ),
-            (
-                "outbound-on-prem-0",
-                "outbound-on-prem-0.outbound-peers.mail.svc:7443",
-                "on-prem"
-            ),
-        ]
-    );
-    // Peer names are the pod names the StatefulSets produce, under the headless Service.
+    // Nodes find each other through the view in the API server, each advertising its
+    // pod IP: the document names no peer.
+    assert_eq!(config.replication.advertise_host_env, "POD_IP");
+    assert_eq!(config.replication.arbiter.namespace, "mail");
+    assert_eq!(config.replication.arbiter.pool, "outbound");
     for sts in &children.statefulsets {
         assert_eq!(
             sts.spec.as_ref().unwrap().service_name.as_deref(),
             Some("outbound-peers")
-        );
-        assert!(
-            config
-                .replication
-                .peers
-                .iter()
-                .any(|p| p.name == format!("{}-0", sts.name_any()))
         );
     }
 
@@ -742,35 +705,13 @@ fn node_configuration_is_rendered_into_the_config_map() {
 }
 
 #[test]
-fn scaling_updates_the_peer_list_without_a_new_config_hash() {
+fn scaling_changes_neither_the_config_nor_its_hash() {
     let pool = fixture("single.yaml");
     let before = children(&pool);
     let mut scaled = pool.clone();
     scaled.spec.replicas = 5;
     let after = children(&scaled);
-    let peers = |c: &Children| -> Vec<String> {
-        rendered(c)
-            .replication
-            .peers
-            .into_iter()
-            .map(|p| p.name)
-            .collect()
-    };
-    assert_eq!(
-        peers(&before),
-        ["relay-default-0", "relay-default-1", "relay-default-2"]
-    );
-    assert_eq!(
-        peers(&after),
-        [
-            "relay-default-0",
-            "relay-default-1",
-            "relay-default-2",
-            "relay-default-3",
-            "relay-default-4"
-        ]
-    );
-    assert_ne!(before.config_map, after.config_map);
+    assert_eq!(before.config_map, after.config_map);
     assert_eq!(
         before.statefulsets[0].spec.as_ref().unwrap().template,
         after.statefulsets[0].spec.as_ref().unwrap().template

@@ -147,7 +147,19 @@ async fn first_reconcile_creates_every_child_and_reports_progress() {
         .iter()
         .map(|b| b["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["ServiceAccount", "ConfigMap", "Service", "Service"]);
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "ConfigMap",
+            "Service",
+            "Service"
+        ]
+    );
+    assert_eq!(applied.before[1]["rules"][0]["resources"][0], "leases");
+    assert_eq!(applied.before[2]["subjects"][0]["name"], "relay");
     let (name, sts) = &applied.statefulsets[0];
     assert_eq!(name, "relay-default");
     assert_eq!(sts["apiVersion"], "apps/v1");
@@ -173,10 +185,12 @@ async fn first_reconcile_creates_every_child_and_reports_progress() {
     assert_eq!(condition(&patch, "Degraded")["observedGeneration"], 1);
     assert!(condition(&patch, "Ready")["lastTransitionTime"].is_string());
 
-    let events = serve_events(&mut server, NS, 6).await;
+    let events = serve_events(&mut server, NS, 8).await;
     assert_eq!(
         reasons(&events),
         [
+            ("Normal", "Created"),
+            ("Normal", "Created"),
             ("Normal", "Created"),
             ("Normal", "Created"),
             ("Normal", "Created"),
@@ -185,15 +199,21 @@ async fn first_reconcile_creates_every_child_and_reports_progress() {
             ("Normal", "Created"),
         ]
     );
+    assert!(events[1].2.contains("Role relay-node"), "{}", events[1].2);
     assert!(
-        events[1].2.contains("ConfigMap relay-config"),
+        events[2].2.contains("RoleBinding relay-node"),
         "{}",
-        events[1].2
+        events[2].2
     );
     assert!(
-        events[4].2.contains("\"default\" with 3 replica(s)"),
+        events[3].2.contains("ConfigMap relay-config"),
         "{}",
-        events[4].2
+        events[3].2
+    );
+    assert!(
+        events[6].2.contains("\"default\" with 3 replica(s)"),
+        "{}",
+        events[6].2
     );
     assert_eq!(finish(task).await.unwrap(), Action::requeue(REQUEUE));
     server.expect_silence(Duration::from_millis(100)).await;
@@ -420,6 +440,8 @@ async fn removed_data_centre_statefulset_is_deleted() {
     let mut applied_sts = Vec::new();
     for path in [
         "/api/v1/namespaces/mail/serviceaccounts/outbound",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/mail/roles/outbound-node",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/mail/rolebindings/outbound-node",
         "/api/v1/namespaces/mail/configmaps/outbound-config",
         "/api/v1/namespaces/mail/services/outbound-peers",
         "/api/v1/namespaces/mail/services/outbound",
@@ -605,13 +627,13 @@ async fn failures_back_off_per_pool_and_are_counted_by_stage() {
         .await;
         serve_mail_domains(&mut server, NS, "relay", vec![]).await;
         serve_statefulsets(&mut server, NS, "relay", vec![]).await;
-        serve_apply(
-            &mut server,
+        for path in [
             "/api/v1/namespaces/mail/serviceaccounts/relay",
-            false,
-            None,
-        )
-        .await;
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/mail/roles/relay-node",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/mail/rolebindings/relay-node",
+        ] {
+            serve_apply(&mut server, path, false, None).await;
+        }
         server
             .expect(
                 Method::PATCH,

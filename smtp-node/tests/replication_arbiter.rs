@@ -2,8 +2,9 @@
 //! (`e2e/build.sh`, cached), started on free loopback ports in a temporary directory and
 //! stopped when the test ends, also when it fails.
 //!
-//! Three nodes join one pool at once (their compare-and-set writes conflict and are
-//! retried), one loses the API server (its connections go through a proxy the test cuts):
+//! Five nodes join one pool at once (their compare-and-set writes conflict and are
+//! retried), two stop and are removed after the expiry, one loses the API server (its
+//! connections go through a proxy the test turns into a black hole, so requests hang):
 //! it fences itself, and only later do the others remove it; it joins again with a new
 //! `since` once it reaches the API server again; and a new incarnation under the same
 //! node name replaces the old member.
@@ -26,6 +27,54 @@ use common::apiserver::{ControlPlane, NAMESPACE, Proxy};
 
 const POOL: &str = "relay";
 const LEASE: Duration = Duration::from_secs(3);
+
+/// The Role and RoleBinding the operator gives a pool's ServiceAccount
+/// (`operator/src/relaypool/build/rbac.rs`): the nodes in this test run with exactly
+/// these permissions.
+async fn grant_lease_role(admin: &Path) {
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    use kube::api::{ObjectMeta, PostParams};
+    let client = arbiter::client(&config(admin)).await.expect("admin client");
+    let meta = ObjectMeta {
+        name: Some(format!("{POOL}-node")),
+        namespace: Some(NAMESPACE.into()),
+        ..ObjectMeta::default()
+    };
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["coordination.k8s.io".into()]),
+            resources: Some(vec!["leases".into()]),
+            verbs: ["get", "list", "watch", "create", "update"]
+                .map(String::from)
+                .to_vec(),
+            ..PolicyRule::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: format!("{POOL}-node"),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: POOL.into(),
+            namespace: Some(NAMESPACE.into()),
+            ..Subject::default()
+        }]),
+    };
+    let pp = PostParams::default();
+    kube::Api::<Role>::namespaced(client.clone(), NAMESPACE)
+        .create(&pp, &role)
+        .await
+        .expect("create the Role");
+    kube::Api::<RoleBinding>::namespaced(client, NAMESPACE)
+        .create(&pp, &binding)
+        .await
+        .expect("create the RoleBinding");
+}
 
 fn config(kubeconfig: &Path) -> ArbiterConfig {
     ArbiterConfig {
@@ -130,30 +179,55 @@ fn everyone_in(nodes: &[&Node]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_join_fence_leave_and_rejoin_through_the_api_server() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut plane = ControlPlane::start();
-    let direct = plane.kubeconfig("direct.kubeconfig", plane.port);
-    plane.wait_ready(&direct).await;
+    let (plane, admin) = ControlPlane::start_ready().await;
+    grant_lease_role(&admin).await;
+    let direct = plane.kubeconfig("direct.kubeconfig", plane.port, "node");
     let proxy = Proxy::start(plane.port).await;
-    let proxied = plane.kubeconfig("proxied.kubeconfig", proxy.port);
+    let proxied = plane.kubeconfig("proxied.kubeconfig", proxy.port, "node");
     let timing = arbiter::scaled_timing(LEASE);
 
-    // Three nodes at once: every join lands although the writes race.
-    let (a, b, c) = tokio::join!(
+    // Five nodes at once: every join lands although the writes race.
+    let (a, b, c, d, e) = tokio::join!(
         Node::start(&direct, "a"),
         Node::start(&direct, "b"),
         Node::start(&proxied, "c"),
+        Node::start(&direct, "d"),
+        Node::start(&direct, "e"),
     );
     wait_for(
-        "a, b and c all members and unfenced",
+        "a to e all members and unfenced",
         Duration::from_secs(30),
-        || everyone_in(&[&a, &b, &c]),
+        || everyone_in(&[&a, &b, &c, &d, &e]),
     )
     .await;
     let view = a.now().view.expect("a view");
-    assert_eq!(view.epoch, 3, "one epoch per join: {view:?}");
+    assert_eq!(view.epoch, 5, "one epoch per join: {view:?}");
     let mut since: Vec<u64> = view.members.values().map(|m| m.since).collect();
     since.sort_unstable();
-    assert_eq!(since, vec![1, 2, 3]);
+    assert_eq!(since, vec![1, 2, 3, 4, 5]);
+
+    // d and e stop: their Leases stand still, and the others remove them.
+    let stopped_at = Instant::now();
+    let (d_node, e_node) = (d.me.node.clone(), e.me.node.clone());
+    d.stop().await;
+    e.stop().await;
+    let without_d_e = |s: &Standing| {
+        !s.fenced
+            && s.view.as_ref().is_some_and(|v| {
+                !v.members.contains_key(&d_node) && !v.members.contains_key(&e_node)
+            })
+    };
+    wait_for("a, b and c remove d and e", Duration::from_secs(30), || {
+        [&a, &b, &c].iter().all(|n| without_d_e(&n.now()))
+    })
+    .await;
+    assert!(
+        stopped_at.elapsed() >= timing.duration + timing.takeover_margin,
+        "removed after only {:?}",
+        stopped_at.elapsed()
+    );
+    assert!(everyone_in(&[&a, &b, &c]));
+    let view = a.now().view.expect("a view");
     let c_since = view.members[&c.me.node].since;
 
     // c loses the API server: it fences itself first, the others remove it later.

@@ -250,9 +250,7 @@ fn wait_until(
 #[test]
 fn acknowledged_mail_survives_killed_paused_and_wiped_nodes() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut plane = ControlPlane::start();
-    let kubeconfig = plane.kubeconfig("admin.kubeconfig", plane.port);
-    runtime.block_on(plane.wait_ready(&kubeconfig));
+    let (plane, kubeconfig) = runtime.block_on(ControlPlane::start_ready());
 
     let sink_port = free_port(&[ip("127.0.0.1")], false);
     let mut sink = Some(SmtpSink::start(ip("127.0.0.1"), sink_port));

@@ -251,6 +251,14 @@ pub async fn apply_children(
         &mut outcome.changes,
     )
     .await?;
+    apply_reporting(client, namespace, &children.role, &mut outcome.changes).await?;
+    apply_reporting(
+        client,
+        namespace,
+        &children.role_binding,
+        &mut outcome.changes,
+    )
+    .await?;
     apply_reporting(
         client,
         namespace,
@@ -356,6 +364,7 @@ fn api_version_of<K: Resource<DynamicType = ()>>() -> &'static str {
     match K::api_version(&()).as_ref() {
         "apps/v1" => "apps/v1",
         "policy/v1" => "policy/v1",
+        "rbac.authorization.k8s.io/v1" => "rbac.authorization.k8s.io/v1",
         _ => "v1",
     }
 }
@@ -368,6 +377,8 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
         "ConfigMap" => "ConfigMap",
         "ServiceAccount" => "ServiceAccount",
         "PodDisruptionBudget" => "PodDisruptionBudget",
+        "Role" => "Role",
+        "RoleBinding" => "RoleBinding",
         _ => "object",
     }
 }

@@ -338,7 +338,7 @@ pub mod reconcile {
     /// The applied bodies of one reconciliation's children, in apply order.
     #[derive(Debug, Clone, PartialEq)]
     pub struct Applied {
-        /// ServiceAccount, ConfigMap, peer Service, client Service.
+        /// ServiceAccount, Role, RoleBinding, ConfigMap, peer Service, client Service.
         pub before: Vec<Value>,
         /// StatefulSets by name.
         pub statefulsets: Vec<(String, Value)>,
@@ -366,6 +366,15 @@ pub mod reconcile {
             )
             .await,
         );
+        for plural in ["roles", "rolebindings"] {
+            let path = grouped(
+                "rbac.authorization.k8s.io/v1",
+                namespace,
+                plural,
+                &format!("{pool}-node"),
+            );
+            before.push(serve_apply(server, &path, created, None).await);
+        }
         before.push(
             serve_apply(
                 server,

@@ -252,6 +252,7 @@ impl Liveness {
 /// An arbiter request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ArbiterError {
+    /// The address to advertise to peers cannot be made from the configuration.
     /// The client configuration could not be read (kubeconfig file, in-cluster files).
     #[error("API server client: {0}")]
     Client(String),
@@ -378,6 +379,8 @@ impl Arbiter {
         let _fence = FenceOnDrop(self.standing.clone());
         let timing = self.settings.timing;
         loop {
+            // Also after waking at the fencing deadline: publish before anything can hang.
+            self.publish();
             let started = Instant::now();
             // A cycle may take until the moment the node must fence: past it, the node
             // publishes that it is fenced rather than wait for a hung request.

@@ -1,31 +1,23 @@
 //! A real Kubernetes API server for tests: etcd and kube-apiserver from the e2e build
 //! (`e2e/build.sh`, cached), started on free loopback ports in a temporary directory and
 //! stopped when the test ends, also when it fails; and a proxy in front of it that a test
-//! can cut to take the API server away from one node.
+//! can turn into a black hole to take the API server away from one node.
 #![allow(dead_code)]
 
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use smtp_node::config::ArbiterConfig;
 use smtp_node::replication::arbiter;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// The namespace the tests use; it exists in every API server.
 pub const NAMESPACE: &str = "default";
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
 
 /// An arbiter configuration good enough to ask the API server whether it is up.
 fn admin(kubeconfig: &Path) -> ArbiterConfig {
@@ -35,6 +27,13 @@ fn admin(kubeconfig: &Path) -> ArbiterConfig {
         kubeconfig: Some(kubeconfig.to_path_buf()),
         lease_duration: Duration::from_secs(10),
     }
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// etcd and kube-apiserver, killed on drop.
@@ -154,31 +153,51 @@ impl ControlPlane {
             .find_map(|(name, child)| matches!(child.try_wait(), Ok(Some(_))).then(|| name.clone()))
     }
 
-    /// A kubeconfig (admin client certificate) for the API server at `port`: the
-    /// server's own port, or a proxy's.
-    pub fn kubeconfig(&self, file: &str, port: u16) -> PathBuf {
+    /// A kubeconfig for the API server at `port` (the server's own port, or a proxy's),
+    /// authenticating with the client certificate `user` (`admin` or `node`).
+    pub fn kubeconfig(&self, file: &str, port: u16, user: &str) -> PathBuf {
         let pki = self.dir.path().join("pki");
         let path = self.dir.path().join(file);
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {ca}\nusers:\n- name: admin\n  user:\n    client-certificate: {crt}\n    client-key: {key}\ncontexts:\n- name: t\n  context: {{cluster: t, user: admin, namespace: {NAMESPACE}}}\ncurrent-context: t\n",
             ca = pki.join("ca.crt").display(),
-            crt = pki.join("admin.crt").display(),
-            key = pki.join("admin.key").display(),
+            crt = pki.join(format!("{user}.crt")).display(),
+            key = pki.join(format!("{user}.key")).display(),
         );
         std::fs::write(&path, text).expect("kubeconfig");
         path
     }
 
-    pub async fn wait_ready(&mut self, kubeconfig: &Path) {
+    /// Starts etcd and kube-apiserver and waits until the API server serves; returns
+    /// the admin kubeconfig. The free ports are picked before the components bind them,
+    /// so another process may take one in between: a component that exits at start is
+    /// retried on new ports, twice.
+    pub async fn start_ready() -> (ControlPlane, PathBuf) {
+        let mut attempt = 1;
+        loop {
+            let mut plane = ControlPlane::start();
+            let admin = plane.kubeconfig("admin.kubeconfig", plane.port, "admin");
+            match plane.wait_ready(&admin).await {
+                Ok(()) => return (plane, admin),
+                Err(exited) if attempt < 3 => {
+                    eprintln!("attempt {attempt}: {exited}");
+                    attempt += 1;
+                }
+                Err(exited) => panic!("{exited}"),
+            }
+        }
+    }
+
+    pub async fn wait_ready(&mut self, kubeconfig: &Path) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(name) = self.exited() {
-                panic!("{name} exited\n{}", self.logs());
+                return Err(format!("{name} exited\n{}", self.logs()));
             }
             if let Ok(client) = arbiter::client(&admin(kubeconfig)).await {
                 let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
                 if api.get_opt(NAMESPACE).await.ok().flatten().is_some() {
-                    return;
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
@@ -191,7 +210,7 @@ impl ControlPlane {
 
 /// The e2e control-plane binaries: built and cached by `e2e/build.sh`, which prints their
 /// directory last.
-fn binaries() -> PathBuf {
+pub fn binaries() -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/build.sh");
     let out = Command::new("bash")
         .arg(&script)
@@ -214,7 +233,9 @@ fn binaries() -> PathBuf {
 }
 
 /// A CA, the API server's certificate for 127.0.0.1, an admin client certificate
-/// (`system:masters`) and the service-account key pair, as `e2e/cluster.sh` makes them.
+/// (`system:masters`), a client certificate authenticating as the pool's ServiceAccount
+/// (`system:serviceaccount:default:relay`, which RBAC matches like a token of that
+/// account) and the service-account key pair, as `e2e/cluster.sh` makes them.
 fn certificates(work: &Path) {
     let script = r#"
 set -euo pipefail
@@ -226,6 +247,8 @@ openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -da
 openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=arbiter-test-admin" -keyout admin.key -out admin.csr
 printf 'extendedKeyUsage=clientAuth\n' >admin.ext
 openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile admin.ext -out admin.crt
+openssl req -newkey rsa:2048 -nodes -subj "/CN=system:serviceaccount:default:relay" -keyout node.key -out node.csr
+openssl x509 -req -in node.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile admin.ext -out node.crt
 openssl genrsa -out sa.key 2048
 openssl rsa -in sa.key -pubout -out sa.pub
 "#;
@@ -241,12 +264,13 @@ openssl rsa -in sa.key -pubout -out sa.pub
     );
 }
 
-/// A TCP proxy to the API server that the test can cut (every connection dropped, new
-/// ones refused at once) and restore: a node behind it loses the API server while the
-/// process keeps running.
+/// A TCP proxy to the API server that the test can cut and restore: a node behind it
+/// loses the API server while the process keeps running. Cut, it is a black hole:
+/// connections stay open and nothing passes either way (requests hang, as behind a
+/// partition), until it is restored and they are closed.
 pub struct Proxy {
     pub port: u16,
-    cut: Arc<Mutex<Option<CancellationToken>>>,
+    cut: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -254,26 +278,31 @@ impl Proxy {
     pub async fn start(target: u16) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
         let port = listener.local_addr().expect("proxy address").port();
-        let cut = Arc::new(Mutex::new(Some(CancellationToken::new())));
+        let (cut, _) = watch::channel(false);
         let state = cut.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     continue;
                 };
-                let live = state.lock().expect("proxy state").clone();
-                let Some(live) = live else {
-                    drop(inbound);
-                    continue;
-                };
+                let mut cut = state.subscribe();
                 tokio::spawn(async move {
+                    let already_cut = *cut.borrow_and_update();
+                    if already_cut {
+                        let _ = cut.wait_for(|c| !*c).await.map(|_| ());
+                        return;
+                    }
                     let target = SocketAddr::from(([127, 0, 0, 1], target));
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
                     };
-                    tokio::select! {
-                        () = live.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    let frozen = tokio::select! {
+                        _ = async { cut.wait_for(|c| *c).await.map(|_| ()) } => true,
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                    };
+                    if frozen {
+                        // Hold both ends, pass nothing, until restored.
+                        let _ = cut.wait_for(|c| !*c).await.map(|_| ());
                     }
                 });
             }
@@ -282,19 +311,17 @@ impl Proxy {
     }
 
     pub fn cut(&self) {
-        if let Some(live) = self.cut.lock().expect("proxy state").take() {
-            live.cancel();
-        }
+        self.cut.send_replace(true);
     }
 
     pub fn restore(&self) {
-        *self.cut.lock().expect("proxy state") = Some(CancellationToken::new());
+        self.cut.send_replace(false);
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.cut();
+        self.restore();
         self.task.abort();
     }
 }

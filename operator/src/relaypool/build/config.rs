@@ -4,14 +4,11 @@
 //!
 //! One configuration serves every pod of the pool. What differs per pod comes from the
 //! environment at run time: the node's name from `POD_NAME` (the StatefulSet pod name,
-//! `<pool>-<dc>-<ordinal>`, which is also how it appears in the peer list, so a node
-//! finds itself there), its data centre from `SMTP_NODE_DATA_CENTRE`. The document
-//! names both variables (`node.nameEnv`, `node.dataCentreEnv`).
-//!
-//! The pod-template hash (see [`Rendered::hash`]) is computed over the configuration
-//! rendered with every data centre at zero replicas, i.e. without the peer list: scaling
-//! changes the peer list, which nodes reload from the mounted file, and must not
-//! restart every pod of the pool. Any other change rolls the pods.
+//! `<pool>-<dc>-<ordinal>`), its data centre from `SMTP_NODE_DATA_CENTRE`, the address
+//! peers reach it at from `POD_IP`. The document names these variables
+//! (`node.nameEnv`, `node.dataCentreEnv`, `replication.advertiseHostEnv`). Nodes find
+//! each other through the pool's view in the API server (`replication.arbiter`), so the
+//! document lists no peers: scaling does not change it, and so restarts no pod.
 
 use std::collections::BTreeMap;
 
@@ -23,11 +20,11 @@ use super::layout::{
 };
 use super::meta;
 use super::node_config::{
-    DeliveryConfig, DkimConfig, HttpConfig, LimitsConfig, ListenerConfig, ListenerTls, NodeConfig,
-    NodeIdentity, PeerConfig, PeerTlsFiles, RelayConfig, ReplicationConfig, SpoolConfig, TlsFiles,
-    format_duration,
+    ArbiterConfig, DeliveryConfig, DkimConfig, HttpConfig, LimitsConfig, ListenerConfig,
+    ListenerTls, NodeConfig, NodeIdentity, PeerTlsFiles, RelayConfig, ReplicationConfig,
+    SpoolConfig, TlsFiles, format_duration,
 };
-use super::statefulset::DATA_CENTRE_ENV;
+use super::statefulset::{DATA_CENTRE_ENV, POD_IP_ENV};
 use crate::relaypool::model::{DkimAlgorithm, ListenerKind, Pool};
 use crate::relaypool::validate::AUTH_USERS_KEY;
 
@@ -36,21 +33,16 @@ use crate::relaypool::validate::AUTH_USERS_KEY;
 pub struct Rendered {
     /// The YAML document stored under [`CONFIG_KEY`].
     pub yaml: String,
-    /// SHA-256 (hex) of the configuration without the peer list.
+    /// SHA-256 (hex) of the configuration: a change rolls the pods.
     pub hash: String,
 }
 
 /// Renders the node configuration of `pool`.
 pub fn render(pool: &Pool) -> Result<Rendered, BuildError> {
     let yaml = serde_yaml::to_string(&node_config(pool))?;
-    let mut without_peers = pool.clone();
-    for dc in &mut without_peers.data_centres {
-        dc.replicas = 0;
-    }
-    let stable = serde_yaml::to_string(&node_config(&without_peers))?;
     Ok(Rendered {
+        hash: sha256_hex(yaml.as_bytes()),
         yaml,
-        hash: sha256_hex(stable.as_bytes()),
     })
 }
 
@@ -80,7 +72,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
 pub fn node_config(pool: &Pool) -> NodeConfig {
     let name = &pool.identity.name;
     let namespace = &pool.identity.namespace;
-    let peer_service = meta::peer_service_name(name);
     NodeConfig {
         node: NodeIdentity {
             name_env: "POD_NAME".to_owned(),
@@ -114,22 +105,11 @@ pub fn node_config(pool: &Pool) -> NodeConfig {
             factor: pool.queue.replication_factor,
             min_data_centres: pool.queue.min_data_centres,
             listen: bind(PEER_PORT),
-            peers: pool
-                .data_centres
-                .iter()
-                .flat_map(|dc| {
-                    let sts = meta::statefulset_name(name, &dc.name);
-                    let peer_service = &peer_service;
-                    (0..dc.replicas.max(0)).map(move |ordinal| {
-                        let pod = format!("{sts}-{ordinal}");
-                        PeerConfig {
-                            address: format!("{pod}.{peer_service}.{namespace}.svc:{PEER_PORT}"),
-                            name: pod,
-                            data_centre: dc.name.clone(),
-                        }
-                    })
-                })
-                .collect(),
+            advertise_host_env: POD_IP_ENV.to_owned(),
+            arbiter: ArbiterConfig {
+                namespace: namespace.clone(),
+                pool: name.clone(),
+            },
             tls: Some(PeerTlsFiles {
                 ca_file: format!("{PEER_TLS_DIR}/ca.crt"),
                 cert_dir: PEER_TLS_DIR.to_owned(),

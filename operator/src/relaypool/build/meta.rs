@@ -3,7 +3,8 @@
 //! Names are derived from the pool name only, so a reconciliation can find every child
 //! again without storing anything: `<pool>-<dc>` StatefulSets, `<pool>-peers` for the
 //! headless Service, `<pool>-config` for the ConfigMap, and `<pool>` for the client
-//! Service, the PodDisruptionBudget and the ServiceAccount.
+//! Service, the PodDisruptionBudget and the ServiceAccount, `<pool>-node` for the Role
+//! and RoleBinding on Leases.
 
 use std::collections::BTreeMap;
 
@@ -50,6 +51,11 @@ pub fn pdb_name(pool: &str) -> String {
 /// Name of the ServiceAccount the pods run as.
 pub fn service_account_name(pool: &str) -> String {
     pool.to_owned()
+}
+
+/// Name of the Role (and its RoleBinding) that lets the pods keep their Leases.
+pub fn node_role_name(pool: &str) -> String {
+    format!("{pool}-node")
 }
 
 /// Name of the listener certificate Secret the operator manages (through cert-manager

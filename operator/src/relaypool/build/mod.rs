@@ -7,6 +7,7 @@ pub mod layout;
 pub mod meta;
 pub mod node_config;
 pub mod pdb;
+pub mod rbac;
 pub mod service;
 pub mod service_account;
 pub mod statefulset;
@@ -14,6 +15,7 @@ pub mod statefulset;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use thiserror::Error;
 
 use super::model::Pool;
@@ -23,6 +25,10 @@ use super::model::Pool;
 pub struct Children {
     /// The pods' identity.
     pub service_account: ServiceAccount,
+    /// The pods' permissions on Leases (the arbiter).
+    pub role: Role,
+    /// Binds [`Children::role`] to the ServiceAccount.
+    pub role_binding: RoleBinding,
     /// The node configuration.
     pub config_map: ConfigMap,
     /// Headless Service for peer traffic.
@@ -40,6 +46,8 @@ pub fn build(pool: &Pool) -> Result<Children, BuildError> {
     let rendered = config::render(pool)?;
     Ok(Children {
         service_account: service_account::service_account(pool),
+        role: rbac::role(pool),
+        role_binding: rbac::role_binding(pool),
         config_map: config::config_map(pool, &rendered),
         peer_service: service::peer_service(pool),
         client_service: service::client_service(pool),

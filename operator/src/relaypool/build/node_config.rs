@@ -42,8 +42,8 @@ pub struct NodeConfig {
 
 /// Names of the environment variables that carry a pod's identity. The node name is the
 /// pod name (`POD_NAME`, from the downward API): StatefulSet pods are named
-/// `<pool>-<dc>-<ordinal>`, the same names the peer list uses, so a node finds itself in
-/// [`ReplicationConfig::peers`] and treats every other entry as a peer.
+/// `<pool>-<dc>-<ordinal>`, stable across restarts, so a node's Lease and its place in
+/// the pool's view survive a rescheduled pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeIdentity {
@@ -113,11 +113,26 @@ pub struct ReplicationConfig {
     pub min_data_centres: u32,
     /// Address the peer listener binds.
     pub listen: String,
-    /// Every node of the pool, this one included, in data-centre then ordinal order.
-    pub peers: Vec<PeerConfig>,
+    /// Variable holding the host other nodes reach this one at (`POD_IP`). Nodes find
+    /// each other through the view in the API server, where each writes its own address,
+    /// so the document lists no peers and scaling never changes it.
+    pub advertise_host_env: String,
+    /// Where the pool's Leases and view live.
+    pub arbiter: ArbiterConfig,
     /// Peer mTLS material from the pool's peer CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<PeerTlsFiles>,
+}
+
+/// The API server as the pool's arbiter: the pods' service account reaches it, with a
+/// Role on Leases in the pool's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArbiterConfig {
+    /// The pool's namespace.
+    pub namespace: String,
+    /// The pool's name: Leases are `<pool>-node-<node>`, the view `<pool>-view`.
+    pub pool: String,
 }
 
 /// The trust bundle, and `<certDir>/<node>.crt|.key` for each node.
@@ -126,18 +141,6 @@ pub struct ReplicationConfig {
 pub struct PeerTlsFiles {
     pub ca_file: String,
     pub cert_dir: String,
-}
-
-/// One node of the pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PeerConfig {
-    /// Node (pod) name.
-    pub name: String,
-    /// `host:port` of its peer listener (stable DNS name through the headless Service).
-    pub address: String,
-    /// Its data centre.
-    pub data_centre: String,
 }
 
 /// Relay permissions.

@@ -5,10 +5,10 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use super::meta;
 use crate::relaypool::model::Pool;
 
-/// `<pool>`: a dedicated identity for the pods, with no token mounted. smtp-node never
-/// calls the Kubernetes API (its peers come from the rendered configuration), so a
-/// token would only be something to steal; a dedicated account keeps any RBAC a user
-/// binds to the default account away from the mail nodes.
+/// `<pool>`: a dedicated identity for the pods, so that the Role on Leases (see
+/// `rbac.rs`) goes to the mail nodes only and any RBAC a user binds to the default
+/// account stays away from them. The account itself mounts no token: the pod template
+/// asks for one, so other pods that borrow the account do not get it silently.
 pub fn service_account(pool: &Pool) -> ServiceAccount {
     let name = &pool.identity.name;
     ServiceAccount {

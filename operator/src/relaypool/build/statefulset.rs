@@ -1,4 +1,5 @@
-//! One StatefulSet per data centre: stable pod names (the peer list relies on them)
+//! One StatefulSet per data centre: stable pod names (a node's Lease and its place in
+//! the pool's view are keyed by them)
 //! and one spool PersistentVolumeClaim per pod.
 
 use std::collections::BTreeMap;
@@ -28,6 +29,10 @@ use crate::relaypool::model::{DataCentre, Pool};
 pub const CONTAINER_NAME: &str = "smtp-node";
 /// Environment variable carrying the pod's data centre to the node.
 pub const DATA_CENTRE_ENV: &str = "SMTP_NODE_DATA_CENTRE";
+
+/// The pod's IP, from the downward API: the address a node writes into the pool's view
+/// for its peers.
+pub const POD_IP_ENV: &str = "POD_IP";
 /// Node label of the zone a pod runs in.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Node label of the host a pod runs on.
@@ -67,7 +72,7 @@ pub fn statefulset(pool: &Pool, dc: &DataCentre, config_hash: &str) -> StatefulS
                 match_expressions: None,
             },
             service_name: Some(meta::peer_service_name(name)),
-            // Nodes find each other through the peer list, not through start order:
+            // Nodes find each other through the pool's view, not through start order:
             // starting them together halves the time a new data centre takes to come up.
             pod_management_policy: Some("Parallel".into()),
             update_strategy: Some(StatefulSetUpdateStrategy {
@@ -105,8 +110,9 @@ fn pod_spec(pool: &Pool, dc: &DataCentre) -> PodSpec {
     let name = &pool.identity.name;
     PodSpec {
         service_account_name: Some(meta::service_account_name(name)),
-        // The node never calls the Kubernetes API; a token would only be a liability.
-        automount_service_account_token: Some(false),
+        // The node keeps its Lease and its place in the pool's view through the API
+        // server, as the pool's ServiceAccount (a Role on Leases in this namespace only).
+        automount_service_account_token: Some(true),
         // Service links inject variables for every Service in the namespace; the node
         // does not use them and they can collide with its own settings.
         enable_service_links: Some(false),
@@ -185,6 +191,7 @@ fn container(pool: &Pool, dc: &DataCentre) -> Container {
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
+            field_env(POD_IP_ENV, "status.podIP"),
             EnvVar {
                 name: DATA_CENTRE_ENV.into(),
                 value: Some(dc.name.clone()),

@@ -9,7 +9,7 @@ use kube::Resource;
 use super::layout::{HTTP_PORT, PEER_PORT};
 use super::meta::{self, CONFIG_HASH_ANNOTATION};
 use super::statefulset::{HOSTNAME_LABEL, ZONE_LABEL, statefulset};
-use super::{pdb, service, service_account};
+use super::{pdb, rbac, service, service_account};
 use crate::relaypool::model::{
     DkimAlgorithm, DkimKey, Listener, ListenerKind, SigningDomain, TlsSource,
 };
@@ -129,6 +129,7 @@ fn pods_get_their_identity_and_data_centre_from_the_environment() {
         field("POD_NAMESPACE").as_deref(),
         Some("metadata.namespace")
     );
+    assert_eq!(field("POD_IP").as_deref(), Some("status.podIP"));
     let dc = env
         .iter()
         .find(|e| e.name == "SMTP_NODE_DATA_CENTRE")
@@ -274,7 +275,8 @@ fn pods_run_locked_down() {
         csc.seccomp_profile.as_ref().unwrap().type_,
         "RuntimeDefault"
     );
-    assert_eq!(pod.automount_service_account_token, Some(false));
+    // The node reaches the API server (its Lease and the pool's view) with this token.
+    assert_eq!(pod.automount_service_account_token, Some(true));
     assert_eq!(pod.service_account_name.as_deref(), Some("relay"));
     // Every listener port is unprivileged, since no capability allows binding below 1024.
     assert!(
@@ -483,6 +485,40 @@ fn pdb_allows_one_disruption_over_the_whole_pool() {
             dc.name
         );
     }
+}
+
+#[test]
+fn the_pods_may_only_keep_leases_in_their_namespace() {
+    let pool = pool(&[("a", 1)]);
+    let role = rbac::role(&pool);
+    assert_eq!(role.meta().name.as_deref(), Some("relay-node"));
+    assert_owned(&role.metadata);
+    let rules = role.rules.as_ref().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].api_groups.as_deref(),
+        Some(&["coordination.k8s.io".to_owned()][..])
+    );
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["leases".to_owned()][..])
+    );
+    assert_eq!(rules[0].verbs, ["get", "list", "watch", "create", "update"]);
+    assert!(rules[0].resource_names.is_none());
+
+    let binding = rbac::role_binding(&pool);
+    assert_eq!(binding.meta().name.as_deref(), Some("relay-node"));
+    assert_owned(&binding.metadata);
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(binding.role_ref.name, "relay-node");
+    let subjects = binding.subjects.as_ref().unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(subjects[0].name, "relay");
+    assert_eq!(
+        subjects[0].namespace.as_deref(),
+        Some(pool.identity.namespace.as_str())
+    );
 }
 
 #[test]
