@@ -41,6 +41,12 @@ mkfs.ext4    e2fsprogs         exists
 dd           coreutils         exists
 truncate     coreutils         exists
 sh           dash              exists
+bash         bash              exists
+sysctl       procps            exists
+nft          nftables          exists
+gcc          gcc               exists
+pkg-config   pkg-config        exists
+tar          tar               exists
 /usr/bin/python3 python3        python
 "
 # module (as /usr/bin/python3 imports it)  package
@@ -60,7 +66,7 @@ IO::Socket::SSL libio-socket-ssl-perl
 Authen::SASL    libauthen-sasl-perl
 "
 # Programs the tests start that the project builds or the toolchain brings: not Debian's.
-NOT_DEBIAN="go cargo kubectl helm kwok etcd kube-apiserver operator smtp-node"
+NOT_DEBIAN="go cargo kubectl helm kwok etcd kube-apiserver crictl ctr operator smtp-node"
 
 problems=()
 problem() { problems+=("$*"); }
