@@ -11,78 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::certs::Pki;
+use common::load::{Client, subject_of};
 use common::node::{Node, NodeSettings, Raw, http_get, signal};
 use common::peers::SmtpSink;
 use common::{free_port, ip};
-
-/// A client that never panics: any error means "not acknowledged" and a reconnect.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> std::io::Result<Self> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let writer = stream.try_clone()?;
-        let mut client = Self {
-            reader: BufReader::new(stream),
-            writer,
-        };
-        client.expect("220")?;
-        client.command("EHLO load.test", "250")?;
-        Ok(client)
-    }
-
-    fn reply(&mut self) -> std::io::Result<String> {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            all.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(all);
-            }
-        }
-    }
-
-    fn expect(&mut self, code: &str) -> std::io::Result<String> {
-        let reply = self.reply()?;
-        if reply.starts_with(code) {
-            Ok(reply)
-        } else {
-            Err(std::io::Error::other(reply))
-        }
-    }
-
-    fn command(&mut self, line: &str, code: &str) -> std::io::Result<String> {
-        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
-        self.expect(code)
-    }
-
-    /// Sends one message; `Ok` only when it was answered 250.
-    fn send(&mut self, subject: &str) -> std::io::Result<()> {
-        self.command("MAIL FROM:<load@example.com>", "250")?;
-        self.command("RCPT TO:<sink@dest.test>", "250")?;
-        self.command("DATA", "354")?;
-        let filler = "The quick brown fox jumps over the lazy dog. ".repeat(40);
-        let body = format!(
-            "From: <load@example.com>\r\nTo: <sink@dest.test>\r\nSubject: {subject}\r\n\r\n{filler}\r\n{filler}\r\nEND-OF-MESSAGE {subject}\r\n.\r\n"
-        );
-        self.writer.write_all(body.as_bytes())?;
-        self.expect("250 2.0.0 Ok: queued as")?;
-        Ok(())
-    }
-}
-
-fn subject_of(data: &str) -> Option<String> {
-    data.lines()
-        .find_map(|l| l.strip_prefix("Subject: "))
-        .map(|s| s.trim().to_owned())
-}
 
 /// kill -9 at arbitrary moments under load: every message answered 250 reaches the
 /// destination (at least once), complete, and the spool drains.
@@ -117,7 +49,7 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
                         let subject = format!("load-{t}-{n}");
                         *attempts.lock().unwrap() += 1;
                         match client.send(&subject) {
-                            Ok(()) => {
+                            Ok(_) => {
                                 acknowledged.lock().unwrap().insert(subject);
                             }
                             Err(_) => break,

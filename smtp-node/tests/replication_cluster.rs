@@ -8,14 +8,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::apiserver::ControlPlane;
+use common::load::{Client, subject_of};
 use common::node::{Node, NodeSettings, signal};
 use common::peers::SmtpSink;
 use common::{free_port, ip};
@@ -43,79 +43,6 @@ fn settings(name: &str, dc: &str, kubeconfig: &Path, sink_port: u16) -> NodeSett
         ),
         ..NodeSettings::default()
     }
-}
-
-/// A plain SMTP client that sends numbered messages and reports which got 250.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> std::io::Result<Self> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let writer = stream.try_clone()?;
-        let mut client = Self {
-            reader: BufReader::new(stream),
-            writer,
-        };
-        client.expect("220")?;
-        client.command("EHLO load.test", "250")?;
-        Ok(client)
-    }
-
-    fn reply(&mut self) -> std::io::Result<String> {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            all.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(all);
-            }
-        }
-    }
-
-    fn expect(&mut self, code: &str) -> std::io::Result<String> {
-        let reply = self.reply()?;
-        if reply.starts_with(code) {
-            Ok(reply)
-        } else {
-            Err(std::io::Error::other(reply))
-        }
-    }
-
-    fn command(&mut self, line: &str, code: &str) -> std::io::Result<String> {
-        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
-        self.expect(code)
-    }
-
-    /// Sends one message; its queue id when it was answered 250.
-    fn send(&mut self, subject: &str) -> std::io::Result<String> {
-        self.command("MAIL FROM:<load@example.com>", "250")?;
-        self.command("RCPT TO:<sink@dest.test>", "250")?;
-        self.command("DATA", "354")?;
-        let body = format!(
-            "From: <load@example.com>\r\nTo: <sink@dest.test>\r\nSubject: {subject}\r\n\r\nledger entry {subject}\r\n.\r\n"
-        );
-        self.writer.write_all(body.as_bytes())?;
-        let reply = self.expect("250 2.0.0 Ok: queued as")?;
-        Ok(reply
-            .trim()
-            .rsplit(' ')
-            .next()
-            .unwrap_or_default()
-            .to_owned())
-    }
-}
-
-fn subject_of(data: &str) -> Option<String> {
-    data.lines()
-        .find_map(|l| l.strip_prefix("Subject: "))
-        .map(|s| s.trim().to_owned())
 }
 
 /// Load from `threads` clients spread over the nodes' SMTP ports until `stop`; each

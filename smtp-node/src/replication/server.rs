@@ -12,9 +12,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, Frame, Request, Response};
+use super::store::ownership;
 use super::view::{Copy, Holder};
 use crate::peer_tls::PeerTls;
-use crate::spool::{Ownership, Spool, SpoolError};
+use crate::spool::{Spool, SpoolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerServerError {
@@ -178,10 +179,7 @@ async fn handle<S: Spool>(spool: &S, me: &Holder, request: Request) -> Result<()
                 .map_err(text)?
                 .ok_or_else(|| format!("message {id} was never prepared here"))?;
             check_newer(existing.ownership.copy.as_ref(), &copy)?;
-            spool
-                .set_ownership(id, with_copy(&existing.ownership, copy))
-                .await
-                .map_err(text)
+            spool.set_ownership(id, ownership(copy)).await.map_err(text)
         }
         Request::Abort { id } => match spool.load_meta(id).await.map_err(text)? {
             Some(existing)
@@ -216,7 +214,7 @@ async fn handle<S: Spool>(spool: &S, me: &Holder, request: Request) -> Result<()
             }
             if let Some(copy) = copy {
                 spool
-                    .set_ownership(id, with_copy(&existing.ownership, copy))
+                    .set_ownership(id, ownership(copy))
                     .await
                     .map_err(text)?;
             }
@@ -226,24 +224,6 @@ async fn handle<S: Spool>(spool: &S, me: &Holder, request: Request) -> Result<()
             Ok(()) | Err(SpoolError::NotFound(_)) => Ok(()),
             Err(e) => Err(e.to_string()),
         },
-    }
-}
-
-fn with_copy(ownership: &Ownership, copy: Copy) -> Ownership {
-    Ownership {
-        owner: copy
-            .holders
-            .first()
-            .map(|h| h.node.clone())
-            .unwrap_or_else(|| ownership.owner.clone()),
-        replicas: copy
-            .holders
-            .iter()
-            .skip(1)
-            .map(|h| h.node.clone())
-            .collect(),
-        epoch: copy.epoch,
-        copy: Some(copy),
     }
 }
 
@@ -270,22 +250,5 @@ mod tests {
         assert!(check_newer(Some(&copy(5)), &copy(5)).is_ok());
         assert!(check_newer(Some(&copy(5)), &copy(6)).is_ok());
         assert!(check_newer(None, &copy(1)).is_ok());
-    }
-
-    #[test]
-    fn the_owner_fields_follow_the_record() {
-        let c = copy(3);
-        let o = with_copy(
-            &Ownership {
-                owner: NodeId("old".into()),
-                replicas: vec![],
-                epoch: 1,
-                copy: None,
-            },
-            c.clone(),
-        );
-        assert_eq!(o.owner, NodeId("a".into()));
-        assert_eq!(o.epoch, 3);
-        assert_eq!(o.copy, Some(c));
     }
 }

@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod certs;
 pub mod knot;
+pub mod load;
 pub mod memory_spool;
 pub mod node;
 pub mod peers;
