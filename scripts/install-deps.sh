@@ -20,6 +20,7 @@ packages=(
   knot knot-dnsutils      # authoritative DNS server (knotd, knotc) and kdig for MX / DKIM / SPF checks
   iproute2                # ip: network namespaces
   openssl ca-certificates curl
+  bc                      # the benchmark's arithmetic
   procps                  # kill, pgrep: not Essential on Debian
   mount e2fsprogs         # losetup, mount and mkfs.ext4: spool failure tests on a loop device
   libseccomp-dev pkg-config gcc libc6-dev  # e2e real node: runc (cgo, seccomp) and the static pause binary

@@ -47,6 +47,7 @@ nft          nftables          exists
 gcc          gcc               exists
 pkg-config   pkg-config        exists
 tar          tar               exists
+bc           bc                exists
 /usr/bin/python3 python3        python
 "
 # module (as /usr/bin/python3 imports it)  package
