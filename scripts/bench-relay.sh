@@ -52,6 +52,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 
 # --- the sink -------------------------------------------------------------------------
 # -c keeps a running "mesg=N" counter on stdout; the rate is read from it.
@@ -199,6 +200,16 @@ EOF
 start_pool_node 1 east
 start_pool_node 2 east
 start_pool_node 3 west
+# Ready means a member itself; the load waits until every node has read the view with
+# all three in it.
+for i in 1 2 3; do
+  for _ in $(seq 300); do
+    epoch=$(curl -fs "http://127.0.0.1:$((BASE_PORT + 20 + i))/metrics" 2>/dev/null \
+      | awk '$1 == "smtpnode_replication_view_epoch" {print $2}')
+    [ "${epoch:-0}" -ge 3 ] && break
+    sleep 0.1
+  done
+done
 
 # Like measure, with the messages and sessions split over the pool's nodes.
 measure_pool() {
