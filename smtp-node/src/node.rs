@@ -227,6 +227,7 @@ impl Node {
                     replication.listener,
                     spool.clone(),
                     me,
+                    prepared.standing.clone(),
                     replication.tls,
                     stop,
                 ),

@@ -8,7 +8,7 @@ mod common;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::certs::Pki;
@@ -92,17 +92,15 @@ async fn pool(factor: usize, min_dcs: usize) -> Pool {
             Arc::new(LogSpool::open(dir.path(), LogSpoolOptions::default()).expect("spool"));
         let stop = CancellationToken::new();
         let listener = server::bind(&address).await.expect("bind");
+        let (standing, watch) = watch::channel(standing(&view));
         tokio::spawn(server::serve(
             listener,
             spool.clone(),
             holder.clone(),
+            watch.clone(),
             Some(tls.clone()),
             stop.clone(),
         ));
-        let (standing, watch) = watch::channel(Standing {
-            view: Some(view.clone()),
-            fenced: false,
-        });
         let replicated = ReplicatedSpool::new(
             spool.clone(),
             Settings {
@@ -209,10 +207,7 @@ async fn too_few_data_centres_in_the_view_are_refused_before_anything_is_written
         .view
         .remove(&[NodeId("pool-west-0".into())])
         .expect("member");
-    pool.nodes[0].standing.send_replace(Standing {
-        view: Some(without_west),
-        fenced: false,
-    });
+    pool.nodes[0].standing.send_replace(standing(&without_west));
     let (meta, body) = message(3);
     let error = pool.nodes[0]
         .replicated
@@ -226,10 +221,7 @@ async fn too_few_data_centres_in_the_view_are_refused_before_anything_is_written
 #[tokio::test]
 async fn a_fenced_node_takes_no_mail() {
     let pool = pool(2, 2).await;
-    pool.nodes[0].standing.send_replace(Standing {
-        view: Some(pool.view.clone()),
-        fenced: true,
-    });
+    pool.nodes[0].standing.send_replace(fenced(&pool.view));
     let (meta, body) = message(4);
     let error = pool.nodes[0]
         .replicated
@@ -240,6 +232,65 @@ async fn a_fenced_node_takes_no_mail() {
     for node in &pool.nodes {
         assert!(held(node, &meta).await.is_none());
     }
+}
+
+/// The owner's view may lag behind the arbiter's: here east-0 still sees west-0 as it
+/// was, while west-0 was paused past its Lease, removed, and let in again. A copy on
+/// west-0 written at the old epoch would not count (west-0 is eligible only for copies
+/// since it came back), so west-0 refuses it and the client hears 451 instead of a 250
+/// resting on one copy. The same holds while west-0 is fenced, and on its first instant
+/// back from a pause, before its arbiter task has noticed that its deadline passed.
+#[tokio::test]
+async fn a_holder_refuses_copies_that_would_not_count() {
+    let pool = pool(2, 2).await;
+    let (east0, west0) = (&pool.nodes[0], &pool.nodes[2]);
+    let refused = |error: SpoolError, why: &str| match error {
+        SpoolError::NotReplicated(reason) => assert!(reason.contains(why), "{reason}"),
+        other => panic!("expected NotReplicated, got {other}"),
+    };
+
+    west0.standing.send_replace(fenced(&pool.view));
+    let (meta, body) = message(20);
+    let error = east0.replicated.store(meta.clone(), body).await.expect_err("fenced");
+    refused(error, "fenced");
+
+    // Not fenced as far as the published flag goes, but its deadline has passed.
+    west0.standing.send_replace(Standing {
+        until: Some(Instant::now() - Duration::from_millis(1)),
+        ..standing(&pool.view)
+    });
+    let (meta, body) = message(21);
+    let error = east0.replicated.store(meta.clone(), body).await.expect_err("lapsed");
+    refused(error, "fenced");
+
+    let rejoined = pool
+        .view
+        .remove(std::slice::from_ref(&west0.holder.node))
+        .and_then(|v| {
+            let address = pool.view.members[&west0.holder.node].address.clone();
+            v.join(&west0.holder, "west", &address)
+        })
+        .expect("removed and let in again");
+    west0.standing.send_replace(standing(&rejoined));
+    let (meta, body) = message(22);
+    let error = east0
+        .replicated
+        .store(meta.clone(), body)
+        .await
+        .expect_err("stale owner view");
+    refused(error, "not an eligible holder");
+    for node in &pool.nodes {
+        assert!(held(node, &meta).await.is_none(), "{} kept a copy", node.holder.node);
+    }
+
+    // Once the owner reads the view too, the copy is written at the new epoch and counts.
+    east0.standing.send_replace(standing(&rejoined));
+    let (meta, body) = message(23);
+    east0.replicated.store(meta.clone(), body).await.expect("stored");
+    let (theirs, _) = held(west0, &meta).await.expect("west holds it");
+    let copy = theirs.ownership.copy.expect("record");
+    assert_eq!(copy.epoch, rejoined.epoch);
+    assert_eq!(rejoined.copies(&copy), 2);
 }
 
 #[tokio::test]
@@ -371,11 +422,27 @@ async fn a_holder_refuses_an_older_record_and_a_copy_meant_for_another_disk() {
             .expect("tls"),
         ),
     );
-    let older = Copy {
+    // A record from a newer view (a takeover the replica has not read about yet) is
+    // taken; the one it replaced is then refused as older.
+    let record = |epoch| Copy {
         holders: vec![owner.holder.clone(), replica.holder.clone()],
-        epoch: pool.view.epoch - 1,
+        epoch,
         committed: true,
     };
+    tls_peers
+        .call(
+            &replica.holder.node,
+            &address,
+            Request::Update {
+                id: meta.id,
+                updates: vec![],
+                copy: Some(record(pool.view.epoch + 1)),
+            },
+            Duration::from_secs(3),
+        )
+        .await
+        .expect("a newer record is taken");
+    let older = record(pool.view.epoch);
     let refused = tls_peers
         .call(
             &replica.holder.node,
@@ -437,10 +504,19 @@ async fn one_copy_needs_no_peer() {
     assert!(held(&pool.nodes[0], &meta).await.is_some());
 }
 
+/// A member's standing as its arbiter publishes it after a renewal.
 fn standing(view: &View) -> Standing {
     Standing {
         view: Some(view.clone()),
         fenced: false,
+        until: Some(Instant::now() + Duration::from_secs(3600)),
+    }
+}
+
+fn fenced(view: &View) -> Standing {
+    Standing {
+        fenced: true,
+        ..standing(view)
     }
 }
 
@@ -498,10 +574,7 @@ async fn the_survivor_takes_over_and_restores_the_factor() {
         standing: east0.standing.subscribe(),
     };
     let (old_copy, _) = held(east0, &meta).await.expect("its disk still has it");
-    east0.standing.send_replace(Standing {
-        view: Some(pool.view.clone()),
-        fenced: true,
-    });
+    east0.standing.send_replace(fenced(&pool.view));
     assert!(!old.may_deliver(&old_copy));
     east0.standing.send_replace(standing(&after));
     assert!(!old.may_deliver(&old_copy));

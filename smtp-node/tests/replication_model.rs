@@ -86,6 +86,9 @@ struct State {
     /// Every eligible copy of the message was lost at once: beyond the guarantee.
     beyond: [bool; 2],
     stale_delivery: bool,
+    /// A 250 was given while fewer than `FACTOR` copies were eligible under the arbiter's
+    /// view: the owner's view lagged behind a holder's removal.
+    thin_ack: bool,
     crashes: u8,
     wipes: u8,
     fences: u8,
@@ -166,6 +169,18 @@ impl State {
         node.up && !node.fenced && node.view.is_member(&holder(self, n))
     }
 
+    /// Whether holder `h` takes `copy` when it is written to it: it is up, it is that
+    /// incarnation, and its peer listener's check (`View::may_hold` under its own view,
+    /// not fenced) lets it.
+    fn accepts(&self, h: &Holder, copy: &Copy) -> bool {
+        let n = index_of(h);
+        n < NODES.len()
+            && self.nodes[n].up
+            && holder(self, n) == *h
+            && !self.nodes[n].fenced
+            && self.nodes[n].view.may_hold(h, copy)
+    }
+
     /// Writes `copy` (with `done`) to every holder it names that is up; the owner waits
     /// for every eligible holder, so the caller checks they are up first.
     fn write_everywhere(&mut self, m: usize, copy: &Copy, done: bool) {
@@ -242,6 +257,7 @@ impl Model for World {
             committed_outcomes: [0; 2],
             beyond: [false; 2],
             stale_delivery: false,
+            thin_ack: false,
             crashes: 0,
             wipes: 0,
             fences: 0,
@@ -341,9 +357,26 @@ impl Model for World {
                     epoch: view.epoch,
                     committed: false,
                 };
-                // Replicas that are down never acknowledge: the owner refuses with 451
-                // (Abort) after its timeout; those that are up have written the copy.
-                s.write_everywhere(m, &copy, false);
+                // Replicas that are down or refuse never acknowledge: the owner refuses
+                // with 451 (Abort); those that accept have written the copy.
+                let owner_copy = Stored {
+                    copy: copy.clone(),
+                    done: false,
+                };
+                s.nodes[owner].disk.insert(m, owner_copy);
+                for h in copy.holders.iter().skip(1) {
+                    if s.accepts(h, &copy) {
+                        let n = index_of(h);
+                        s.nodes[n].disk.insert(
+                            m,
+                            Stored {
+                                copy: copy.clone(),
+                                done: false,
+                            },
+                        );
+                    }
+                }
+                s.newest_epoch[m] = s.newest_epoch[m].max(copy.epoch);
                 s.phase[m] = Phase::Prepared;
             }
             Action::Commit(m) => {
@@ -357,7 +390,8 @@ impl Model for World {
                 }
                 let all_up = stored.copy.holders.iter().all(|h| {
                     let n = index_of(h);
-                    s.nodes[n].up
+                    (n == owner || s.accepts(h, &stored.copy))
+                        && s.nodes[n].up
                         && holder(&s, n) == *h
                         && s.nodes[n]
                             .disk
@@ -372,6 +406,9 @@ impl Model for World {
                     ..stored.copy
                 };
                 s.write_everywhere(m, &copy, false);
+                if s.view.copies(&copy) < FACTOR {
+                    s.thin_ack = true;
+                }
                 s.phase[m] = Phase::Acknowledged;
             }
             Action::CommitOwnerOnly(m) => {
@@ -481,7 +518,12 @@ impl Model for World {
                 let candidates: Vec<Candidate> = (0..NODES.len())
                     .filter(|&c| {
                         let h = holder(&s, c);
-                        view.is_member(&h) && !stored.copy.holders.contains(&h) && s.nodes[c].up
+                        // A new holder takes the copy only if its own check lets it.
+                        view.is_member(&h)
+                            && !stored.copy.holders.contains(&h)
+                            && s.nodes[c].up
+                            && !s.nodes[c].fenced
+                            && s.nodes[c].view.eligible(&h, view.epoch)
                     })
                     .map(|c| Candidate {
                         holder: holder(&s, c),
@@ -533,6 +575,10 @@ impl Model for World {
                         || !s.eligible_copies(m).is_empty()
                 })
             }),
+            Property::always(
+                "every 250 rests on replicationFactor copies eligible under the arbiter's view",
+                |_, s: &State| !s.thin_ack,
+            ),
             Property::always(
                 "no delivery starts at an epoch older than one written",
                 |_, s: &State| !s.stale_delivery,

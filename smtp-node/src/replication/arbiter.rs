@@ -354,6 +354,7 @@ impl Arbiter {
         let (standing, _) = watch::channel(Standing {
             view: None,
             fenced: true,
+            until: None,
         });
         Self {
             api,
@@ -437,6 +438,7 @@ impl Arbiter {
                 &self.settings.timing,
             ),
             view: self.view.clone(),
+            until: self.fence_deadline(),
         };
         self.standing.send_if_modified(|current| {
             if current.fenced != next.fenced {
@@ -446,7 +448,7 @@ impl Arbiter {
                     tracing::info!(node = %me.node, "unfenced: Lease renewed and member of the view");
                 }
             }
-            let changed = *current != next;
+            let changed = current.differs_from(&next);
             *current = next;
             changed
         });

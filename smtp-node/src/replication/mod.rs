@@ -19,6 +19,8 @@ pub mod takeover;
 pub mod view;
 pub mod wiring;
 
+use std::time::Instant;
+
 use crate::spool::{MessageMeta, NodeId};
 
 pub use arbiter::{Arbiter, ArbiterError, ArbiterSettings};
@@ -37,16 +39,32 @@ pub struct Standing {
     /// True while the node cannot vouch for its Lease (see `lease.rs`): no deliveries,
     /// no new mail, not ready.
     pub fenced: bool,
+    /// The moment the node must be fenced unless the arbiter renews and reads again.
+    /// Checked where the standing is used, not only when the arbiter task runs: a node
+    /// that was paused (SIGSTOP, a stalled VM) must not act on its first instant back,
+    /// before its arbiter task has had a chance to notice that time ran out.
+    pub until: Option<Instant>,
 }
 
 impl Standing {
     /// The view, only while it may be acted on.
     pub fn usable_view(&self) -> Option<&View> {
-        if self.fenced {
+        self.usable_view_at(Instant::now())
+    }
+
+    pub fn usable_view_at(&self, now: Instant) -> Option<&View> {
+        let in_time = self.until.is_some_and(|until| now < until);
+        if self.fenced || !in_time {
             None
         } else {
             self.view.as_ref()
         }
+    }
+
+    /// Whether the two standings differ in what subscribers act on; a deadline moved by
+    /// a routine renewal is not worth waking every subscriber for.
+    pub fn differs_from(&self, other: &Standing) -> bool {
+        self.view != other.view || self.fenced != other.fenced
     }
 }
 

@@ -3,14 +3,20 @@
 //! Requests on one connection are handled concurrently, so a burst of prepares from an
 //! owner lands in one group commit of the local spool. A holder refuses what would take
 //! it backwards: a copy for another incarnation of this node (this disk is not the one
-//! the owner thinks), or an ownership record older than the one it has.
+//! the owner thinks), or an ownership record older than the one it has. It also refuses
+//! to hold a copy that would not count (`View::may_hold`): while it is fenced, or when it
+//! left the view after the copy's epoch. The owner's view may lag behind the arbiter's,
+//! so the owner alone cannot tell; the holder can, because it is fenced until it has read
+//! the view that let it in again.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::Standing;
 use super::protocol::{self, Frame, Request, Response};
 use super::store::ownership;
 use super::view::{Copy, Holder};
@@ -42,10 +48,11 @@ pub async fn serve<S: Spool>(
     listener: TcpListener,
     spool: Arc<S>,
     me: Holder,
+    standing: watch::Receiver<Standing>,
     tls: Option<Arc<PeerTls>>,
     shutdown: CancellationToken,
 ) -> Result<(), PeerServerError> {
-    let me = Arc::new(me);
+    let me = Arc::new(Holding { me, standing });
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -86,10 +93,22 @@ fn is_per_connection(e: &std::io::Error) -> bool {
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
 }
 
+/// Who this node is and what it knows of its standing: what a request is checked against.
+struct Holding {
+    me: Holder,
+    standing: watch::Receiver<Standing>,
+}
+
+impl Holding {
+    fn check(&self, copy: &Copy) -> Result<(), String> {
+        check_may_hold(&self.standing.borrow(), Instant::now(), &self.me, copy)
+    }
+}
+
 async fn serve_connection<T, S>(
     stream: T,
     spool: Arc<S>,
-    me: Arc<Holder>,
+    me: Arc<Holding>,
     shutdown: CancellationToken,
 ) -> Result<(), String>
 where
@@ -142,6 +161,30 @@ where
     result
 }
 
+/// Why this node refuses to hold `copy` (or to take it as a new record), if it does.
+pub fn check_may_hold(
+    standing: &Standing,
+    now: Instant,
+    me: &Holder,
+    copy: &Copy,
+) -> Result<(), String> {
+    let Some(view) = standing.usable_view_at(now) else {
+        return Err(
+            "this node is fenced (its Lease is not renewed), so a copy here would not count"
+                .into(),
+        );
+    };
+    if view.may_hold(me, copy) {
+        Ok(())
+    } else {
+        Err(format!(
+            "this node ({} incarnation {}) is not an eligible holder of a copy written at \
+             epoch {} under view epoch {}: it is not named, or it left the view since",
+            me.node, me.incarnation, copy.epoch, view.epoch
+        ))
+    }
+}
+
 /// Why a holder refuses an ownership record, if it does.
 pub fn check_newer(mine: Option<&Copy>, theirs: &Copy) -> Result<(), String> {
     match mine {
@@ -153,7 +196,7 @@ pub fn check_newer(mine: Option<&Copy>, theirs: &Copy) -> Result<(), String> {
     }
 }
 
-async fn handle<S: Spool>(spool: &S, me: &Holder, request: Request) -> Result<(), String> {
+async fn handle<S: Spool>(spool: &S, me: &Holding, request: Request) -> Result<(), String> {
     let text = |e: SpoolError| e.to_string();
     match request {
         Request::Hello { .. } => Err("hello sent twice".into()),
@@ -161,18 +204,14 @@ async fn handle<S: Spool>(spool: &S, me: &Holder, request: Request) -> Result<()
             let Some(copy) = meta.ownership.copy.as_ref() else {
                 return Err("a copy without an ownership record".into());
             };
-            if !copy.holders.contains(me) {
-                return Err(format!(
-                    "this node is {} incarnation {}, not a holder named in the record",
-                    me.node, me.incarnation
-                ));
-            }
+            me.check(copy)?;
             if let Some(existing) = spool.load_meta(meta.id).await.map_err(text)? {
                 check_newer(existing.ownership.copy.as_ref(), copy)?;
             }
             spool.store(*meta, body).await.map_err(text)
         }
         Request::Commit { id, copy } => {
+            me.check(&copy)?;
             let existing = spool
                 .load_meta(id)
                 .await
@@ -201,6 +240,7 @@ async fn handle<S: Spool>(spool: &S, me: &Holder, request: Request) -> Result<()
                 .map_err(text)?
                 .ok_or_else(|| format!("message {id} is not held here"))?;
             if let Some(copy) = &copy {
+                me.check(copy)?;
                 check_newer(existing.ownership.copy.as_ref(), copy)?;
             }
             if updates

@@ -239,6 +239,17 @@ impl View {
         }
     }
 
+    /// Whether `me`, holding this view and not fenced, may take a copy or a new record
+    /// written at `copy.epoch`: only while it would count as one of the copy's eligible
+    /// holders. The writer's view may lag behind the arbiter's; this node's may not lag
+    /// behind its own removal, as it is fenced until it has read the view that let it in
+    /// again, with a `since` newer than any copy written before. So a holder that left
+    /// the view (or left and came back) never acknowledges a copy that would not count,
+    /// and no 250 rests on it.
+    pub fn may_hold(&self, me: &Holder, copy: &Copy) -> bool {
+        copy.holders.contains(me) && self.eligible(me, copy.epoch)
+    }
+
     /// Whether the writer of a prepared copy may commit it and answer 250: every holder,
     /// itself included, is still eligible under its current view. A holder that left the
     /// view while the copies were being written does not count, nor does the writer if it
@@ -479,6 +490,25 @@ mod tests {
         // a was removed and let in again while the copies were written.
         let a_back = view(5, &[("a", 1, 5), ("b", 2, 1)]);
         assert!(!a_back.may_commit(&a, &c));
+    }
+
+    #[test]
+    fn a_holder_takes_only_copies_it_would_count_for() {
+        let (a, b, c) = (holder("a", 1), holder("b", 2), holder("c", 3));
+        let at3 = copy(&[a.clone(), b.clone()], 3);
+        let now = view(3, &[("a", 1, 1), ("b", 2, 1)]);
+        assert!(now.may_hold(&b, &at3));
+        assert!(!now.may_hold(&c, &at3), "not named");
+        // b left and came back at 5: a copy written at 3 by an owner that had not seen
+        // it would not count.
+        let b_back = view(5, &[("a", 1, 1), ("b", 2, 5)]);
+        assert!(!b_back.may_hold(&b, &at3));
+        assert!(b_back.may_hold(&b, &copy(&[a.clone(), b.clone()], 5)));
+        // A copy from a view newer than this holder's: it is a member, so it counts.
+        assert!(now.may_hold(&b, &copy(&[a.clone(), b.clone()], 7)));
+        // Another disk under the same name is another holder.
+        let wiped = view(6, &[("a", 1, 1), ("b", 9, 6)]);
+        assert!(!wiped.may_hold(&b, &copy(&[a, b.clone()], 7)));
     }
 
     #[test]

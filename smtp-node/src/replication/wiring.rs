@@ -79,6 +79,7 @@ pub async fn prepare(
         let (_, standing) = watch::channel(Standing {
             view: None,
             fenced: false,
+            until: None,
         });
         let me = Holder {
             node: node.clone(),
