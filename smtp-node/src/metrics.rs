@@ -178,6 +178,10 @@ pub struct ReplicationMetrics {
     pub discarded: Counter,
     /// Copies this node may no longer act on: it left the view after they were written.
     pub stale: Gauge,
+    /// Stale copies dropped because the message was done.
+    pub stale_dropped: Counter,
+    /// Stale copies that no live holder can vouch for: each may be a message's last copy.
+    pub orphaned: Gauge,
     /// Held copies with fewer eligible holders than the replication factor.
     pub under_replicated: Gauge,
     /// 1 while this node is fenced.
@@ -194,6 +198,8 @@ impl ReplicationMetrics {
             rereplicated: Counter::default(),
             discarded: Counter::default(),
             stale: Gauge::default(),
+            stale_dropped: Counter::default(),
+            orphaned: Gauge::default(),
             under_replicated: Gauge::default(),
             fenced: Gauge::default(),
             view_epoch: Gauge::default(),
@@ -217,6 +223,16 @@ impl ReplicationMetrics {
             "stale_copies",
             "Copies kept on disk that this node may no longer act on (it left the view since)",
             m.stale.clone(),
+        );
+        sub.register(
+            "stale_dropped",
+            "Stale copies dropped because a holder that never left no longer has the message",
+            m.stale_dropped.clone(),
+        );
+        sub.register(
+            "orphaned_copies",
+            "Stale copies no live holder can vouch for: each may be the last copy of a message",
+            m.orphaned.clone(),
         );
         sub.register(
             "under_replicated_messages",

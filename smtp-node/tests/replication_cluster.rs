@@ -174,11 +174,7 @@ fn wait_until(
     started.elapsed()
 }
 
-/// Opt-in (`--ignored`) for now: one run in five lost one acknowledged message (lost 1 of
-/// 8,529 after a kill -9, a SIGSTOP and a wiped disk), an open replication bug this test
-/// found and that must be fixed before it returns to the test command.
 #[test]
-#[ignore]
 fn acknowledged_mail_survives_killed_paused_and_wiped_nodes() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (plane, kubeconfig) = runtime.block_on(ControlPlane::start_ready());

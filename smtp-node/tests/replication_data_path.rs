@@ -251,7 +251,11 @@ async fn a_holder_refuses_copies_that_would_not_count() {
 
     west0.standing.send_replace(fenced(&pool.view));
     let (meta, body) = message(20);
-    let error = east0.replicated.store(meta.clone(), body).await.expect_err("fenced");
+    let error = east0
+        .replicated
+        .store(meta.clone(), body)
+        .await
+        .expect_err("fenced");
     refused(error, "fenced");
 
     // Not fenced as far as the published flag goes, but its deadline has passed.
@@ -260,7 +264,11 @@ async fn a_holder_refuses_copies_that_would_not_count() {
         ..standing(&pool.view)
     });
     let (meta, body) = message(21);
-    let error = east0.replicated.store(meta.clone(), body).await.expect_err("lapsed");
+    let error = east0
+        .replicated
+        .store(meta.clone(), body)
+        .await
+        .expect_err("lapsed");
     refused(error, "fenced");
 
     let rejoined = pool
@@ -280,17 +288,93 @@ async fn a_holder_refuses_copies_that_would_not_count() {
         .expect_err("stale owner view");
     refused(error, "not an eligible holder");
     for node in &pool.nodes {
-        assert!(held(node, &meta).await.is_none(), "{} kept a copy", node.holder.node);
+        assert!(
+            held(node, &meta).await.is_none(),
+            "{} kept a copy",
+            node.holder.node
+        );
     }
 
     // Once the owner reads the view too, the copy is written at the new epoch and counts.
     east0.standing.send_replace(standing(&rejoined));
     let (meta, body) = message(23);
-    east0.replicated.store(meta.clone(), body).await.expect("stored");
+    east0
+        .replicated
+        .store(meta.clone(), body)
+        .await
+        .expect("stored");
     let (theirs, _) = held(west0, &meta).await.expect("west holds it");
     let copy = theirs.ownership.copy.expect("record");
     assert_eq!(copy.epoch, rejoined.epoch);
     assert_eq!(rejoined.copies(&copy), 2);
+}
+
+/// west-0 was removed and let in again, so its copies are stale. It asks east-0, a
+/// holder that never left, about each: a message east-0 still has stays, one east-0 is
+/// done with goes, and once east-0 has left too, nobody can vouch and the copy stays,
+/// counted as possibly the last one.
+#[tokio::test]
+async fn stale_copies_go_once_a_holder_that_never_left_is_done_with_them() {
+    let pool = pool(2, 2).await;
+    let (east0, west0) = (&pool.nodes[0], &pool.nodes[2]);
+    let (done_meta, body) = message(30);
+    east0
+        .replicated
+        .store(done_meta.clone(), body)
+        .await
+        .expect("stored");
+    let (alive_meta, body) = message(31);
+    east0
+        .replicated
+        .store(alive_meta.clone(), body)
+        .await
+        .expect("stored");
+
+    let address = pool.view.members[&west0.holder.node].address.clone();
+    let rejoined = pool
+        .view
+        .remove(std::slice::from_ref(&west0.holder.node))
+        .and_then(|v| v.join(&west0.holder, "west", &address))
+        .expect("removed and let in again");
+    for node in &pool.nodes {
+        node.standing.send_replace(standing(&rejoined));
+    }
+    // east-0 delivered one of them; the removal did not reach west-0 (it had left).
+    east0
+        .spool
+        .remove(done_meta.id)
+        .await
+        .expect("removed at east-0");
+
+    let (queue, _announced) = tokio::sync::mpsc::unbounded_channel();
+    let done = takeover::pass(&west0.replicated, &rejoined, false, &queue)
+        .await
+        .expect("pass");
+    assert_eq!(
+        (done.stale_dropped, done.stale, done.orphaned),
+        (1, 1, 0),
+        "{done:?}"
+    );
+    assert!(held(west0, &done_meta).await.is_none());
+    assert!(held(west0, &alive_meta).await.is_some());
+
+    // east-0 leaves as well: nobody alive can say the message is done.
+    let alone = rejoined
+        .remove(std::slice::from_ref(&east0.holder.node))
+        .expect("member");
+    west0.standing.send_replace(standing(&alone));
+    let done = takeover::pass(&west0.replicated, &alone, false, &queue)
+        .await
+        .expect("pass");
+    assert_eq!(
+        (done.stale_dropped, done.stale, done.orphaned),
+        (0, 1, 1),
+        "{done:?}"
+    );
+    assert!(
+        held(west0, &alive_meta).await.is_some(),
+        "possibly the last copy"
+    );
 }
 
 #[tokio::test]

@@ -97,6 +97,26 @@ impl Peers {
         }
     }
 
+    /// Whether `node` still holds message `id`.
+    pub async fn holds(
+        &self,
+        node: &NodeId,
+        address: &str,
+        id: crate::spool::MessageId,
+        timeout: Duration,
+    ) -> Result<bool, PeerError> {
+        match self
+            .call(node, address, Request::Holds { id }, timeout)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(PeerError::Refused { reason, .. }) if reason == super::protocol::NOT_HELD => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The live link to `node`, started afresh when there is none, its task ended, or the
     /// peer moved to another address.
     fn link(&self, node: &NodeId, address: &str) -> mpsc::UnboundedSender<(Request, Pending)> {

@@ -24,6 +24,7 @@ const KIND_COMMIT: u8 = 3;
 const KIND_ABORT: u8 = 4;
 const KIND_UPDATE: u8 = 5;
 const KIND_REMOVE: u8 = 6;
+const KIND_HOLDS: u8 = 7;
 const KIND_RESPONSE: u8 = 128;
 
 const STATUS_OK: u8 = 0;
@@ -58,7 +59,14 @@ pub enum Request {
     },
     /// Every recipient is final: drop the message.
     Remove { id: MessageId },
+    /// Does this node still hold the message? Asked by a node with a stale copy of it;
+    /// refused with [`NOT_HELD`] when not.
+    Holds { id: MessageId },
 }
+
+/// The refusal of [`Request::Holds`] that means "not here": the only refusal the asker
+/// acts on.
+pub const NOT_HELD: &str = "not held here";
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -79,6 +87,9 @@ enum Control {
         copy: Option<Copy>,
     },
     Remove {
+        id: MessageId,
+    },
+    Holds {
         id: MessageId,
     },
 }
@@ -130,6 +141,7 @@ pub fn encode_request(id: u64, request: &Request) -> Result<Bytes, ProtocolError
             })?,
         ),
         Request::Remove { id } => (KIND_REMOVE, json(&Control::Remove { id: *id })?),
+        Request::Holds { id } => (KIND_HOLDS, json(&Control::Holds { id: *id })?),
     };
     Ok(frame(id, kind, &payload))
 }
@@ -198,13 +210,14 @@ pub fn decode(mut content: Bytes) -> Result<Frame, ProtocolError> {
                 body: content,
             }
         }
-        KIND_HELLO | KIND_COMMIT | KIND_ABORT | KIND_UPDATE | KIND_REMOVE => {
+        KIND_HELLO | KIND_COMMIT | KIND_ABORT | KIND_UPDATE | KIND_REMOVE | KIND_HOLDS => {
             match control(&content)? {
                 Control::Hello { from } => Request::Hello { from },
                 Control::Commit { id, copy } => Request::Commit { id, copy },
                 Control::Abort { id } => Request::Abort { id },
                 Control::Update { id, updates, copy } => Request::Update { id, updates, copy },
                 Control::Remove { id } => Request::Remove { id },
+                Control::Holds { id } => Request::Holds { id },
             }
         }
         other => {
@@ -292,6 +305,7 @@ mod tests {
                 copy: Some(copy),
             },
             Request::Remove { id: meta.id },
+            Request::Holds { id: meta.id },
         ] {
             assert_eq!(roundtrip(request.clone()), request);
         }

@@ -170,8 +170,7 @@ pub fn check_may_hold(
 ) -> Result<(), String> {
     let Some(view) = standing.usable_view_at(now) else {
         return Err(
-            "this node is fenced (its Lease is not renewed), so a copy here would not count"
-                .into(),
+            "this node is fenced (its Lease is not renewed), so a copy here would not count".into(),
         );
     };
     if view.may_hold(me, copy) {
@@ -260,6 +259,10 @@ async fn handle<S: Spool>(spool: &S, me: &Holding, request: Request) -> Result<(
             }
             Ok(())
         }
+        Request::Holds { id } => match spool.load_meta(id).await.map_err(text)? {
+            Some(_) => Ok(()),
+            None => Err(protocol::NOT_HELD.into()),
+        },
         Request::Remove { id } => match spool.remove(id).await {
             Ok(()) | Err(SpoolError::NotFound(_)) => Ok(()),
             Err(e) => Err(e.to_string()),

@@ -125,6 +125,23 @@ impl<S: Spool> ReplicatedSpool<S> {
         .collect()
     }
 
+    /// Whether `holder` still holds message `id`, asked at the address the view gives.
+    pub async fn still_held(
+        &self,
+        view: &View,
+        holder: &Holder,
+        id: MessageId,
+    ) -> Result<bool, PeerError> {
+        let address = view
+            .members
+            .get(&holder.node)
+            .map(|m| m.address.as_str())
+            .unwrap_or_default();
+        self.peers
+            .holds(&holder.node, address, id, self.settings.timeout)
+            .await
+    }
+
     /// The view to act on, or why there is none.
     fn view(&self) -> Result<View, SpoolError> {
         let standing = self.standing.borrow();

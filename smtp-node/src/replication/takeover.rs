@@ -1,7 +1,8 @@
 //! What a node does with the copies it holds when the view changes: take over the
 //! messages of a holder that left, restore the replication factor, drop uncommitted
-//! copies whose writer is gone, and hand the messages it now owns to the delivery side.
-//! Every choice is `View::duty`'s; this is the loop that acts on it.
+//! copies whose writer is gone, drop stale copies of messages that are done, and hand the
+//! messages it now owns to the delivery side. Every choice is `View::duty`'s (and
+//! `View::witness`'s for stale copies); this is the loop that acts on it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +30,13 @@ pub struct Pass {
     pub taken_over: usize,
     pub rereplicated: usize,
     pub discarded: usize,
-    /// Copies this node may no longer act on (it left the view since they were written).
+    /// Copies this node may no longer act on (it left the view since they were written),
+    /// still kept after the pass.
     pub stale: usize,
+    /// Stale copies dropped because a holder that never left no longer has the message.
+    pub stale_dropped: usize,
+    /// Stale copies no live holder can vouch for: possibly a message's last copy.
+    pub orphaned: usize,
     /// Copies held (owned or not) with fewer eligible holders than the factor, after the pass.
     pub under_replicated: usize,
     /// Messages handed to delivery.
@@ -50,6 +56,7 @@ pub async fn pass<S: Spool>(
     let factor = spool.settings().factor;
     let mut done = Pass::default();
     let mut to_restore: Vec<(MessageMeta, Copy, bool)> = Vec::new();
+    let mut stale: Vec<(MessageId, Copy)> = Vec::new();
     for meta in spool.local().list().await? {
         let Some(copy) = meta.ownership.copy.clone() else {
             if announce_all && meta.ownership.owner == me.node {
@@ -77,7 +84,7 @@ pub async fn pass<S: Spool>(
                     done.discarded += 1;
                 }
             }
-            Duty::Stale => done.stale += 1,
+            Duty::Stale => stale.push((meta.id, copy)),
             Duty::Hold { .. } | Duty::ReadView => {
                 if copy.committed && view.copies(&copy) < factor {
                     done.under_replicated += 1;
@@ -118,7 +125,96 @@ pub async fn pass<S: Spool>(
         let _ = queue.send(meta.id);
         done.announced += 1;
     }
+    collect_stale(spool, view, &me, stale, &mut done).await?;
     Ok(done)
+}
+
+/// What a witness said about a stale copy's message.
+enum Witnessed {
+    Done,
+    Alive,
+    Unknown,
+    NoWitness,
+}
+
+/// Asks, for each stale copy, a holder that never left whether the message still exists,
+/// and drops the copies of messages that are done. A copy nobody can vouch for is kept
+/// and counted: it may be the last copy of a message (see "The guarantee" in
+/// `docs/replication.md`).
+async fn collect_stale<S: Spool>(
+    spool: &ReplicatedSpool<S>,
+    view: &View,
+    me: &Holder,
+    stale: Vec<(MessageId, Copy)>,
+    done: &mut Pass,
+) -> Result<(), SpoolError> {
+    let verdicts = futures::stream::iter(stale)
+        .map(|(id, copy)| async move {
+            let verdict = match view.witness(me, &copy) {
+                None => Witnessed::NoWitness,
+                Some(witness) => match spool.still_held(view, witness, id).await {
+                    Ok(false) => Witnessed::Done,
+                    Ok(true) => Witnessed::Alive,
+                    Err(error) => {
+                        tracing::debug!(%id, witness = %witness.node, %error,
+                            "cannot ask about a stale copy yet");
+                        Witnessed::Unknown
+                    }
+                },
+            };
+            (id, verdict)
+        })
+        .buffer_unordered(RESTORES_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await;
+    for (id, verdict) in verdicts {
+        match verdict {
+            Witnessed::Done if drop_stale(spool, view, me, id).await? => done.stale_dropped += 1,
+            Witnessed::NoWitness => {
+                done.orphaned += 1;
+                done.stale += 1;
+            }
+            _ => done.stale += 1,
+        }
+    }
+    if done.orphaned > 0 {
+        tracing::warn!(
+            copies = done.orphaned,
+            "stale copies that no live holder can vouch for: each may be the last copy of \
+             a message whose other holders all left the pool; list them with \
+             `smtp-node spool list` on this node's spool and resend or deliver them by hand"
+        );
+    }
+    Ok(())
+}
+
+/// Drops a stale copy, deciding again on its current record: a re-replication may have
+/// given this node a fresh copy since the listing.
+async fn drop_stale<S: Spool>(
+    spool: &ReplicatedSpool<S>,
+    view: &View,
+    me: &Holder,
+    id: MessageId,
+) -> Result<bool, SpoolError> {
+    if spool.is_being_stored(id) {
+        return Ok(false);
+    }
+    let Some(current) = spool.local().load_meta(id).await? else {
+        return Ok(false);
+    };
+    let still = current
+        .ownership
+        .copy
+        .as_ref()
+        .is_some_and(|copy| view.duty(me, copy) == Duty::Stale);
+    if !still {
+        return Ok(false);
+    }
+    tracing::debug!(%id, "dropping a stale copy: the message is done");
+    match spool.local().remove(id).await {
+        Ok(()) | Err(SpoolError::NotFound(_)) => Ok(true),
+        Err(error) => Err(error),
+    }
 }
 
 /// Drops an uncommitted copy, deciding again on its current record: the listing the
@@ -241,14 +337,17 @@ pub async fn run<S: Spool>(
         metrics.rereplicated.inc_by(done.rereplicated as u64);
         metrics.discarded.inc_by(done.discarded as u64);
         metrics.stale.set(done.stale as i64);
+        metrics.stale_dropped.inc_by(done.stale_dropped as u64);
+        metrics.orphaned.set(done.orphaned as i64);
         metrics.under_replicated.set(done.under_replicated as i64);
-        if done.taken_over + done.rereplicated + done.discarded > 0 {
+        if done.taken_over + done.rereplicated + done.discarded + done.stale_dropped > 0 {
             tracing::info!(
                 epoch = view.epoch,
                 taken_over = done.taken_over,
                 rereplicated = done.rereplicated,
                 discarded = done.discarded,
                 stale = done.stale,
+                stale_dropped = done.stale_dropped,
                 announced = done.announced,
                 "acted on the view"
             );

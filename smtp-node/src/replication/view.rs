@@ -250,6 +250,18 @@ impl View {
         copy.holders.contains(me) && self.eligible(me, copy.epoch)
     }
 
+    /// Whom a node with a stale copy asks whether the message still exists: a holder
+    /// that has been a member without a break since the copy was written. Every later
+    /// change of the message reached it (owners wait for every eligible holder, and a
+    /// holder that never left stays in every later record), so if it no longer holds
+    /// the message, the message is done and the stale copy is garbage. With no such
+    /// holder, nobody alive can vouch either way: the copy may be the last one.
+    pub fn witness<'a>(&self, me: &Holder, copy: &'a Copy) -> Option<&'a Holder> {
+        copy.holders
+            .iter()
+            .find(|h| *h != me && self.eligible(h, copy.epoch))
+    }
+
     /// Whether the writer of a prepared copy may commit it and answer 250: every holder,
     /// itself included, is still eligible under its current view. A holder that left the
     /// view while the copies were being written does not count, nor does the writer if it
@@ -509,6 +521,22 @@ mod tests {
         // Another disk under the same name is another holder.
         let wiped = view(6, &[("a", 1, 1), ("b", 9, 6)]);
         assert!(!wiped.may_hold(&b, &copy(&[a, b.clone()], 7)));
+    }
+
+    #[test]
+    fn a_stale_copy_asks_a_holder_that_never_left() {
+        let (a, b, c) = (holder("a", 1), holder("b", 2), holder("c", 3));
+        let c_at_3 = copy(&[a.clone(), b.clone(), c.clone()], 3);
+        // c left and came back: its copy is stale; a left too; b never did.
+        let v = view(6, &[("b", 2, 1), ("c", 3, 6)]);
+        assert_eq!(v.duty(&c, &c_at_3), Duty::Stale);
+        assert_eq!(v.witness(&c, &c_at_3), Some(&b));
+        // b joined after the copy was written: it may have missed nothing, but it may
+        // also have been let in after a removal, so it cannot vouch.
+        let b_back = view(7, &[("b", 2, 7), ("c", 3, 6)]);
+        assert_eq!(b_back.witness(&c, &c_at_3), None);
+        let nobody = view(6, &[("c", 3, 6)]);
+        assert_eq!(nobody.witness(&c, &c_at_3), None);
     }
 
     #[test]
