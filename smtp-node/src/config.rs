@@ -171,14 +171,20 @@ pub struct TlsFiles {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpConfig {
-    /// `ip:port` serving `/healthz`, `/readyz` and `/metrics`.
+    /// `ip:port` serving `/healthz`, `/readyz`, `/metrics` and the admin API.
     pub address: SocketAddr,
+    /// A file holding the bearer token that the admin API (`/admin/queue`,
+    /// `/admin/drain`) requires; without it the admin API is off. The operator mounts
+    /// the pool's admin token here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             address: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_token_file: None,
         }
     }
 }

@@ -72,6 +72,7 @@ pub struct HttpState {
     registry: Arc<Registry>,
     ready: Readiness,
     refresh: Refresh,
+    admin: Option<Arc<crate::admin::Admin>>,
 }
 
 impl HttpState {
@@ -80,16 +81,25 @@ impl HttpState {
             registry,
             ready,
             refresh,
+            admin: None,
         }
+    }
+
+    /// Serves the admin API too (`admin.rs`).
+    pub fn with_admin(mut self, admin: Arc<crate::admin::Admin>) -> Self {
+        self.admin = Some(admin);
+        self
     }
 }
 
 pub fn router(state: HttpState) -> Router {
+    let admin = crate::admin::routes(state.admin.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(admin)
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {

@@ -1,4 +1,5 @@
 //! smtp-node: the smtpfleet SMTP relay.
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod dkim;

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{Admin, AdminParts};
 use crate::auth::{AuthError, UserDb};
 use crate::config::{Config, ConfigError};
 use crate::dkim::{DkimError, DkimKeyring};
@@ -141,6 +142,7 @@ impl Node {
         })
         .await?;
         let replicated = prepared.spool.clone();
+        let deliveries = outbound_metrics.active_connections.clone();
         let manager = QueueManager::new(
             &config.delivery,
             keyring,
@@ -154,6 +156,17 @@ impl Node {
 
         let readiness = Readiness::default();
         readiness.hold(STARTING);
+        let admin = Arc::new(Admin::new(AdminParts {
+            token_file: config.http.admin_token_file.clone(),
+            me: replicated.settings().me.clone(),
+            factor: replicated.settings().factor,
+            spool: replicated.clone(),
+            standing: prepared.standing.clone(),
+            leaving: prepared.drain.leaving,
+            quiet: prepared.drain.quiet,
+            readiness: readiness.clone(),
+            deliveries,
+        }));
         let refresh = spool_gauges(spool.clone(), spool_metrics);
 
         // Started in dependency order; the supervisor stops them the other way round.
@@ -172,7 +185,7 @@ impl Node {
             SHORT_GRACE,
             http::serve(
                 http_listener,
-                HttpState::new(Arc::new(registry), readiness.clone(), refresh),
+                HttpState::new(Arc::new(registry), readiness.clone(), refresh).with_admin(admin),
                 stop,
             ),
         );

@@ -649,6 +649,7 @@ async fn the_survivor_takes_over_and_restores_the_factor() {
     let west_authority = Authority::Replicated {
         me: west0.holder.clone(),
         standing: west0.standing.subscribe(),
+        quiet: Default::default(),
     };
     assert!(west_authority.may_deliver(&mine));
     // The old owner, were it still running: fenced, it delivers nothing; once it reads
@@ -656,6 +657,7 @@ async fn the_survivor_takes_over_and_restores_the_factor() {
     let old = Authority::Replicated {
         me: east0.holder.clone(),
         standing: east0.standing.subscribe(),
+        quiet: Default::default(),
     };
     let (old_copy, _) = held(east0, &meta).await.expect("its disk still has it");
     east0.standing.send_replace(fenced(&pool.view));

@@ -406,7 +406,15 @@ impl Model for World {
                     ..stored.copy
                 };
                 s.write_everywhere(m, &copy, false);
-                if s.view.copies(&copy) < FACTOR {
+                // Eligible, not only counting: a copy on a node that started draining
+                // while the message was being written is still a copy; the drain is not
+                // done until the factor holds without it.
+                let eligible = copy
+                    .holders
+                    .iter()
+                    .filter(|h| s.view.eligible(h, copy.epoch))
+                    .count();
+                if eligible < FACTOR {
                     s.thin_ack = true;
                 }
                 s.phase[m] = Phase::Acknowledged;
@@ -520,6 +528,7 @@ impl Model for World {
                         let h = holder(&s, c);
                         // A new holder takes the copy only if its own check lets it.
                         view.is_member(&h)
+                            && !view.is_leaving(&h.node)
                             && !stored.copy.holders.contains(&h)
                             && s.nodes[c].up
                             && !s.nodes[c].fenced
@@ -540,26 +549,16 @@ impl Model for World {
                 s.nodes[n].disk.remove(&m);
             }
             Action::Drain(n) => {
-                s.drains += 1;
-                let view = s.nodes[n].view.clone();
-                let me = holder(&s, n);
-                s.nodes[n].draining = true;
-                let owned: Vec<(usize, Stored)> = s.nodes[n]
-                    .disk
-                    .iter()
-                    .filter(|(_, st)| view.duty(&me, &st.copy) == Duty::Deliver)
-                    .map(|(m, st)| (*m, st.clone()))
-                    .collect();
+                // The node stops starting deliveries, waits for the one in flight, and
+                // marks itself leaving in the view (compare-and-set); the others take its
+                // messages over and restore the factor without it.
                 if s.nodes[n].busy.is_some() {
                     return None;
                 }
-                for (m, stored) in owned {
-                    if !s.all_eligible_up(&view, &stored.copy) {
-                        return None;
-                    }
-                    let copy = view.handed_over(&me, &stored.copy);
-                    s.write_everywhere(m, &copy, stored.done);
-                }
+                s.drains += 1;
+                s.view = s.view.mark_leaving(&holder(&s, n), true)?;
+                s.nodes[n].view = s.view.clone();
+                s.nodes[n].draining = true;
             }
         }
         Some(s)
@@ -634,6 +633,20 @@ impl Model for World {
             ));
         }
         if self.max_drains > 0 {
+            properties.push(Property::sometimes(
+                "a drain completes: the node holds copies none of which needs it",
+                |_, s: &State| {
+                    s.nodes.iter().enumerate().any(|(n, node)| {
+                        node.draining
+                            && node.up
+                            && node.disk.values().any(|st| st.copy.committed)
+                            && node
+                                .disk
+                                .values()
+                                .all(|st| !s.view.needs(&holder(s, n), &st.copy, FACTOR))
+                    })
+                },
+            ));
             properties.push(Property::sometimes(
                 "a drained node's message is delivered by another",
                 |_, s: &State| {

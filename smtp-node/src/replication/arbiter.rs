@@ -159,6 +159,8 @@ pub enum ViewChange {
     Readdress,
     /// These members' Leases have not changed for the expiry.
     Remove(Vec<NodeId>),
+    /// This node starts draining (`true`) or stops (`false`), as asked on its admin API.
+    Leaving(bool),
 }
 
 /// The view this node should write, given the view read (`None`: there is none yet) and
@@ -170,6 +172,7 @@ pub fn plan_view(
     data_centre: &str,
     address: &str,
     expired: &[NodeId],
+    leaving: Option<bool>,
 ) -> Option<(ViewChange, View)> {
     let base = current.cloned().unwrap_or_default();
     if let Some(next) = base.join(me, data_centre, address) {
@@ -185,6 +188,11 @@ pub fn plan_view(
             m.data_centre = data_centre.to_owned();
         }
         return Some((ViewChange::Readdress, next));
+    }
+    // `None`: nobody asked since start; what the view says stands (a drain survives a
+    // restart of the draining node).
+    if let Some(next) = leaving.and_then(|l| base.mark_leaving(me, l)) {
+        return Some((ViewChange::Leaving(leaving == Some(true)), next));
     }
     let gone: Vec<NodeId> = expired
         .iter()
@@ -345,6 +353,8 @@ pub struct Arbiter {
     view_read: Option<Instant>,
     view: Option<View>,
     liveness: Liveness,
+    /// Whether this node is to be marked leaving in the view (drain), as last asked.
+    leaving: watch::Receiver<Option<bool>>,
 }
 
 impl Arbiter {
@@ -365,7 +375,14 @@ impl Arbiter {
             view_read: None,
             view: None,
             liveness: Liveness::default(),
+            leaving: watch::channel(None).1,
         }
+    }
+
+    /// Where the admin API's drain requests come from.
+    pub fn with_leaving(mut self, leaving: watch::Receiver<Option<bool>>) -> Self {
+        self.leaving = leaving;
+        self
     }
 
     /// The standing as it changes; fenced until the first renewal and view read.
@@ -566,6 +583,7 @@ impl Arbiter {
                 &s.data_centre,
                 &s.address,
                 &expired,
+                *self.leaving.borrow(),
             ) else {
                 return Ok(());
             };
@@ -692,6 +710,7 @@ mod tests {
                             since: *since,
                             data_centre: "dc1".into(),
                             address: format!("{}:2525", h.node),
+                            leaving: false,
                         },
                     )
                 })
@@ -722,7 +741,7 @@ mod tests {
     #[test]
     fn a_node_outside_the_view_joins_first() {
         let me = holder("a", 1);
-        let (change, next) = plan_view(None, &me, "dc1", "a:2525", &[]).unwrap();
+        let (change, next) = plan_view(None, &me, "dc1", "a:2525", &[], None).unwrap();
         assert_eq!(change, ViewChange::Join);
         assert_eq!(next.epoch, 1);
         assert_eq!(next.members[&me.node].since, 1);
@@ -737,6 +756,7 @@ mod tests {
             "dc1",
             "a:2525",
             std::slice::from_ref(&b.node),
+            None,
         )
         .unwrap();
         assert_eq!(change, ViewChange::Join);
@@ -751,19 +771,23 @@ mod tests {
         let me = holder("a", 1);
         let b = holder("b", 2);
         let current = view(3, &[(&me, 1), (&b, 2)]);
-        assert_eq!(plan_view(Some(&current), &me, "dc1", "a:2525", &[]), None);
+        assert_eq!(
+            plan_view(Some(&current), &me, "dc1", "a:2525", &[], None),
+            None
+        );
         assert_eq!(
             plan_view(
                 Some(&current),
                 &me,
                 "dc1",
                 "a:2525",
-                std::slice::from_ref(&me.node)
+                std::slice::from_ref(&me.node),
+                None
             ),
             None
         );
         let gone = [b.node.clone(), NodeId("not-a-member".into())];
-        let (change, next) = plan_view(Some(&current), &me, "dc1", "a:2525", &gone).unwrap();
+        let (change, next) = plan_view(Some(&current), &me, "dc1", "a:2525", &gone, None).unwrap();
         assert_eq!(change, ViewChange::Remove(vec![b.node.clone()]));
         assert_eq!(next.epoch, 4);
         assert!(!next.members.contains_key(&b.node));
@@ -774,11 +798,36 @@ mod tests {
     fn a_member_that_moved_updates_its_address_keeping_since() {
         let me = holder("a", 1);
         let current = view(3, &[(&me, 2)]);
-        let (change, next) = plan_view(Some(&current), &me, "dc1", "10.0.0.9:2525", &[]).unwrap();
+        let (change, next) =
+            plan_view(Some(&current), &me, "dc1", "10.0.0.9:2525", &[], None).unwrap();
         assert_eq!(change, ViewChange::Readdress);
         assert_eq!(next.epoch, 4);
         assert_eq!(next.members[&me.node].since, 2);
         assert_eq!(next.members[&me.node].address, "10.0.0.9:2525");
+    }
+
+    #[test]
+    fn a_drain_marks_the_member_leaving_and_survives_a_restart() {
+        let me = holder("a", 1);
+        let current = view(3, &[(&me, 1), (&holder("b", 2), 2)]);
+        let (change, next) =
+            plan_view(Some(&current), &me, "dc1", "a:2525", &[], Some(true)).unwrap();
+        assert_eq!(change, ViewChange::Leaving(true));
+        assert!(next.is_leaving(&me.node));
+        assert_eq!(next.members[&me.node].since, 1, "still the same member");
+        // Restarted: nobody has asked anything of this process, the view stands.
+        assert_eq!(
+            plan_view(Some(&next), &me, "dc1", "a:2525", &[], None),
+            None
+        );
+        assert_eq!(
+            plan_view(Some(&next), &me, "dc1", "a:2525", &[], Some(true)),
+            None
+        );
+        let (change, back) =
+            plan_view(Some(&next), &me, "dc1", "a:2525", &[], Some(false)).unwrap();
+        assert_eq!(change, ViewChange::Leaving(false));
+        assert!(!back.is_leaving(&me.node));
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub enum Authority {
     Replicated {
         me: Holder,
         standing: tokio::sync::watch::Receiver<Standing>,
+        /// Set while a drain waits for deliveries in flight: none start.
+        quiet: std::sync::Arc<std::sync::atomic::AtomicBool>,
     },
 }
 
@@ -93,7 +95,14 @@ impl Authority {
     pub fn may_deliver(&self, meta: &MessageMeta) -> bool {
         match self {
             Self::Standalone(node) => meta.ownership.owner == *node,
-            Self::Replicated { me, standing } => {
+            Self::Replicated {
+                me,
+                standing,
+                quiet,
+            } => {
+                if quiet.load(std::sync::atomic::Ordering::SeqCst) {
+                    return false;
+                }
                 let standing = standing.borrow();
                 let Some(view) = standing.usable_view() else {
                     return false;

@@ -9,6 +9,7 @@
 //! unconfirmed commit keeps the message and says [`SpoolError::OutcomeUnknown`].
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub struct ReplicatedSpool<S: Spool> {
     /// Messages whose `store` is running here: their uncommitted copies belong to a live
     /// transaction, not to one a restart cut off.
     in_flight: Mutex<HashSet<MessageId>>,
+    /// Set by a drain: new mail is refused with 451.
+    draining: AtomicBool,
 }
 
 /// Marks a message as being stored for as long as it lives.
@@ -83,7 +86,17 @@ impl<S: Spool> ReplicatedSpool<S> {
             standing,
             peers,
             in_flight: Mutex::new(HashSet::new()),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Refuses new mail (`true`) while the node drains, or takes it again.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Whether a `store` of this message is running on this node right now.
@@ -160,7 +173,7 @@ impl<S: Spool> ReplicatedSpool<S> {
         let candidates: Vec<Candidate> = view
             .members
             .iter()
-            .filter(|(node, _)| **node != self.settings.me.node)
+            .filter(|(node, m)| **node != self.settings.me.node && !m.leaving)
             .map(|(node, m)| Candidate {
                 holder: Holder {
                     node: node.clone(),
@@ -273,12 +286,22 @@ pub fn ownership(copy: Copy) -> Ownership {
 
 impl<S: Spool> Spool for ReplicatedSpool<S> {
     async fn store(&self, mut meta: MessageMeta, body: Bytes) -> Result<(), SpoolError> {
+        if self.is_draining() {
+            return Err(SpoolError::NotReplicated(
+                "this node is draining: it takes no new mail".into(),
+            ));
+        }
         if self.settings.factor <= 1 {
             return self.local.store(meta, body).await;
         }
         let id = meta.id;
         let _in_flight = InFlight::new(&self.in_flight, id);
         let view = self.view()?;
+        if view.is_leaving(&self.settings.me.node) {
+            return Err(SpoolError::NotReplicated(
+                "this node is draining: it takes no new mail".into(),
+            ));
+        }
         let mut holders = vec![self.settings.me.clone()];
         holders.extend(self.place(&view, id)?);
         let prepared = Copy {

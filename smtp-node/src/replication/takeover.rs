@@ -257,22 +257,23 @@ async fn restore<S: Spool>(
     copy: &Copy,
 ) -> Result<Copy, SpoolError> {
     let settings = spool.settings();
-    let eligible: Vec<&Holder> = copy
+    // Holders that count: a leaving one keeps its copy but the factor is made without it.
+    let counting: Vec<&Holder> = copy
         .holders
         .iter()
-        .filter(|h| view.eligible(h, copy.epoch))
+        .filter(|h| view.counts(h, copy.epoch))
         .collect();
-    let needed = settings.factor.saturating_sub(eligible.len().max(1));
+    let needed = settings.factor.saturating_sub(counting.len());
     let mut added = Vec::new();
     if needed > 0 {
-        let covered: Vec<&str> = eligible
+        let covered: Vec<&str> = counting
             .iter()
             .filter_map(|h| view.data_centre(&h.node))
             .collect();
         let candidates: Vec<Candidate> = view
             .members
             .iter()
-            .filter(|(node, _)| !copy.holders.iter().any(|h| &h.node == *node))
+            .filter(|(node, m)| !m.leaving && !copy.holders.iter().any(|h| &h.node == *node))
             .map(|(node, m)| Candidate {
                 holder: Holder {
                     node: node.clone(),

@@ -98,6 +98,12 @@ pub struct Member {
     pub data_centre: String,
     /// Where its peer listener is reached (`host:port`).
     pub address: String,
+    /// Draining: it stays a member and keeps its copies up to date, but no longer counts
+    /// towards the replication factor and owns a message only when no other holder can.
+    /// So every other node, reading the view, takes its messages over and restores the
+    /// factor without it, and the node can go once it holds nothing that needs it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 /// The pool's membership at one epoch.
@@ -151,17 +157,55 @@ impl View {
             .is_some_and(|m| m.incarnation == holder.incarnation && m.since <= copy_epoch)
     }
 
-    /// The member that owns a copy: the first eligible holder in rank order.
-    pub fn owner<'a>(&self, copy: &'a Copy) -> Option<&'a Holder> {
-        copy.holders.iter().find(|h| self.eligible(h, copy.epoch))
+    /// Whether `holder` is eligible for a copy written at `copy_epoch` and not leaving:
+    /// one of the copies the replication factor counts.
+    pub fn counts(&self, holder: &Holder, copy_epoch: u64) -> bool {
+        self.eligible(holder, copy_epoch)
+            && self.members.get(&holder.node).is_some_and(|m| !m.leaving)
     }
 
-    /// Eligible holders of a copy: those that count towards the replication factor.
+    /// The member that owns a copy: the first eligible holder in rank order that is not
+    /// leaving, or, when every eligible holder is leaving, the first eligible one (a
+    /// draining node still delivers what nobody else can).
+    pub fn owner<'a>(&self, copy: &'a Copy) -> Option<&'a Holder> {
+        copy.holders
+            .iter()
+            .find(|h| self.counts(h, copy.epoch))
+            .or_else(|| copy.holders.iter().find(|h| self.eligible(h, copy.epoch)))
+    }
+
+    /// Holders of a copy that count towards the replication factor.
     pub fn copies(&self, copy: &Copy) -> usize {
         copy.holders
             .iter()
-            .filter(|h| self.eligible(h, copy.epoch))
+            .filter(|h| self.counts(h, copy.epoch))
             .count()
+    }
+
+    /// Whether a draining `me` is still needed for its copy: it owns the message, or the
+    /// message has fewer than `factor` copies without it. A drain is done when no copy
+    /// on the node needs it.
+    pub fn needs(&self, me: &Holder, copy: &Copy, factor: usize) -> bool {
+        copy.committed && (self.owner(copy) == Some(me) || self.copies(copy) < factor)
+    }
+
+    /// Whether `node` is a member marked leaving.
+    pub fn is_leaving(&self, node: &NodeId) -> bool {
+        self.members.get(node).is_some_and(|m| m.leaving)
+    }
+
+    /// The view with `me` marked leaving (or no longer leaving), or `None` when it
+    /// already is so or is not a member.
+    pub fn mark_leaving(&self, me: &Holder, leaving: bool) -> Option<View> {
+        if !self.is_member(me) || self.is_leaving(&me.node) == leaving {
+            return None;
+        }
+        let mut next = self.clone();
+        next.epoch += 1;
+        if let Some(m) = next.members.get_mut(&me.node) {
+            m.leaving = leaving;
+        }
+        Some(next)
     }
 
     pub fn is_member(&self, holder: &Holder) -> bool {
@@ -185,6 +229,7 @@ impl View {
                 since: next.epoch,
                 data_centre: data_centre.to_owned(),
                 address: address.to_owned(),
+                leaving: false,
             },
         );
         Some(next)
@@ -295,24 +340,6 @@ impl View {
         }
     }
 
-    /// The ownership record a draining owner writes: every other eligible holder keeps its
-    /// rank and the drained node moves last, so the next eligible holder owns the message
-    /// and an older copy anywhere names the same owner once this node leaves the view.
-    pub fn handed_over(&self, me: &Holder, copy: &Copy) -> Copy {
-        let mut holders: Vec<Holder> = copy
-            .holders
-            .iter()
-            .filter(|h| *h != me && self.eligible(h, copy.epoch))
-            .cloned()
-            .collect();
-        holders.push(me.clone());
-        Copy {
-            holders,
-            epoch: self.epoch,
-            committed: copy.committed,
-        }
-    }
-
     /// Data centre of a member.
     pub fn data_centre(&self, node: &NodeId) -> Option<&str> {
         self.members.get(node).map(|m| m.data_centre.as_str())
@@ -343,6 +370,7 @@ mod tests {
                             since: *since,
                             data_centre: "dc".into(),
                             address: format!("{n}:7946"),
+                            leaving: false,
                         },
                     )
                 })
@@ -448,23 +476,44 @@ mod tests {
     }
 
     #[test]
-    fn a_drained_owner_hands_over_to_the_next_holder() {
+    fn a_leaving_member_gives_its_messages_to_the_next_holder() {
         let (a, b, c) = (holder("a", 1), holder("b", 2), holder("c", 3));
         let v = view(2, &[("a", 1, 1), ("b", 2, 1), ("c", 3, 1)]);
-        let cp = copy(&[a.clone(), b.clone(), c.clone()], 2);
-        let handed = v.handed_over(&a, &cp);
-        assert_eq!(handed.holders, vec![b.clone(), c.clone(), a.clone()]);
-        assert_eq!(v.duty(&b, &handed), Duty::Deliver);
-        // A holder that missed the hand-over still names a as long as a is there, and the
-        // same owner as everyone else once a has left.
+        let cp = copy(&[a.clone(), b.clone()], 2);
+        assert_eq!(v.duty(&a, &cp), Duty::Deliver);
+        let leaving = v.mark_leaving(&a, true).expect("a is a member");
+        assert_eq!(leaving.epoch, 3);
+        assert_eq!(leaving.mark_leaving(&a, true), None, "already leaving");
         assert_eq!(
-            v.duty(&c, &cp),
+            leaving.duty(&a, &cp),
             Duty::Hold {
-                owner: NodeId("a".into())
+                owner: NodeId("b".into())
             }
         );
-        let after = v.remove(&[NodeId("a".into())]).expect("member");
-        assert_eq!(after.owner(&cp), after.owner(&handed));
+        assert_eq!(leaving.duty(&b, &cp), Duty::TakeOver);
+        assert_eq!(leaving.copies(&cp), 1, "a no longer counts");
+        // b takes over and adds c: a stays a holder (it is still a member and gets every
+        // change) behind b, and the factor holds without it.
+        let taken = leaving.taken_over(&b, &cp, std::slice::from_ref(&c));
+        assert_eq!(taken.holders, vec![b.clone(), a.clone(), c.clone()]);
+        assert_eq!(leaving.copies(&taken), 2);
+        assert_eq!(leaving.duty(&b, &taken), Duty::Deliver);
+        // Both copies name the same owner, and once a is gone too.
+        assert_eq!(leaving.owner(&cp), leaving.owner(&taken));
+        let after = leaving.remove(&[NodeId("a".into())]).expect("member");
+        assert_eq!(after.owner(&cp), after.owner(&taken));
+        // When nobody else can own it, the leaving node still does.
+        let alone = copy(std::slice::from_ref(&a), 2);
+        assert_eq!(leaving.duty(&a, &alone), Duty::Deliver);
+        assert!(leaving.needs(&a, &cp, 2), "b has not taken over yet");
+        assert!(
+            !leaving.needs(&a, &taken, 2),
+            "two copies without a, b owns it"
+        );
+        assert!(leaving.needs(&a, &alone, 2));
+        // A cancelled drain puts it back.
+        let back = leaving.mark_leaving(&a, false).expect("leaving");
+        assert_eq!(back.duty(&a, &cp), Duty::Deliver);
     }
 
     #[test]

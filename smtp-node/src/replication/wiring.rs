@@ -57,6 +57,27 @@ pub struct Prepared {
     pub authority: Authority,
     pub standing: watch::Receiver<Standing>,
     pub replication: Option<Replication>,
+    /// What a drain switches: the arbiter's leaving intent and the delivery pause.
+    pub drain: DrainSwitches,
+}
+
+/// The switches a drain turns (see `admin.rs`).
+pub struct DrainSwitches {
+    pub leaving: watch::Sender<Option<bool>>,
+    pub quiet: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DrainSwitches {
+    fn new() -> (Self, watch::Receiver<Option<bool>>) {
+        let (leaving, intent) = watch::channel(None);
+        (
+            Self {
+                leaving,
+                quiet: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            },
+            intent,
+        )
+    }
 }
 
 /// Replication is on when the configuration asks for more than one copy.
@@ -97,6 +118,7 @@ pub async fn prepare(
             authority: Authority::Standalone(node),
             standing,
             replication: None,
+            drain: DrainSwitches::new().0,
         });
     };
     let me = Holder {
@@ -115,10 +137,12 @@ pub async fn prepare(
     }
     let listener = server::bind(&r.listen).await?;
     let client = arbiter::client(arbiter_config).await?;
+    let (drain, leaving) = DrainSwitches::new();
     let arbiter = Arbiter::new(
         client,
         ArbiterSettings::new(arbiter_config, me.clone(), &identity.data_centre, &address),
-    );
+    )
+    .with_leaving(leaving);
     let standing = arbiter.subscribe();
     let spool = ReplicatedSpool::new(
         local,
@@ -138,8 +162,10 @@ pub async fn prepare(
         authority: Authority::Replicated {
             me: me.clone(),
             standing: standing.clone(),
+            quiet: drain.quiet.clone(),
         },
         standing,
+        drain,
         replication: Some(Replication {
             me,
             arbiter,

@@ -25,6 +25,8 @@ pub struct NodeSettings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Add a submission listener (requireAuth) and an implicit-TLS listener.
     pub submission: bool,
+    /// `http.adminTokenFile`: turns the admin API on.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for NodeSettings {
@@ -39,6 +41,7 @@ impl Default for NodeSettings {
                     .to_owned(),
             tls: None,
             submission: false,
+            admin_token_file: None,
         }
     }
 }
@@ -87,8 +90,13 @@ impl Node {
                 "  - {{name: submission, address: \"{sub}\", requireAuth: true}}\n  - {{name: implicitTls, address: \"{imp}\", tls: implicit, requireAuth: true}}\n"
             ));
         }
+        let admin = settings
+            .admin_token_file
+            .as_ref()
+            .map(|f| format!(", adminTokenFile: \"{}\"", f.display()))
+            .unwrap_or_default();
         yaml.push_str(&format!(
-            "http: {{address: \"{http}\"}}\nspool: {{dir: \"{}\"}}\n",
+            "http: {{address: \"{http}\"{admin}}}\nspool: {{dir: \"{}\"}}\n",
             dir.path().join("spool").display()
         ));
         if let Some((cert, key)) = &settings.tls {
@@ -234,9 +242,26 @@ pub fn signal(pid: u32, name: &str) {
 
 /// A minimal HTTP/1.0 GET: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path, None)
+}
+
+/// A minimal HTTP/1.0 request without a body, with a bearer token if given.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
     let code = text.split(' ').nth(1)?.parse().ok()?;
