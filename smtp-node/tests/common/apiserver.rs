@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,6 +41,9 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
     children: Vec<(String, Child)>,
     pub port: u16,
+    /// The address the API server serves on (loopback unless a test needs it reachable
+    /// from other network namespaces).
+    pub host: IpAddr,
 }
 
 impl Drop for ControlPlane {
@@ -54,15 +57,22 @@ impl Drop for ControlPlane {
 
 impl ControlPlane {
     pub fn start() -> Self {
+        Self::start_on(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// With the API server on `host` (etcd stays on loopback: only the API server uses it).
+    pub fn start_on(host: IpAddr) -> Self {
         let bin = binaries();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut plane = ControlPlane {
             dir,
             children: Vec::new(),
             port: free_port(),
+            host,
         };
         let work = plane.dir.path().to_path_buf();
-        certificates(&work);
+        certificates(&work, host);
+        let host = host.to_string();
         let (client, peer) = (free_port(), free_port());
         plane.spawn(
             "etcd",
@@ -91,9 +101,9 @@ impl ControlPlane {
                 "--etcd-servers",
                 &format!("http://127.0.0.1:{client}"),
                 "--bind-address",
-                "127.0.0.1",
+                &host,
                 "--advertise-address",
-                "127.0.0.1",
+                &host,
                 "--secure-port",
                 &plane.port.to_string(),
                 "--tls-cert-file",
@@ -159,7 +169,8 @@ impl ControlPlane {
         let pki = self.dir.path().join("pki");
         let path = self.dir.path().join(file);
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {ca}\nusers:\n- name: admin\n  user:\n    client-certificate: {crt}\n    client-key: {key}\ncontexts:\n- name: t\n  context: {{cluster: t, user: admin, namespace: {NAMESPACE}}}\ncurrent-context: t\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://{host}:{port}\n    certificate-authority: {ca}\nusers:\n- name: admin\n  user:\n    client-certificate: {crt}\n    client-key: {key}\ncontexts:\n- name: t\n  context: {{cluster: t, user: admin, namespace: {NAMESPACE}}}\ncurrent-context: t\n",
+            host = self.host,
             ca = pki.join("ca.crt").display(),
             crt = pki.join(format!("{user}.crt")).display(),
             key = pki.join(format!("{user}.key")).display(),
@@ -173,9 +184,13 @@ impl ControlPlane {
     /// so another process may take one in between: a component that exits at start is
     /// retried on new ports, twice.
     pub async fn start_ready() -> (ControlPlane, PathBuf) {
+        Self::start_ready_on(IpAddr::from([127, 0, 0, 1])).await
+    }
+
+    pub async fn start_ready_on(host: IpAddr) -> (ControlPlane, PathBuf) {
         let mut attempt = 1;
         loop {
-            let mut plane = ControlPlane::start();
+            let mut plane = ControlPlane::start_on(host);
             let admin = plane.kubeconfig("admin.kubeconfig", plane.port, "admin");
             match plane.wait_ready(&admin).await {
                 Ok(()) => return (plane, admin),
@@ -232,17 +247,17 @@ pub fn binaries() -> PathBuf {
     dir
 }
 
-/// A CA, the API server's certificate for 127.0.0.1, an admin client certificate
+/// A CA, the API server's certificate for 127.0.0.1 and `host`, an admin client certificate
 /// (`system:masters`), a client certificate authenticating as the pool's ServiceAccount
 /// (`system:serviceaccount:default:relay`, which RBAC matches like a token of that
 /// account) and the service-account key pair, as `e2e/cluster.sh` makes them.
-fn certificates(work: &Path) {
+fn certificates(work: &Path, host: IpAddr) {
     let script = r#"
 set -euo pipefail
 d="$1/pki"; mkdir -p "$d"; cd "$d"
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=arbiter-test-ca" -keyout ca.key -out ca.crt
 openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout apiserver.key -out apiserver.csr
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >apiserver.ext
+printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost\nextendedKeyUsage=serverAuth\n' "$2" >apiserver.ext
 openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile apiserver.ext -out apiserver.crt
 openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=arbiter-test-admin" -keyout admin.key -out admin.csr
 printf 'extendedKeyUsage=clientAuth\n' >admin.ext
@@ -255,6 +270,7 @@ openssl rsa -in sa.key -pubout -out sa.pub
     let out = Command::new("bash")
         .args(["-c", script, "certs"])
         .arg(work)
+        .arg(host.to_string())
         .output()
         .expect("running openssl");
     assert!(

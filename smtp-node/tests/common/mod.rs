@@ -7,6 +7,7 @@ pub mod certs;
 pub mod knot;
 pub mod load;
 pub mod memory_spool;
+pub mod netns;
 pub mod node;
 pub mod peers;
 

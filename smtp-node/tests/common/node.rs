@@ -3,7 +3,7 @@
 //! byte-level protocol checks.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +27,9 @@ pub struct NodeSettings {
     pub submission: bool,
     /// `http.adminTokenFile`: turns the admin API on.
     pub admin_token_file: Option<PathBuf>,
+    /// Run in this network namespace, listening on this address (SMTP on 2525, HTTP on
+    /// 8080: a fresh namespace has every port free).
+    pub netns: Option<(String, IpAddr)>,
 }
 
 impl Default for NodeSettings {
@@ -42,6 +45,7 @@ impl Default for NodeSettings {
             tls: None,
             submission: false,
             admin_token_file: None,
+            netns: None,
         }
     }
 }
@@ -55,6 +59,7 @@ pub struct Node {
     pub implicit: Option<SocketAddr>,
     pub http: SocketAddr,
     log: PathBuf,
+    netns: Option<String>,
 }
 
 pub fn binary() -> &'static str {
@@ -71,8 +76,13 @@ impl Node {
     pub fn start_in(dir: tempfile::TempDir, settings: NodeSettings) -> Self {
         let loopback = ip("127.0.0.1");
         let port = |_: ()| free_port(&[loopback], false);
-        let smtp = SocketAddr::new(loopback, port(()));
-        let http = SocketAddr::new(loopback, port(()));
+        let (smtp, http) = match &settings.netns {
+            Some((_, host)) => (SocketAddr::new(*host, 2525), SocketAddr::new(*host, 8080)),
+            None => (
+                SocketAddr::new(loopback, port(())),
+                SocketAddr::new(loopback, port(())),
+            ),
+        };
         let (submission, implicit) = if settings.submission {
             (
                 Some(SocketAddr::new(loopback, port(()))),
@@ -121,6 +131,7 @@ impl Node {
             implicit,
             http,
             log,
+            netns: settings.netns.as_ref().map(|(ns, _)| ns.clone()),
         };
         node.spawn();
         node
@@ -133,7 +144,16 @@ impl Node {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(binary())
+        let mut command = match &self.netns {
+            // `ip netns exec` execs the node in place: the pid is the node's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, binary()]);
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "smtp_node=debug,info")
