@@ -103,3 +103,66 @@ fn every_rendered_configuration_is_accepted_by_smtp_node() {
         }
     }
 }
+
+/// Every file the rendered configuration names lies under a directory the node's pod
+/// mounts, and a replicated pool's nodes get what replication needs: the arbiter (their
+/// own namespace and pool, so the Lease names `<pool>-node-<node>` and `<pool>-view`),
+/// their address from the downward API, the peer mTLS files, and the admin token the
+/// operator drains them with.
+#[test]
+fn every_file_the_config_names_is_mounted_and_pools_get_what_replication_needs() {
+    let mut replicated = 0;
+    for (path, pool) in pools() {
+        let Ok(validated) = validate(&pool, &refs_for(&pool), "smtp-node:test") else {
+            continue;
+        };
+        let children = build(&validated.pool).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let yaml = &children.config_map.data.as_ref().expect("data")[CONFIG_KEY];
+        let config = smtp_node::config::Config::from_yaml(yaml).expect("accepted");
+        for sts in &children.statefulsets {
+            let pod = sts
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .expect("pod");
+            let container = &pod.containers[0];
+            let mounts: Vec<String> = container
+                .volume_mounts
+                .iter()
+                .flatten()
+                .map(|m| m.mount_path.clone())
+                .collect();
+            let mounted = |file: &std::path::Path| mounts.iter().any(|m| file.starts_with(m));
+            let token = config.http.admin_token_file.as_ref().expect("admin token");
+            assert!(mounted(token), "{path}: {} is not mounted", token.display());
+            assert!(mounted(&config.spool.dir), "{path}: spool not mounted");
+            let env: Vec<String> = container
+                .env
+                .iter()
+                .flatten()
+                .map(|e| e.name.clone())
+                .collect();
+            if let Some(r) = &config.replication
+                && r.factor > 1
+            {
+                replicated += 1;
+                let arbiter = r.arbiter.as_ref().expect("an arbiter for factor > 1");
+                assert_eq!(arbiter.namespace, pool.metadata.namespace.clone().unwrap());
+                assert_eq!(arbiter.pool, pool.metadata.name.clone().unwrap());
+                assert!(
+                    arbiter.kubeconfig.is_none(),
+                    "in cluster: the pod's account"
+                );
+                let host_env = r.advertise_host_env.as_deref().expect("advertised host");
+                assert!(
+                    env.iter().any(|e| e == host_env),
+                    "{path}: {host_env} unset"
+                );
+                let tls = r.tls.as_ref().expect("peer mTLS");
+                assert!(mounted(&tls.ca_file) && mounted(&tls.cert_dir), "{path}");
+                assert!(pod.service_account_name.is_some(), "{path}: Lease access");
+            }
+        }
+    }
+    assert!(replicated > 0, "a fixture with replicationFactor > 1");
+}

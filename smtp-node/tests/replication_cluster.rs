@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use common::apiserver::ControlPlane;
 use common::certs::Pki;
+use common::free_port;
 use common::load::{Client, subject_of};
 use common::netns::Network;
 use common::node::{Node, NodeSettings, http_request, signal};
 use common::peers::SmtpSink;
-use common::free_port;
 
 /// Short Leases keep the test short: takeover about 5 s after an owner's last renewal.
 const LEASE: &str = "4s";

@@ -31,6 +31,7 @@ use crate::api::RelayPool;
 use crate::api::relay_pool::{CertificateStatus, condition_types, reasons};
 use crate::api::relay_pool::{IssuerKind, IssuerRef, TlsSource};
 use crate::events::{self, normal, publish_all, warning};
+use crate::relaypool::build::layout::ADMIN_TOKEN_KEY;
 use crate::relaypool::build::meta;
 use crate::runtime::scope::{self, scoped};
 
@@ -274,6 +275,7 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
     };
 
     let peer_recheck = ensure_peer_material(&ctx, &pool, &namespace, now, &mut events).await?;
+    ensure_admin_token(&ctx, &pool, &namespace).await?;
 
     let previous = pool.status.clone().unwrap_or_default();
     let old = previous
@@ -384,6 +386,46 @@ async fn ensure_peer_material(
         .or(planned.previous.as_ref().map(|(_, until)| *until))
         .map(|at| Duration::from_secs((at - now).max(5) as u64 + 1));
     Ok(next_step.unwrap_or(RECHECK))
+}
+
+/// Keeps the pool's admin token Secret (`<pool>-admin`): made once with a random token,
+/// never rewritten while it holds one, so a node and the operator always agree. Deleting
+/// the Secret rotates the token (the nodes read the mounted file on each call).
+async fn ensure_admin_token(ctx: &Context, pool: &RelayPool, namespace: &str) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = meta::admin_secret_name(&pool.name_any());
+    let existing = secrets.get_opt(&name).await?;
+    if existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .and_then(|d| d.get(ADMIN_TOKEN_KEY))
+        .is_some_and(|t| !t.0.is_empty())
+    {
+        return Ok(());
+    }
+    let secret = Secret {
+        metadata: owner_meta(pool, &name, namespace),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            ADMIN_TOKEN_KEY.to_owned(),
+            ByteString(new_token().into_bytes()),
+        )])),
+        ..Secret::default()
+    };
+    secrets
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(())
+}
+
+/// 256 random bits, hex.
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Annotation asking for a peer CA rotation; its value is an RFC 3339 time, and a CA

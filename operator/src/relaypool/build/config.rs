@@ -16,7 +16,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::BuildError;
 use super::layout::{
-    self, AUTH_DIR, CONFIG_KEY, DKIM_DIR, HTTP_PORT, PEER_PORT, PEER_TLS_DIR, SPOOL_DIR, TLS_DIR,
+    self, ADMIN_DIR, ADMIN_TOKEN_KEY, AUTH_DIR, CONFIG_KEY, DKIM_DIR, HTTP_PORT, PEER_PORT,
+    PEER_TLS_DIR, SPOOL_DIR, TLS_DIR,
 };
 use super::meta;
 use super::node_config::{
@@ -97,6 +98,7 @@ pub fn node_config(pool: &Pool) -> NodeConfig {
         }),
         http: HttpConfig {
             address: bind(HTTP_PORT),
+            admin_token_file: Some(format!("{ADMIN_DIR}/{ADMIN_TOKEN_KEY}")),
         },
         spool: SpoolConfig {
             dir: SPOOL_DIR.to_owned(),

@@ -19,6 +19,11 @@ pub const CONFIG_DIR: &str = "/etc/smtp-node/config";
 pub const TLS_DIR: &str = "/etc/smtp-node/tls";
 /// Directory of the peer mTLS material (`ca.crt`, `<node>.crt`, `<node>.key`).
 pub const PEER_TLS_DIR: &str = "/etc/smtp-node/peer";
+/// Directory of the pool's admin token (`token`): the bearer token the node's admin API
+/// (`/admin/queue`, `/admin/drain`) requires, so only the operator may drain a node.
+pub const ADMIN_DIR: &str = "/etc/smtp-node/admin";
+/// Key of the token in the admin Secret, and its file name in [`ADMIN_DIR`].
+pub const ADMIN_TOKEN_KEY: &str = "token";
 /// Directory of the submission users Secret.
 pub const AUTH_DIR: &str = "/etc/smtp-node/auth";
 /// Directory of the DKIM private keys, one file per domain and selector.

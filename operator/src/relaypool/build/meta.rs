@@ -69,6 +69,11 @@ pub fn peer_tls_secret_name(pool: &str) -> String {
     format!("{pool}-peer-tls")
 }
 
+/// Secret with the pool's admin token (see `layout::ADMIN_DIR`).
+pub fn admin_secret_name(pool: &str) -> String {
+    format!("{pool}-admin")
+}
+
 /// Secret with the peer CA keys (never mounted).
 pub fn peer_ca_secret_name(pool: &str) -> String {
     format!("{pool}-peer-ca")

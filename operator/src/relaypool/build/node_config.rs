@@ -93,6 +93,9 @@ pub struct TlsFiles {
 pub struct HttpConfig {
     /// Address to bind.
     pub address: String,
+    /// The bearer token file the admin API requires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<String>,
 }
 
 /// The local spool.

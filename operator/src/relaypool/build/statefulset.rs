@@ -19,8 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::layout::{
-    self, AUTH_DIR, CONFIG_DIR, DKIM_DIR, HTTP_PORT, HTTP_PORT_NAME, PEER_PORT, PEER_PORT_NAME,
-    PEER_TLS_DIR, RUN_AS, SPOOL_DIR, TLS_DIR, TMP_DIR,
+    self, ADMIN_DIR, AUTH_DIR, CONFIG_DIR, DKIM_DIR, HTTP_PORT, HTTP_PORT_NAME, PEER_PORT,
+    PEER_PORT_NAME, PEER_TLS_DIR, RUN_AS, SPOOL_DIR, TLS_DIR, TMP_DIR,
 };
 use super::meta::{self, CONFIG_HASH_ANNOTATION};
 use crate::relaypool::model::{DataCentre, Pool};
@@ -42,6 +42,7 @@ const SPOOL_VOLUME: &str = "spool";
 const CONFIG_VOLUME: &str = "config";
 const TLS_VOLUME: &str = "tls";
 const PEER_TLS_VOLUME: &str = "peer-tls";
+const ADMIN_VOLUME: &str = "admin";
 const AUTH_VOLUME: &str = "auth";
 const DKIM_VOLUME: &str = "dkim";
 const TMP_VOLUME: &str = "tmp";
@@ -276,6 +277,7 @@ fn volume_mounts(pool: &Pool) -> Vec<VolumeMount> {
         mounts.push(mount(TLS_VOLUME, TLS_DIR, true));
     }
     mounts.push(mount(PEER_TLS_VOLUME, PEER_TLS_DIR, true));
+    mounts.push(mount(ADMIN_VOLUME, ADMIN_DIR, true));
     if pool.relay.auth_secret.is_some() {
         mounts.push(mount(AUTH_VOLUME, AUTH_DIR, true));
     }
@@ -321,6 +323,12 @@ fn volumes(pool: &Pool) -> Vec<Volume> {
     volumes.push(secret_volume(
         PEER_TLS_VOLUME,
         &meta::peer_tls_secret_name(name),
+        true,
+    ));
+    // Optional for the same reason; until it exists the node's admin API is closed.
+    volumes.push(secret_volume(
+        ADMIN_VOLUME,
+        &meta::admin_secret_name(name),
         true,
     ));
     if let Some(auth) = &pool.relay.auth_secret {

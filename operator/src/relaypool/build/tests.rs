@@ -372,8 +372,21 @@ fn volumes_follow_the_spec() {
             ("spool".to_owned(), "/var/spool/smtp-node".to_owned()),
             ("tmp".to_owned(), "/tmp".to_owned()),
             ("peer-tls".to_owned(), "/etc/smtp-node/peer".to_owned()),
+            ("admin".to_owned(), "/etc/smtp-node/admin".to_owned()),
         ]
     );
+    let admin = pod(&plain)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "admin")
+        .unwrap()
+        .secret
+        .clone()
+        .unwrap();
+    assert_eq!(admin.secret_name.as_deref(), Some("relay-admin"));
+    assert_eq!(admin.optional, Some(true));
     let spec = plain.spec.as_ref().unwrap();
     let claim = &spec.volume_claim_templates.as_ref().unwrap()[0];
     assert_eq!(claim.metadata.name.as_deref(), Some("spool"));
@@ -422,7 +435,9 @@ fn volumes_follow_the_spec() {
     let names: Vec<String> = mounts(&full).into_iter().map(|(n, _)| n).collect();
     assert_eq!(
         names,
-        ["config", "spool", "tmp", "tls", "peer-tls", "auth", "dkim"]
+        [
+            "config", "spool", "tmp", "tls", "peer-tls", "admin", "auth", "dkim"
+        ]
     );
     let volumes = pod(&full).volumes.clone().unwrap();
     let tls = volumes.iter().find(|v| v.name == "tls").unwrap();
