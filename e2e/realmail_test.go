@@ -307,6 +307,35 @@ spec:
 		})
 	})
 
+	t.Run("the pool's queue in its status comes from the node", func(t *testing.T) {
+		// Held back at the sink, three messages wait in the node's queue; the operator
+		// reads them off the node's admin API (with the pool's token) into status.queue.
+		sink.deferring.Store(true)
+		for seq := 1001; seq <= 1003; seq++ {
+			if err := sendOne(addr, seq); err != nil {
+				t.Fatalf("message %d: %v", seq, err)
+			}
+		}
+		queue := func() (depth, oldest, unreachable, replicated string) {
+			return jsonpath(t, ns, "relaypool/mail", ".status.queue.depth"),
+				jsonpath(t, ns, "relaypool/mail", ".status.queue.oldestReceivedAt"),
+				jsonpath(t, ns, "relaypool/mail", ".status.queue.unreachable"),
+				jsonpath(t, ns, "relaypool/mail", `.status.conditions[?(@.type=="QueueReplicated")].status`)
+		}
+		Eventually(t, 90*time.Second, "status.queue with the waiting messages", func() (bool, string) {
+			depth, oldest, unreachable, replicated := queue()
+			n, _ := strconv.Atoi(depth)
+			return n >= 3 && oldest != "" && unreachable == "" && replicated == "True",
+				fmt.Sprintf("depth %q oldest %q unreachable %q QueueReplicated %q", depth, oldest, unreachable, replicated)
+		})
+		t.Logf("kubectl get relaypools:\n%s", Kubectl(t, "get", "relaypools", "-n", ns))
+		sink.deferring.Store(false)
+		Eventually(t, 120*time.Second, "an empty queue in status once the sink takes the mail", func() (bool, string) {
+			depth, oldest, _, _ := queue()
+			return depth == "0" && oldest == "", fmt.Sprintf("depth %q oldest %q", depth, oldest)
+		})
+	})
+
 	t.Run("kill -9 under load loses no acknowledged message", func(t *testing.T) {
 		const messages = 300
 		var mu sync.Mutex // guards acked while the sender runs

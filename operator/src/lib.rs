@@ -7,5 +7,6 @@ pub mod dkim_keys;
 pub mod dns;
 pub mod events;
 pub mod maildomain;
+pub mod queue;
 pub mod relaypool;
 pub mod runtime;

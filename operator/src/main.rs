@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use smtpfleet_operator::runtime::{self, Context, ControllerError, Controllers, RunArgs, exit};
-use smtpfleet_operator::{certificate, crdgen, maildomain, relaypool};
+use smtpfleet_operator::{certificate, crdgen, maildomain, queue, relaypool};
 
 /// Kubernetes operator for smtpfleet relay pools and mail domains.
 #[derive(Debug, Parser)]
@@ -61,8 +61,16 @@ async fn controllers(ctx: Context) -> Result<(), ControllerError> {
         ctx.client.clone(),
         ctx.namespaces.clone(),
     ));
+    let queues = Arc::new(queue::Context::new(
+        ctx.client.clone(),
+        ctx.namespaces.clone(),
+    ));
     let mut set = Controllers::default();
     set.spawn("relaypool", relaypool::run(pools));
+    set.spawn("queue", async move {
+        queue::run(queues).await;
+        Ok::<(), ControllerError>(())
+    });
     set.spawn("maildomain", async move {
         maildomain::run(domains).await;
         Ok::<(), ControllerError>(())

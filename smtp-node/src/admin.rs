@@ -25,7 +25,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -40,9 +40,10 @@ pub const DRAINING: &str = "draining: this node takes no new mail";
 /// anyway (a delivery still running then may be repeated by the next owner).
 const QUIESCE_LIMIT: Duration = Duration::from_secs(60);
 
-/// What `GET /admin/queue` answers.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// What `GET /admin/queue` answers (the operator reads it with this same type).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(default)]
 pub struct QueueReport {
     pub node: String,
     /// Messages this node is to deliver (owned), deferred or not.
@@ -61,8 +62,9 @@ pub struct QueueReport {
 }
 
 /// Where a drain stands.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(default)]
 pub struct DrainReport {
     /// A drain was asked for and not taken back.
     pub requested: bool,

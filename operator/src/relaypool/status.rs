@@ -610,8 +610,8 @@ mod tests {
         );
         first.queue = Some(QueueStatus {
             depth: 7,
-            oldest_seconds: Some(3),
-            replication_healthy: true,
+            deferred: 3,
+            ..QueueStatus::default()
         });
         let second = to_status(
             &first,

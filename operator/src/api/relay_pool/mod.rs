@@ -13,7 +13,8 @@ mod status;
 
 pub use resolve::{DEFAULT_REPLICATION_FACTOR, EnabledListener, ListenerKind, TlsSource};
 pub use status::{
-    CertificateStatus, DataCentreStatus, QueueStatus, RelayPoolStatus, condition_types, reasons,
+    CertificateStatus, DataCentreQueue, DataCentreStatus, QueueStatus, RelayPoolStatus,
+    condition_types, reasons,
 };
 
 use std::collections::BTreeMap;
@@ -79,10 +80,16 @@ pub const MAX_STATEFULSET_NAME: usize = 52;
         description = "Replicas ready to accept mail"
     ),
     printcolumn(
-        name = "Queue",
+        name = "Queued",
         type_ = "integer",
         json_path = ".status.queue.depth",
         description = "Messages waiting for delivery"
+    ),
+    printcolumn(
+        name = "Oldest",
+        type_ = "date",
+        json_path = ".status.queue.oldestReceivedAt",
+        description = "When the oldest queued message was received"
     ),
     printcolumn(
         name = "Age",

@@ -60,22 +60,59 @@ pub struct DataCentreStatus {
     pub ready: i32,
 }
 
-/// Summary of the delivery queue.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+/// Summary of the delivery queue, as the nodes report it on their admin API. Written at
+/// most every 30 seconds, and only when it changed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = schema::unwrap_descriptions)]
 pub struct QueueStatus {
-    /// Messages accepted and not yet delivered or bounced, counted once however many
-    /// copies exist.
+    /// Messages accepted and not yet delivered or bounced, counted once (by the node
+    /// that owns each) however many copies exist.
     #[serde(default)]
     pub depth: i64,
-    /// Age in seconds of the oldest queued message; absent when the queue is empty.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oldest_seconds: Option<i64>,
-    /// Whether every queued message has its full `replicationFactor` of copies spread
-    /// over `minDataCentres` data centres.
+    /// Queued messages waiting for a retry.
     #[serde(default)]
-    pub replication_healthy: bool,
+    pub deferred: i64,
+    /// When the oldest queued message was received; absent when the queue is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_received_at: Option<Time>,
+    /// Held copies of messages that lack a copy elsewhere (the pool restores them).
+    #[serde(default)]
+    pub under_replicated: i64,
+    /// Nodes that did not answer: their mail is not counted above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
+    /// Nodes draining (taking no new mail before they are removed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<String>,
+    /// The same, per data centre.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = data_centre_queue_list)]
+    pub data_centres: Vec<DataCentreQueue>,
+}
+
+/// The queue of one data centre's nodes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::unwrap_descriptions)]
+pub struct DataCentreQueue {
+    /// Name of the data centre.
+    pub name: String,
+    #[serde(default)]
+    pub depth: i64,
+    #[serde(default)]
+    pub deferred: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_received_at: Option<Time>,
+    #[serde(default)]
+    pub under_replicated: i64,
+    /// Nodes of this data centre that did not answer.
+    #[serde(default)]
+    pub unreachable: i32,
+}
+
+fn data_centre_queue_list(schema: &mut schemars::Schema) {
+    crate::api::schema::list_map(schema, &["name"]);
 }
 
 /// The certificate the listeners serve.

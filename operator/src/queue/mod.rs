@@ -1,0 +1,296 @@
+//! The pool's queue as its nodes report it: every 30 seconds the operator asks each node
+//! of each pool (`GET /admin/queue` on its pod IP, with the pool's admin token, a few
+//! at a time, each bounded in time) and writes `status.queue` and the `QueueReplicated`
+//! condition when they changed. A node that does not answer is named in the status, not
+//! guessed. Its own controller, so a slow node never delays the pool's reconciliation.
+
+pub mod client;
+pub mod summary;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use smtp_node::admin::QueueReport;
+
+use crate::api::RelayPool;
+use crate::api::relay_pool::condition_types;
+use crate::relaypool::build::layout::{ADMIN_TOKEN_KEY, HTTP_PORT};
+use crate::relaypool::build::meta;
+use crate::runtime::scope::{self, scoped};
+use summary::{NodeResult, WRITE_EVERY, replicated_condition, should_write, summarize};
+
+/// Nodes asked at the same time, per pool.
+const AT_ONCE: usize = 8;
+/// How long one node may take to answer.
+const NODE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+pub struct Context {
+    pub client: Client,
+    pub namespaces: Vec<String>,
+    /// When each pool was last asked and last written, by this process.
+    seen: Mutex<HashMap<(String, String), Seen>>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Seen {
+    asked: Option<Instant>,
+    written: Option<Instant>,
+}
+
+impl Context {
+    pub fn new(client: Client, namespaces: Vec<String>) -> Self {
+        Self {
+            client,
+            namespaces,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn seen(&self, key: &(String, String)) -> Seen {
+        self.lock().get(key).copied().unwrap_or_default()
+    }
+
+    fn note(&self, key: (String, String), change: impl FnOnce(&mut Seen)) {
+        change(self.lock().entry(key).or_default());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Seen>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = pool.name_any();
+    let Some(namespace) = pool.namespace() else {
+        return Ok(Action::await_change());
+    };
+    let key = (namespace.clone(), name.clone());
+    // Other controllers' status writes wake this one too: ask the nodes no more often
+    // than every WRITE_EVERY all the same.
+    if let Some(asked) = ctx.seen(&key).asked {
+        let since = asked.elapsed();
+        if since < WRITE_EVERY {
+            return Ok(Action::requeue(WRITE_EVERY - since));
+        }
+    }
+    ctx.note(key.clone(), |s| s.asked = Some(Instant::now()));
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let token = secrets
+        .get_opt(&meta::admin_secret_name(&name))
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(ADMIN_TOKEN_KEY).cloned())
+        .map(|t| String::from_utf8_lossy(&t.0).trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let selector = meta::pool_selector(&name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = pods.list(&ListParams::default().labels(&selector)).await?;
+    let results: Vec<NodeResult> = futures::stream::iter(pods.items)
+        .map(|pod| ask(pod, token.clone()))
+        .buffer_unordered(AT_ONCE)
+        .collect()
+        .await;
+    let mut results = results;
+    results.sort_by(|a, b| a.pod.cmp(&b.pod));
+    for node in &results {
+        if let Err(reason) = &node.report {
+            tracing::debug!(pool = %name, pod = %node.pod, %reason, "no queue report");
+        }
+    }
+
+    let next = summarize(&results);
+    let previous = pool.status.as_ref().and_then(|s| s.queue.as_ref());
+    let conditions = pool
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let (status, reason, message) = replicated_condition(&next);
+    let condition_changed = !conditions.iter().any(|c| {
+        c.type_ == condition_types::QUEUE_REPLICATED && c.status == status && c.reason == reason
+    });
+    let since_write = ctx.seen(&key).written.map(|w| w.elapsed());
+    if should_write(previous, &next, since_write) || condition_changed {
+        let conditions = with_condition(
+            &conditions,
+            status,
+            reason,
+            &message,
+            pool.metadata.generation,
+        );
+        let api: Api<RelayPool> = Api::namespaced(ctx.client.clone(), &namespace);
+        let body = json!({
+            "metadata": { "resourceVersion": pool.resource_version() },
+            "status": { "queue": next, "conditions": conditions },
+        });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
+            Ok(_) => ctx.note(key, |s| s.written = Some(Instant::now())),
+            // Another controller wrote meanwhile: the next round reads it and tries again.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                ctx.note(key, |s| s.asked = None);
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Action::requeue(WRITE_EVERY))
+}
+
+/// One node's report, or why there is none.
+async fn ask(pod: Pod, token: Option<String>) -> NodeResult {
+    let name = pod.name_any();
+    let data_centre = pod
+        .labels()
+        .get(meta::DATA_CENTRE_LABEL)
+        .cloned()
+        .unwrap_or_default();
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse::<IpAddr>().ok());
+    let report = match (ip, token) {
+        (None, _) => Err("no pod IP yet".to_owned()),
+        (Some(_), None) => Err("the pool's admin token is not created yet".to_owned()),
+        (Some(ip), Some(token)) => client::call::<QueueReport>(
+            SocketAddr::new(ip, HTTP_PORT),
+            "GET",
+            "/admin/queue",
+            &token,
+            NODE_TIMEOUT,
+        )
+        .await
+        .map(|(_, report)| report)
+        .map_err(|e| e.to_string()),
+    };
+    NodeResult {
+        pod: name,
+        data_centre,
+        report,
+    }
+}
+
+/// The conditions with `QueueReplicated` set, in place (the order of the others kept).
+fn with_condition(
+    previous: &[Condition],
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Vec<Condition> {
+    let mut out = previous.to_vec();
+    let old = out
+        .iter()
+        .position(|c| c.type_ == condition_types::QUEUE_REPLICATED);
+    let last_transition_time = old
+        .map(|i| &out[i])
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    let condition = Condition {
+        type_: condition_types::QUEUE_REPLICATED.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: generation,
+        last_transition_time,
+    };
+    match old {
+        Some(i) => out[i] = condition,
+        None => out.push(condition),
+    }
+    out
+}
+
+pub fn error_policy(pool: Arc<RelayPool>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(pool = %pool.name_any(), %error, "reading the queue failed; retrying");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Runs in each watched namespace (all when none is named).
+pub async fn run(ctx: Arc<Context>) {
+    let scopes = scope::scopes(&ctx.namespaces);
+    futures::future::join_all(scopes.into_iter().map(|ns| run_scope(ctx.clone(), ns))).await;
+}
+
+async fn run_scope(ctx: Arc<Context>, namespace: Option<String>) {
+    let pools: Api<RelayPool> = scoped(&ctx.client, namespace.as_deref());
+    Controller::new(pools, watcher::Config::default().any_semantic())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "queue reconcile loop");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_condition_is_set_in_place_and_keeps_its_transition_time() {
+        let t0 = Time(Timestamp::from_second(100).expect("time"));
+        let other = Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "AllReplicasReady".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: t0.clone(),
+        };
+        let first = with_condition(
+            std::slice::from_ref(&other),
+            "True",
+            "FullyReplicated",
+            "ok",
+            Some(1),
+        );
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0], other);
+        let stamped = Condition {
+            last_transition_time: t0.clone(),
+            ..first[1].clone()
+        };
+        let again = with_condition(
+            &[other.clone(), stamped],
+            "True",
+            "FullyReplicated",
+            "still ok",
+            Some(2),
+        );
+        assert_eq!(
+            again[1].last_transition_time, t0,
+            "same status keeps its time"
+        );
+        let flipped = with_condition(&again, "False", "UnderReplicated", "2 held", Some(2));
+        assert_ne!(flipped[1].last_transition_time, t0);
+    }
+}
