@@ -92,23 +92,9 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
     }
     ctx.note(key.clone(), |s| s.asked = Some(Instant::now()));
 
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let token = secrets
-        .get_opt(&meta::admin_secret_name(&name))
-        .await?
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(ADMIN_TOKEN_KEY).cloned())
-        .map(|t| String::from_utf8_lossy(&t.0).trim().to_owned())
-        .filter(|t| !t.is_empty());
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let selector = meta::pool_selector(&name)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods = pods.list(&ListParams::default().labels(&selector)).await?;
-    let results: Vec<NodeResult> = futures::stream::iter(pods.items)
-        .map(|pod| ask(pod, token.clone()))
+    let (token, nodes) = pool_nodes(&ctx.client, &namespace, &name).await?;
+    let results: Vec<NodeResult> = futures::stream::iter(nodes)
+        .map(|node| ask(node, token.clone()))
         .buffer_unordered(AT_ONCE)
         .collect()
         .await;
@@ -135,6 +121,7 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
     if should_write(previous, &next, since_write) || condition_changed {
         let conditions = with_condition(
             &conditions,
+            condition_types::QUEUE_REPLICATED,
             status,
             reason,
             &message,
@@ -161,59 +148,106 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
     Ok(Action::requeue(WRITE_EVERY))
 }
 
-/// One node's report, or why there is none.
-async fn ask(pod: Pod, token: Option<String>) -> NodeResult {
-    let name = pod.name_any();
-    let data_centre = pod
-        .labels()
-        .get(meta::DATA_CENTRE_LABEL)
-        .cloned()
-        .unwrap_or_default();
-    let ip = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.as_deref())
-        .and_then(|ip| ip.parse::<IpAddr>().ok());
-    let report = match (ip, token) {
+/// A node of a pool as the API server knows it.
+#[derive(Clone, Debug)]
+pub struct PoolNode {
+    pub pod: String,
+    pub data_centre: String,
+    /// Its admin API, once the pod has an address.
+    pub admin: Option<SocketAddr>,
+}
+
+/// The pool's admin token (once the operator has made it) and its nodes.
+pub async fn pool_nodes(
+    client: &Client,
+    namespace: &str,
+    pool: &str,
+) -> Result<(Option<String>, Vec<PoolNode>), kube::Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let token = secrets
+        .get_opt(&meta::admin_secret_name(pool))
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(ADMIN_TOKEN_KEY).cloned())
+        .map(|t| String::from_utf8_lossy(&t.0).trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = meta::pool_selector(pool)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .map(|pod| PoolNode {
+            data_centre: pod
+                .labels()
+                .get(meta::DATA_CENTRE_LABEL)
+                .cloned()
+                .unwrap_or_default(),
+            admin: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|ip| ip.parse::<IpAddr>().ok())
+                .map(|ip| SocketAddr::new(ip, HTTP_PORT)),
+            pod: pod.name_any(),
+        })
+        .collect();
+    Ok((token, nodes))
+}
+
+/// Calls `method path` on a node's admin API; the decoded answer or why there is none.
+pub async fn admin_call<T: serde::de::DeserializeOwned>(
+    node: &PoolNode,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+) -> Result<T, String> {
+    match (node.admin, token) {
         (None, _) => Err("no pod IP yet".to_owned()),
         (Some(_), None) => Err("the pool's admin token is not created yet".to_owned()),
-        (Some(ip), Some(token)) => client::call::<QueueReport>(
-            SocketAddr::new(ip, HTTP_PORT),
-            "GET",
-            "/admin/queue",
-            &token,
-            NODE_TIMEOUT,
-        )
-        .await
-        .map(|(_, report)| report)
-        .map_err(|e| e.to_string()),
-    };
+        (Some(addr), Some(token)) => {
+            client::call::<T>(addr, method, path, token, NODE_TIMEOUT)
+                .await
+                .map(|(_, report)| report)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// One node's report, or why there is none.
+async fn ask(node: PoolNode, token: Option<String>) -> NodeResult {
+    let report = admin_call::<QueueReport>(&node, token.as_deref(), "GET", "/admin/queue").await;
     NodeResult {
-        pod: name,
-        data_centre,
+        pod: node.pod,
+        data_centre: node.data_centre,
         report,
     }
 }
 
-/// The conditions with `QueueReplicated` set, in place (the order of the others kept).
-fn with_condition(
+/// The conditions with `type_` set, in place (the order of the others kept; the
+/// transition time kept while the status stays).
+pub fn with_condition(
     previous: &[Condition],
+    type_: &str,
     status: &str,
     reason: &str,
     message: &str,
     generation: Option<i64>,
 ) -> Vec<Condition> {
     let mut out = previous.to_vec();
-    let old = out
-        .iter()
-        .position(|c| c.type_ == condition_types::QUEUE_REPLICATED);
+    let old = out.iter().position(|c| c.type_ == type_);
     let last_transition_time = old
         .map(|i| &out[i])
         .filter(|c| c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| Time(Timestamp::now()));
     let condition = Condition {
-        type_: condition_types::QUEUE_REPLICATED.to_owned(),
+        type_: type_.to_owned(),
         status: status.to_owned(),
         reason: reason.to_owned(),
         message: message.to_owned(),
@@ -268,6 +302,7 @@ mod tests {
         };
         let first = with_condition(
             std::slice::from_ref(&other),
+            "Q",
             "True",
             "FullyReplicated",
             "ok",
@@ -281,6 +316,7 @@ mod tests {
         };
         let again = with_condition(
             &[other.clone(), stamped],
+            "Q",
             "True",
             "FullyReplicated",
             "still ok",
@@ -290,7 +326,7 @@ mod tests {
             again[1].last_transition_time, t0,
             "same status keeps its time"
         );
-        let flipped = with_condition(&again, "False", "UnderReplicated", "2 held", Some(2));
+        let flipped = with_condition(&again, "Q", "False", "UnderReplicated", "2 held", Some(2));
         assert_ne!(flipped[1].last_transition_time, t0);
     }
 }

@@ -31,9 +31,13 @@ use super::dereference;
 use super::error::{Error, Result};
 use super::status;
 use super::validate;
+use crate::api::relay_pool::{condition_types, reasons};
 use crate::api::{MailDomain, RelayPool};
-use crate::events::{normal, publish_all};
+use crate::events::{normal, publish_all, warning};
 use crate::runtime::scope::{self, scoped};
+
+/// How often a pool whose deletion waits for its queue is looked at again.
+const DELETION_RECHECK: Duration = Duration::from_secs(30);
 
 /// Finalizer that holds a pool's deletion until its clean-up has run.
 pub const FINALIZER: &str = "smtpfleet.io/cleanup";
@@ -306,7 +310,44 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
 /// The clean-up for a pool being deleted.
 async fn cleanup_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     match cleanup::verdict(pool, ctx).await? {
-        Verdict::Hold(reason) => Err(Error::CleanupBlocked(reason)),
+        Verdict::Hold(reason) => {
+            let event = warning("DeletionBlocked", "Delete", reason.clone());
+            publish_all(&ctx.recorder(), &pool.object_ref(&()), &[event]).await;
+            let conditions = crate::queue::with_condition(
+                &pool
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.clone())
+                    .unwrap_or_default(),
+                condition_types::DELETION_BLOCKED,
+                "True",
+                reasons::MAIL_QUEUED,
+                &reason,
+                pool.meta().generation,
+            );
+            let api: Api<RelayPool> =
+                Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+            // Guarded by the resourceVersion: the queue controller writes the same
+            // conditions list, and a merge patch replaces it whole.
+            let body = serde_json::json!({
+                "metadata": { "resourceVersion": pool.resource_version() },
+                "status": { "conditions": conditions },
+            });
+            match api
+                .patch_status(
+                    &pool.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&body),
+                )
+                .await
+            {
+                Ok(_) => Ok(Action::requeue(DELETION_RECHECK)),
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    Ok(Action::requeue(Duration::from_secs(1)))
+                }
+                Err(e) => Err(Error::Status(e)),
+            }
+        }
         Verdict::Release => {
             let event = normal(
                 "Deleting",

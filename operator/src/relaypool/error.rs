@@ -74,10 +74,6 @@ pub enum Error {
     #[error("managing the finalizer: {0}")]
     Finalizer(#[source] kube::Error),
 
-    /// The deletion clean-up refused to let the pool go yet.
-    #[error("deletion blocked: {0}")]
-    CleanupBlocked(String),
-
     /// The finalizer helper reported an inconsistent object (no name, bad path).
     #[error("finalizer helper: {0}")]
     FinalizerHelper(String),
@@ -95,7 +91,6 @@ impl Error {
             Self::DeleteOrphan { .. } => "delete_orphan",
             Self::Status(_) => "status",
             Self::Finalizer(_) | Self::FinalizerHelper(_) => "finalizer",
-            Self::CleanupBlocked(_) => "cleanup",
         }
     }
 
@@ -187,7 +182,6 @@ mod tests {
             ),
             (Error::Status(api_error(500)), "status"),
             (Error::Finalizer(api_error(409)), "finalizer"),
-            (Error::CleanupBlocked("queue".into()), "cleanup"),
         ];
         for (err, category) in cases {
             assert_eq!(err.category(), category, "{err}");

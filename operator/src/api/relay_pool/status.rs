@@ -153,6 +153,9 @@ pub mod condition_types {
     pub const CERTIFICATE_READY: &str = "CertificateReady";
     /// Every queued message has its required copies.
     pub const QUEUE_REPLICATED: &str = "QueueReplicated";
+    /// The pool is being deleted but its nodes still hold queued mail: the finalizer
+    /// keeps it until they have delivered it (or `smtpfleet.io/force-delete` is set).
+    pub const DELETION_BLOCKED: &str = "DeletionBlocked";
 
     /// All types, in the order they are listed in a status.
     pub const ALL: [&str; 6] = [
@@ -212,4 +215,6 @@ pub mod reasons {
     pub const UNDER_REPLICATED: &str = "UnderReplicated";
     /// The nodes' queue summary could not be read (QueueReplicated = Unknown).
     pub const QUEUE_STATUS_UNKNOWN: &str = "QueueStatusUnknown";
+    /// Mail is still queued on a pool being deleted (DeletionBlocked).
+    pub const MAIL_QUEUED: &str = "MailQueued";
 }
