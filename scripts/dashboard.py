@@ -117,10 +117,11 @@ PANELS = [
      [(f"max by (data_centre, pod) (smtpnode_replication_view_epoch{{{N}}})", "{{data_centre}} {{pod}}")]),
     "Nodes and operator",
     ("Task failures", "short",
-     "Essential tasks of a node that failed over the dashboard's time range (0: none).",
-     [(f"sum by (data_centre, pod, task) (increase(smtpnode_task_failures_total{{{N}}}[$__range]))"
+     "Essential tasks of a node that failed over the dashboard's time range (0: none). The "
+     "node exits right after a failure, so a scrape may miss it: pod restarts are the other trace.",
+     [(f"sum by (data_centre, pod) (increase(smtpnode_task_failures_total{{{N}}}[$__range]))"
        f" or sum by (data_centre, pod) (0 * smtpnode_spool_messages{{{N}}})",
-       "{{data_centre}} {{pod}} {{task}}")]),
+       "{{data_centre}} {{pod}}")]),
     ("Operator reconciliations", "ops",
      "Reconciliations per second by controller and result.",
      [(f"sum by (controller, result) (rate(smtpfleet_operator_reconcile_total{{{OP}}}[{RATE}]))",
