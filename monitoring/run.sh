@@ -33,12 +33,13 @@ if [ -z "${KUBECONFIG:-}" ]; then
   # no real node (the nodes here run as processes on this machine).
   export SMTPFLEET_E2E_REAL_NODE=0
   export SMTPFLEET_E2E_WORK="${SMTPFLEET_MONITORING_WORK:-$(pwd)/.work}"
-  export SMTPFLEET_E2E_PORT="${SMTPFLEET_MONITORING_PORT:-27400}"
+  export SMTPFLEET_E2E_PORT="${SMTPFLEET_MONITORING_PORT:-24400}"
   trap '../e2e/cluster.sh down' EXIT
   ../e2e/cluster.sh up
   eval "$(../e2e/cluster.sh env)"
 fi
 
+go vet .
 set +e
 timeout --signal=TERM --kill-after=30 "$TIMEOUT" go test -count=1 -timeout "${TIMEOUT}s" -v . "$@"
 status=$?
