@@ -96,21 +96,26 @@ PANELS = [
      [(f"sum by (data_centre, pod) (smtpnode_replication_under_replicated_messages{{{N}}})",
        "{{data_centre}} {{pod}}")]),
     ("Takeovers and re-replication", "ops",
-     "Messages taken over from a node that left the view, given a new copy, or dropped "
-     "uncommitted (their writer left before 250).",
+     "Messages taken over from a node that left the view, given a new copy, dropped "
+     "uncommitted (their writer left before 250), and stale copies dropped.",
      [(f"sum by (data_centre) (rate(smtpnode_replication_takeovers_total{{{N}}}[{RATE}]))",
        "takeovers {{data_centre}}"),
       (f"sum by (data_centre) (rate(smtpnode_replication_rereplicated_total{{{N}}}[{RATE}]))",
        "re-replicated {{data_centre}}"),
       (f"sum by (data_centre) (rate(smtpnode_replication_discarded_total{{{N}}}[{RATE}]))",
-       "discarded {{data_centre}}")]),
+       "discarded {{data_centre}}"),
+      (f"sum by (data_centre) (rate(smtpnode_replication_stale_dropped_total{{{N}}}[{RATE}]))",
+       "stale dropped {{data_centre}}")]),
     ("Fenced nodes", "short",
      "1 while a node cannot renew its Lease: it delivers nothing and answers 451.",
      [(f"max by (data_centre, pod) (smtpnode_replication_fenced{{{N}}})", "{{data_centre}} {{pod}}")]),
-    ("Stale copies", "short",
-     "Copies kept on disk that the node may no longer act on (it left the view since "
-     "they were written).",
-     [(f"sum by (data_centre, pod) (smtpnode_replication_stale_copies{{{N}}})", "{{data_centre}} {{pod}}")]),
+    ("Stale and orphaned copies", "short",
+     "Stale: copies the node may no longer act on (it left the view since they were "
+     "written), dropped once a witness confirms the message done. Orphaned: stale copies "
+     "no live holder can vouch for; each may be a message's last copy.",
+     [(f"sum by (data_centre, pod) (smtpnode_replication_stale_copies{{{N}}})", "stale {{data_centre}} {{pod}}"),
+      (f"sum by (data_centre, pod) (smtpnode_replication_orphaned_copies{{{N}}})",
+       "orphaned {{data_centre}} {{pod}}")]),
     ("View epoch", "none",
      "The pool view's epoch as each node last read it: nodes that disagree for long "
      "cannot read the view.",
