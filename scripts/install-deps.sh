@@ -17,6 +17,7 @@ packages=(
   libio-socket-ssl-perl
   libauthen-sasl-perl
   python3 python3-aiosmtpd python3-dkim python3-dnspython python3-nacl
+  python3-matplotlib      # scripts/plot-dashboard.py: the README's dashboard picture
   knot knot-dnsutils      # authoritative DNS server (knotd, knotc) and kdig for MX / DKIM / SPF checks
   iproute2                # ip: network namespaces
   openssl ca-certificates curl

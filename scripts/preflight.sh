@@ -59,6 +59,7 @@ dns.resolver    python3-dnspython
 nacl.signing    python3-nacl
 smtplib         libpython3-stdlib
 ssl             libpython3-stdlib
+matplotlib      python3-matplotlib
 "
 # Perl modules swaks loads for STARTTLS and AUTH (swaks --support reports on them).
 PERL_MODULES="
@@ -67,7 +68,7 @@ IO::Socket::SSL libio-socket-ssl-perl
 Authen::SASL    libauthen-sasl-perl
 "
 # Programs the tests start that the project builds or the toolchain brings: not Debian's.
-NOT_DEBIAN="go cargo kubectl helm kwok etcd kube-apiserver crictl ctr operator smtp-node"
+NOT_DEBIAN="go cargo kubectl helm kwok etcd kube-apiserver crictl ctr operator smtp-node promtool prometheus"
 
 problems=()
 problem() { problems+=("$*"); }
@@ -186,8 +187,8 @@ done <<<"$PERL_MODULES"
 
 # Every program started by test code must be in the table (or be one the project builds).
 known=" $(echo "$PROGRAMS" | awk 'NF {print $1}' | tr '\n' ' ') $NOT_DEBIAN "
-started=$(grep -rhoE 'Command::new\("[^"]+"\)|exec\.Command(Context)?\((ctx, )?"[^"]+"|run\("[^"]*", "[^"]+"|run\("[^"]+", &\[' \
-  --include='*.rs' --include='*.go' operator smtp-node e2e 2>/dev/null \
+started=$(grep -rhoE 'Command::new\("[^"]+"\)|exec\.Command(Context)?\((ctx, )?"[^"]+"|run\("[^"]*", "[^"]+"|run\("[^"]+", &\[|must\(t, [a-z"]+, "[^"]+"|start\(t, "[^"]+", "[^"]+"' \
+  --include='*.rs' --include='*.go' operator smtp-node e2e monitoring 2>/dev/null \
   | sed -E 's/, &\[$//' | grep -oE '"[^"]*"\)?$' | tr -d '")' | sort -u)
 for program in $started; do
   case "$program" in ./*) continue ;; esac # a script of the project

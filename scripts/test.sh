@@ -53,6 +53,10 @@ step "cargo test"
 cargo test --workspace --locked --no-fail-fast
 step "CRDs and fixtures through Kubernetes' own validation code"
 cargo test -p smtpfleet-operator --locked --test crds -- --ignored api_server
+if [ "${SMTPFLEET_SKIP_MONITORING:-0}" != 1 ]; then
+  step "monitoring: the chart's alerts (promtool) and dashboard against a real Prometheus"
+  monitoring/run.sh
+fi
 if [ -x e2e/run.sh ] && [ "${SMTPFLEET_SKIP_E2E:-0}" != 1 ]; then
   step "e2e"
   e2e/run.sh

@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Writes the chart's Grafana dashboard, charts/smtpfleet/dashboards/smtpfleet.json.
+
+The panels are listed here once, as data; the JSON is generated so that every panel has
+the same layout, data source and variables. Only metrics that smtp-node and the operator
+export are used (monitoring/ tests check each name and label against a running node and
+operator, and that every query returns data from a real Prometheus).
+
+  scripts/dashboard.py           write the JSON
+  scripts/dashboard.py --check   fail if the JSON differs from what this script writes
+"""
+
+import json
+import pathlib
+import sys
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "charts/smtpfleet/dashboards/smtpfleet.json"
+
+# The nodes of the selected pools, as the chart's PodMonitor labels them.
+N = 'job="smtp-node", namespace=~"$namespace", pool=~"$pool", data_centre=~"$data_centre"'
+# The operator, as the chart's ServiceMonitor labels it.
+OP = 'job="smtpfleet-operator"'
+RATE = "$__rate_interval"
+
+# (title, unit, description, [(expr, legend)]) per panel; a string starts a row.
+PANELS = [
+    "Queue",
+    ("Queue depth by data centre", "short",
+     "Messages in the spools (smtpnode_spool_messages), summed per data centre.",
+     [(f"sum by (namespace, pool, data_centre) (smtpnode_spool_messages{{{N}}})",
+       "{{pool}} {{data_centre}}")]),
+    ("Queue depth by node", "short",
+     "Messages in each node's spool.",
+     [(f"sum by (data_centre, pod) (smtpnode_spool_messages{{{N}}})", "{{data_centre}} {{pod}}")]),
+    ("Oldest message by data centre", "s",
+     "Age of the oldest spooled message: grows while recipients are deferred.",
+     [(f"max by (namespace, pool, data_centre) (smtpnode_spool_oldest_message_age_seconds{{{N}}})",
+       "{{pool}} {{data_centre}}")]),
+    ("Oldest message by node", "s",
+     "Age of the oldest message in each node's spool.",
+     [(f"max by (data_centre, pod) (smtpnode_spool_oldest_message_age_seconds{{{N}}})",
+       "{{data_centre}} {{pod}}")]),
+    ("Queued for delivery by node", "short",
+     "Messages each node is responsible for delivering (scheduled or in flight).",
+     [(f"sum by (data_centre, pod) (smtpnode_outbound_queued_messages{{{N}}})",
+       "{{data_centre}} {{pod}}")]),
+    ("Nodes answering scrapes", "short",
+     "Nodes Prometheus scraped, per data centre. The desired replica count is not exported "
+     "as a metric: compare with kubectl get relaypool.",
+     [(f"sum by (namespace, pool, data_centre) (up{{{N}}})", "{{pool}} {{data_centre}}")]),
+    "Traffic",
+    ("Accepted messages", "ops",
+     "Messages answered 250 (durable), per second.",
+     [(f"sum by (data_centre) (rate(smtpnode_inbound_accepted_messages_total{{{N}}}[{RATE}]))",
+       "{{data_centre}}")]),
+    ("Recipients by result", "ops",
+     "Recipient delivery attempts per second: delivered, deferred (temporary failure), "
+     "bounced (permanent failure).",
+     [(f"sum by (result) (rate(smtpnode_outbound_recipients_total{{{N}}}[{RATE}]))", "{{result}}")]),
+    ("Deferred and bounced ratio", "percentunit",
+     "Share of recipient delivery attempts that were deferred or bounced.",
+     [(f'sum by (result) (rate(smtpnode_outbound_recipients_total{{{N}, result=~"deferred|bounced"}}[{RATE}]))'
+       f" / ignoring (result) group_left sum(rate(smtpnode_outbound_recipients_total{{{N}}}[{RATE}]))",
+       "{{result}}")]),
+    ("End of DATA to 250", "s",
+     "Time from the end of the message data to the 250 reply: the cost of making the "
+     "message durable (and replicated).",
+     [(f"histogram_quantile(0.5, sum by (le, data_centre) (rate(smtpnode_inbound_accept_latency_seconds_bucket{{{N}}}[{RATE}])))",
+       "p50 {{data_centre}}"),
+      (f"histogram_quantile(0.99, sum by (le, data_centre) (rate(smtpnode_inbound_accept_latency_seconds_bucket{{{N}}}[{RATE}])))",
+       "p99 {{data_centre}}")]),
+    ("Refused by reason", "ops",
+     "Commands and messages refused, per second, by reason (spool_full, not_replicated, "
+     "relay_denied, ...).",
+     [(f"sum by (reason) (rate(smtpnode_inbound_rejected_total{{{N}}}[{RATE}]))", "{{reason}}")]),
+    ("SMTP sessions", "short",
+     "Inbound SMTP sessions in progress.",
+     [(f"sum by (data_centre, pod) (smtpnode_inbound_active_sessions{{{N}}})", "{{data_centre}} {{pod}}")]),
+    ("Bounce reports", "ops",
+     "Delivery status notifications by result.",
+     [(f"sum by (result) (rate(smtpnode_outbound_dsn_total{{{N}}}[{RATE}]))", "{{result}}")]),
+    ("DKIM signing", "ops",
+     "Messages signed at delivery time, by result (no_key: the sender's domain has no key).",
+     [(f"sum by (result) (rate(smtpnode_outbound_dkim_signatures_total{{{N}}}[{RATE}]))", "{{result}}")]),
+    "TLS",
+    ("Outbound connections by TLS state", "ops",
+     "Outbound SMTP connections: tls, plaintext, or failed (connect, greeting, or a TLS "
+     "handshake the policy required; handshake failures are not counted apart).",
+     [(f"sum by (result) (rate(smtpnode_outbound_connections_total{{{N}}}[{RATE}]))", "{{result}}")]),
+    ("Inbound TLS handshakes", "ops",
+     "STARTTLS and implicit-TLS handshakes with clients, by result.",
+     [(f"sum by (result) (rate(smtpnode_inbound_tls_handshakes_total{{{N}}}[{RATE}]))", "{{result}}")]),
+    "Replication",
+    ("Under-replicated messages", "short",
+     "Held messages with fewer eligible copies than the replication factor.",
+     [(f"sum by (data_centre, pod) (smtpnode_replication_under_replicated_messages{{{N}}})",
+       "{{data_centre}} {{pod}}")]),
+    ("Takeovers and re-replication", "ops",
+     "Messages taken over from a node that left the view, given a new copy, dropped "
+     "uncommitted (their writer left before 250), and stale copies dropped.",
+     [(f"sum by (data_centre) (rate(smtpnode_replication_takeovers_total{{{N}}}[{RATE}]))",
+       "takeovers {{data_centre}}"),
+      (f"sum by (data_centre) (rate(smtpnode_replication_rereplicated_total{{{N}}}[{RATE}]))",
+       "re-replicated {{data_centre}}"),
+      (f"sum by (data_centre) (rate(smtpnode_replication_discarded_total{{{N}}}[{RATE}]))",
+       "discarded {{data_centre}}"),
+      (f"sum by (data_centre) (rate(smtpnode_replication_stale_dropped_total{{{N}}}[{RATE}]))",
+       "stale dropped {{data_centre}}")]),
+    ("Fenced nodes", "short",
+     "1 while a node cannot renew its Lease: it delivers nothing and answers 451.",
+     [(f"max by (data_centre, pod) (smtpnode_replication_fenced{{{N}}})", "{{data_centre}} {{pod}}")]),
+    ("Stale and orphaned copies", "short",
+     "Stale: copies the node may no longer act on (it left the view since they were "
+     "written), dropped once a witness confirms the message done. Orphaned: stale copies "
+     "no live holder can vouch for; each may be a message's last copy.",
+     [(f"sum by (data_centre, pod) (smtpnode_replication_stale_copies{{{N}}})", "stale {{data_centre}} {{pod}}"),
+      (f"sum by (data_centre, pod) (smtpnode_replication_orphaned_copies{{{N}}})",
+       "orphaned {{data_centre}} {{pod}}")]),
+    ("View epoch", "none",
+     "The pool view's epoch as each node last read it: nodes that disagree for long "
+     "cannot read the view.",
+     [(f"max by (data_centre, pod) (smtpnode_replication_view_epoch{{{N}}})", "{{data_centre}} {{pod}}")]),
+    "Nodes and operator",
+    ("Task failures", "short",
+     "Essential tasks of a node that failed over the dashboard's time range (0: none). The "
+     "node exits right after a failure, so a scrape may miss it: pod restarts are the other trace.",
+     [(f"sum by (data_centre, pod) (increase(smtpnode_task_failures_total{{{N}}}[$__range]))"
+       f" or sum by (data_centre, pod) (0 * smtpnode_spool_messages{{{N}}})",
+       "{{data_centre}} {{pod}}")]),
+    ("Operator reconciliations", "ops",
+     "Reconciliations per second by controller and result.",
+     [(f"sum by (controller, result) (rate(smtpfleet_operator_reconcile_total{{{OP}}}[{RATE}]))",
+       "{{controller}} {{result}}")]),
+    ("Operator reconcile errors", "ops",
+     "Failed reconciliations per second by controller and error category (0: none).",
+     [(f"sum by (controller, category) (rate(smtpfleet_operator_reconcile_errors_total{{{OP}}}[{RATE}]))"
+       f" or sum by (controller) (0 * rate(smtpfleet_operator_reconcile_total{{{OP}}}[{RATE}]))",
+       "{{controller}} {{category}}")]),
+    ("Operator reconcile duration (p99)", "s",
+     "99th percentile of the time one reconciliation takes, per controller.",
+     [(f"histogram_quantile(0.99, sum by (le, controller) (rate(smtpfleet_operator_reconcile_duration_seconds_bucket{{{OP}}}[{RATE}])))",
+       "{{controller}}")]),
+    ("Operator leader", "short",
+     "1 for the replica that holds the leader Lease and runs the controllers.",
+     [(f"max by (pod, instance) (smtpfleet_operator_leader{{{OP}}})", "{{pod}} {{instance}}")]),
+]
+
+
+def variable(name, label, query, all_value):
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "query": {"query": query, "refId": name},
+        "definition": query,
+        "refresh": 2,
+        "includeAll": True,
+        "multi": True,
+        "allValue": all_value,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+    }
+
+
+def dashboard():
+    panels = []
+    y = 0
+    x = 0
+    next_id = 1
+    for item in PANELS:
+        if isinstance(item, str):
+            if x:
+                y += 8
+                x = 0
+            panels.append({"id": next_id, "type": "row", "title": item, "collapsed": False,
+                           "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+            next_id += 1
+            y += 1
+            continue
+        title, unit, description, targets = item
+        panels.append({
+            "id": next_id,
+            "type": "timeseries",
+            "title": title,
+            "description": description,
+            "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "gridPos": {"h": 8, "w": 8, "x": x, "y": y},
+            "fieldConfig": {"defaults": {"unit": unit, "min": 0,
+                                         "custom": {"fillOpacity": 10, "showPoints": "never"}},
+                            "overrides": []},
+            "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                        "tooltip": {"mode": "multi", "sort": "desc"}},
+            "targets": [{"refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend,
+                         "datasource": {"type": "prometheus", "uid": "${datasource}"}}
+                        for i, (expr, legend) in enumerate(targets)],
+        })
+        next_id += 1
+        x += 8
+        if x == 24:
+            x = 0
+            y += 8
+    node_metric = 'smtpnode_spool_messages{job="smtp-node"}'
+    return {
+        "title": "smtpfleet",
+        "uid": "smtpfleet",
+        "description": "SMTP relay pools managed by smtpfleet: queue, traffic, TLS, replication, nodes and operator.",
+        "tags": ["smtpfleet", "smtp"],
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "30s",
+        "schemaVersion": 39,
+        "time": {"from": "now-6h", "to": "now"},
+        "timezone": "",
+        "links": [],
+        "annotations": {"list": []},
+        "templating": {"list": [
+            {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+             "current": {}, "hide": 0, "includeAll": False, "multi": False},
+            variable("namespace", "Namespace", f"label_values({node_metric}, namespace)", ".*"),
+            variable("pool", "Pool",
+                     'label_values(smtpnode_spool_messages{job="smtp-node", namespace=~"$namespace"}, pool)', ".+"),
+            variable("data_centre", "Data centre",
+                     'label_values(smtpnode_spool_messages{job="smtp-node", namespace=~"$namespace", pool=~"$pool"}, data_centre)',
+                     ".+"),
+        ]},
+        "panels": panels,
+    }
+
+
+def main():
+    text = json.dumps(dashboard(), indent=2) + "\n"
+    if sys.argv[1:] == ["--check"]:
+        if not OUT.exists() or OUT.read_text() != text:
+            sys.exit(f"{OUT} is out of date: run scripts/dashboard.py")
+        return
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
