@@ -2,6 +2,7 @@
 pub mod auth;
 pub mod config;
 pub mod dkim;
+pub mod domains;
 pub mod dsn;
 pub mod exit;
 pub mod http;
