@@ -485,6 +485,7 @@ async fn persist(
     for (selector, stored) in &keys {
         let Some(desired) = build_key_secret(
             &view.object.name,
+            &view.relay_pool,
             &view.object.namespace,
             &owner,
             &ring,

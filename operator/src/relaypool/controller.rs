@@ -15,7 +15,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -116,6 +117,11 @@ async fn all_ready(stores: &[PoolStore]) {
     }
 }
 
+/// Longest a pool's reconciliation waits after a trigger for more triggers to arrive:
+/// a thousand MailDomains applied at once become a handful of reconciliations of their
+/// pool rather than a thousand.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+
 fn controller(
     ctx: &Arc<Context>,
     namespace: Option<&str>,
@@ -128,20 +134,42 @@ fn controller(
     let controller = Controller::new(
         scoped::<RelayPool>(client, namespace),
         watcher::Config::default(),
-    );
+    )
+    .with_config(controller::Config::default().debounce(DEBOUNCE));
     let store = controller.store();
     let pools = store.clone();
+    // Children and Secrets are watched metadata-only (an `Api` of `PartialObjectMeta`
+    // asks the API server for metadata alone): the controller needs their owner
+    // references, names and labels to know which pool to reconcile, never their content
+    // (shards and key Secrets hold every domain's key; watching their data would grow
+    // the operator with every domain).
     let future = controller
-        .owns(scoped::<StatefulSet>(client, namespace), children.clone())
-        .owns(scoped::<Service>(client, namespace), children.clone())
-        .owns(scoped::<ConfigMap>(client, namespace), children.clone())
         .owns(
-            scoped::<PodDisruptionBudget>(client, namespace),
+            scoped::<PartialObjectMeta<StatefulSet>>(client, namespace),
             children.clone(),
         )
-        .owns(scoped::<ServiceAccount>(client, namespace), children)
+        .owns(
+            scoped::<PartialObjectMeta<Service>>(client, namespace),
+            children.clone(),
+        )
+        .owns(
+            scoped::<PartialObjectMeta<ConfigMap>>(client, namespace),
+            children.clone(),
+        )
+        .owns(
+            scoped::<PartialObjectMeta<PodDisruptionBudget>>(client, namespace),
+            children.clone(),
+        )
+        .owns(
+            scoped::<PartialObjectMeta<ServiceAccount>>(client, namespace),
+            children.clone(),
+        )
+        .owns(
+            scoped::<PartialObjectMeta<Secret>>(client, namespace),
+            children,
+        )
         .watches(
-            scoped::<Secret>(client, namespace),
+            scoped::<PartialObjectMeta<Secret>>(client, namespace),
             watcher::Config::default(),
             move |secret| pools_referencing_secret(&pools.state(), &secret),
         )
@@ -161,21 +189,25 @@ fn controller(
     (future, store)
 }
 
-/// The pools whose spec names `secret` (TLS or auth Secret), so that a Secret created
-/// after its pool clears the pool's `Degraded` condition without waiting for a resync.
-pub fn pools_referencing_secret(
+/// The pools a Secret matters to: those whose spec names it (TLS or auth Secret), so
+/// that a Secret created after its pool clears the pool's `Degraded` condition without
+/// waiting for a resync; and the pool a DKIM key Secret is labelled with, so that a
+/// replaced key reaches the pool's domain set at once.
+pub fn pools_referencing_secret<S: Resource>(
     pools: &[Arc<RelayPool>],
-    secret: &Secret,
+    secret: &S,
 ) -> Vec<ObjectRef<RelayPool>> {
     let name = secret.name_any();
     let namespace = secret.namespace();
+    let key_of = secret.labels().get(dereference::RELAY_POOL_LABEL).cloned();
     pools
         .iter()
         .filter(|pool| pool.namespace() == namespace)
         .filter(|pool| {
-            dereference::secret_refs(&pool.spec)
-                .iter()
-                .any(|(_, referenced)| *referenced == name)
+            key_of.as_deref() == Some(pool.name_any().as_str())
+                || dereference::secret_refs(&pool.spec)
+                    .iter()
+                    .any(|(_, referenced)| *referenced == name)
         })
         .map(|pool| ObjectRef::from_obj(pool.as_ref()))
         .collect()
@@ -266,6 +298,20 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     }
     let model = &validated.pool;
     let children = build::build(model)?;
+    let keys = dereference::domain_keys(
+        &ctx.client,
+        &model.identity.namespace,
+        &model.identity.name,
+        &model.domains,
+    )
+    .await?;
+    let domain_objects = build::domains::build(model, &keys);
+    // Before the StatefulSets: a new pool's nodes find their domains at start.
+    let shards_written =
+        apply::apply_domains(&ctx.client, &model.identity, &domain_objects).await?;
+    if shards_written > 0 {
+        tracing::info!(pool = %key(pool), shards = shards_written, domains = model.domains.len(), "domain set updated");
+    }
     let outcome = apply::apply_children(&ctx.client, &model.identity, &children).await?;
 
     let observed = status::observe_all(model, &outcome.statefulsets);
