@@ -144,8 +144,11 @@ fn the_domain_set_the_operator_writes_is_what_smtp_node_loads() {
             };
             let key = DkimKey::generate(algorithm).expect("key");
             let secret = format!("d{i}-dkim-s1");
-            keys.0
-                .insert(secret.clone(), key.private_key_pem.clone().into_bytes());
+            keys.insert(
+                secret.clone(),
+                key.private_key_pem.clone().into_bytes(),
+                None,
+            );
             SigningDomain {
                 object: format!("d{i}"),
                 domain: format!("d{i}.example.com"),

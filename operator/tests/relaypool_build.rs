@@ -647,10 +647,8 @@ fn node_configuration_is_rendered_into_the_config_map() {
     // Domains and keys are not in the configuration: nodes read the pool's domain set.
     assert_eq!(config.pool_domains.namespace, "mail");
     assert_eq!(config.pool_domains.pool, "outbound");
-    let keys = KeyMaterial(BTreeMap::from([(
-        "example-dkim-s2026".to_owned(),
-        b"PEM".to_vec(),
-    )]));
+    let mut keys = KeyMaterial::default();
+    keys.insert("example-dkim-s2026".to_owned(), b"PEM".to_vec(), None);
     let model = resolve(&pool, &refs).pool;
     let objects = domains::build(&model, &keys);
     assert_eq!(

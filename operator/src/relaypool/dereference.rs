@@ -243,17 +243,27 @@ pub async fn domain_keys(
             name: format!("DKIM keys of {pool}"),
             source,
         })?;
-    Ok(KeyMaterial(
-        list.items
-            .into_iter()
-            .filter_map(|secret| {
-                let name = secret.metadata.name.clone()?;
-                if !wanted.contains(name.as_str()) {
-                    return None;
-                }
-                let pem = secret.data?.remove(DKIM_PRIVATE_KEY)?;
-                Some((name, pem.0))
-            })
-            .collect(),
-    ))
+    let mut keys = KeyMaterial::default();
+    for secret in list.items {
+        let Some(name) = secret.metadata.name.clone() else {
+            continue;
+        };
+        if !wanted.contains(name.as_str()) {
+            continue;
+        }
+        let algorithm = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::maildomain::keys::ANN_ALGORITHM))
+            .and_then(|a| crate::dkim_keys::KeyAlgorithm::from_spec_name(a))
+            .map(|a| match a {
+                crate::dkim_keys::KeyAlgorithm::Rsa => DkimAlgorithm::Rsa,
+                crate::dkim_keys::KeyAlgorithm::Ed25519 => DkimAlgorithm::Ed25519,
+            });
+        if let Some(pem) = secret.data.and_then(|mut d| d.remove(DKIM_PRIVATE_KEY)) {
+            keys.insert(name, pem.0, algorithm);
+        }
+    }
+    Ok(keys)
 }

@@ -43,11 +43,28 @@ pub const SHARD_WARN_BYTES: usize = 768 * 1024;
 /// Kept apart from the [`Pool`] model so that key material never reaches its `Debug`
 /// output (and so logs).
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct KeyMaterial(pub BTreeMap<String, Vec<u8>>);
+pub struct KeyMaterial {
+    /// PEM private key by Secret name.
+    pub pems: BTreeMap<String, Vec<u8>>,
+    /// The algorithm the MailDomain controller recorded on the Secret, when it did. It
+    /// wins over the MailDomain spec: a key the user brings is whatever it is, whatever
+    /// `spec.dkim.algorithm` says.
+    pub algorithms: BTreeMap<String, DkimAlgorithm>,
+}
+
+impl KeyMaterial {
+    /// Adds the key in Secret `secret`.
+    pub fn insert(&mut self, secret: String, pem: Vec<u8>, algorithm: Option<DkimAlgorithm>) {
+        if let Some(algorithm) = algorithm {
+            self.algorithms.insert(secret.clone(), algorithm);
+        }
+        self.pems.insert(secret, pem);
+    }
+}
 
 impl fmt::Debug for KeyMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.0.keys()).finish()
+        f.debug_list().entries(self.pems.keys()).finish()
     }
 }
 
@@ -102,10 +119,11 @@ pub fn build(pool: &Pool, keys: &KeyMaterial) -> DomainObjects {
         .map(|d| DomainEntry {
             domain: d.domain.clone(),
             key: d.dkim.as_ref().and_then(|k| {
-                let pem = keys.0.get(&k.secret)?;
+                let pem = keys.pems.get(&k.secret)?;
+                let algorithm = keys.algorithms.get(&k.secret).unwrap_or(&k.algorithm);
                 Some((
                     k.selector.clone(),
-                    match k.algorithm {
+                    match algorithm {
                         DkimAlgorithm::Rsa => NodeAlgorithm::Rsa,
                         DkimAlgorithm::Ed25519 => NodeAlgorithm::Ed25519,
                     },

@@ -573,15 +573,12 @@ fn domains_and_key_rotation_are_reloaded_and_never_touch_the_pod_template() {
     );
     // The domain set follows: the rotated domain's shard changes, and only that one.
     let keys = |pool: &crate::relaypool::model::Pool| {
-        super::domains::KeyMaterial(
-            pool.domains
-                .iter()
-                .map(|d| {
-                    let k = d.dkim.as_ref().unwrap();
-                    (k.secret.clone(), k.selector.clone().into_bytes())
-                })
-                .collect(),
-        )
+        let mut keys = super::domains::KeyMaterial::default();
+        for d in &pool.domains {
+            let k = d.dkim.as_ref().unwrap();
+            keys.insert(k.secret.clone(), k.selector.clone().into_bytes(), None);
+        }
+        keys
     };
     let a = super::domains::build(&many, &keys(&many));
     let b = super::domains::build(&rotated, &keys(&rotated));
