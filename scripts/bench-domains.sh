@@ -25,7 +25,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SMTPFLEET_CACHE:-$HOME/.cache/smt
 export SMTPFLEET_E2E_REAL_NODE=0
 export SMTPFLEET_E2E_WORK="${SMTPFLEET_E2E_WORK:-/tmp/smtpfleet-bench-domains}"
 export SMTPFLEET_E2E_PORT="${SMTPFLEET_E2E_PORT:-27600}"
-NS=bench-domains
+NS=bench-domains-$(date +%s)
 POOL=bench
 
 echo "building the operator (release)..."
@@ -52,7 +52,6 @@ fi
 
 kubectl apply --server-side -f crds >/dev/null
 kubectl wait --for=condition=Established --timeout=60s crd/relaypools.smtpfleet.io crd/maildomains.smtpfleet.io >/dev/null
-kubectl delete namespace "$NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
 kubectl create namespace "$NS" >/dev/null
 
 dead_dns=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -574,8 +574,22 @@ async fn carry_out(
     persist(ctx, view, existing, ring, keys).await
 }
 
+/// Key generations running at once: one per CPU. A thousand MailDomains applied together
+/// would otherwise start a thousand blocking threads, each with its own allocator arena,
+/// and the operator's memory would follow for no gain in speed.
+fn keygen_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    })
+}
+
 /// RSA key generation takes a while: keep it off the async workers.
 async fn generate(algorithm: KeyAlgorithm) -> Result<DkimKey, Error> {
+    let _slot = keygen_slots()
+        .acquire()
+        .await
+        .map_err(|e| Error::Join(e.to_string()))?;
     tokio::task::spawn_blocking(move || DkimKey::generate(algorithm))
         .await
         .map_err(|e| Error::Join(e.to_string()))?

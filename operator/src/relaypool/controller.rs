@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -117,11 +117,6 @@ async fn all_ready(stores: &[PoolStore]) {
     }
 }
 
-/// Longest a pool's reconciliation waits after a trigger for more triggers to arrive:
-/// a thousand MailDomains applied at once become a handful of reconciliations of their
-/// pool rather than a thousand.
-const DEBOUNCE: Duration = Duration::from_millis(500);
-
 fn controller(
     ctx: &Arc<Context>,
     namespace: Option<&str>,
@@ -131,11 +126,14 @@ fn controller(
         "app.kubernetes.io/managed-by={}",
         meta::MANAGED_BY
     ));
+    // No debounce: MailDomain and key Secret events keep coming while a thousand
+    // domains are added, and a debounce would postpone the pool for as long as they do.
+    // Triggers that arrive while a pool is being reconciled coalesce into one run.
     let controller = Controller::new(
         scoped::<RelayPool>(client, namespace),
         watcher::Config::default(),
-    )
-    .with_config(controller::Config::default().debounce(DEBOUNCE));
+    );
+    let relevant = DomainFingerprints::default();
     let store = controller.store();
     let pools = store.clone();
     // Children and Secrets are watched metadata-only (an `Api` of `PartialObjectMeta`
@@ -176,7 +174,12 @@ fn controller(
         .watches(
             scoped::<MailDomain>(client, namespace),
             watcher::Config::default(),
-            |domain| pool_of_domain(&domain),
+            move |domain| {
+                relevant
+                    .changed(&domain)
+                    .then(|| pool_of_domain(&domain))
+                    .flatten()
+            },
         )
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())
@@ -211,6 +214,46 @@ pub fn pools_referencing_secret<S: Resource>(
         })
         .map(|pool| ObjectRef::from_obj(pool.as_ref()))
         .collect()
+}
+
+/// What of each MailDomain its pool's domain set depends on, as last seen, so that only
+/// a change of it triggers the pool. A MailDomain's status changes with every DNS check
+/// (`status.dns.checkedAt`); reconciling the pool for each would keep it busy for
+/// nothing while a thousand domains are checked. A deleted domain's key Secrets are
+/// deleted with it, and their events (labelled with the pool) trigger the pool.
+#[derive(Default)]
+pub struct DomainFingerprints(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+impl DomainFingerprints {
+    /// Records `domain`'s fingerprint; whether it differs from the last one seen.
+    pub fn changed(&self, domain: &MailDomain) -> bool {
+        use std::hash::{Hash, Hasher};
+        let bound = domain.status.as_ref().map(|s| {
+            (
+                crate::api::conditions::is_true(
+                    &s.conditions,
+                    crate::api::mail_domain::condition_types::POOL_BOUND,
+                ),
+                s.dkim.as_ref().map(|d| (&d.selector, &d.public_key)),
+            )
+        });
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (
+            &domain.spec.domain,
+            &domain.spec.relay_pool_ref.name,
+            domain.metadata.deletion_timestamp.is_some(),
+            bound,
+        )
+            .hash(&mut hasher);
+        let fingerprint = hasher.finish();
+        let key = format!(
+            "{}/{}",
+            domain.namespace().unwrap_or_default(),
+            domain.name_any()
+        );
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.insert(key, fingerprint) != Some(fingerprint)
+    }
 }
 
 /// The pool a MailDomain binds to. A domain moved to another pool triggers the new
@@ -424,6 +467,33 @@ mod tests {
         assert_eq!(names(&secret("users", "mail")), ["mail/auth"]);
         assert_eq!(names(&secret("smtp-tls", "other")), ["other/elsewhere"]);
         assert!(names(&secret("unrelated", "mail")).is_empty());
+    }
+
+    #[test]
+    fn only_changes_the_domain_set_depends_on_trigger_the_pool() {
+        let domain = |selector: &str, checked_at: &str| -> MailDomain {
+            serde_yaml::from_str(&format!(
+                "apiVersion: smtpfleet.io/v1alpha1\nkind: MailDomain\n\
+                 metadata: {{name: example, namespace: mail}}\n\
+                 spec: {{domain: example.com, relayPoolRef: {{name: outbound}}}}\n\
+                 status: {{dkim: {{selector: {selector}, publicKey: abc}}, \
+                 dns: {{checkedAt: '{checked_at}'}}}}\n"
+            ))
+            .unwrap()
+        };
+        let seen = DomainFingerprints::default();
+        assert!(
+            seen.changed(&domain("s1", "2026-01-01T00:00:00Z")),
+            "first sight"
+        );
+        assert!(
+            !seen.changed(&domain("s1", "2026-01-01T00:10:00Z")),
+            "a DNS check alone"
+        );
+        assert!(
+            seen.changed(&domain("s2", "2026-01-01T00:10:00Z")),
+            "a rotation"
+        );
     }
 
     #[test]
