@@ -18,8 +18,9 @@ fi
 # SMTPFLEET_OPERATOR_BIN names an operator binary built elsewhere, to test it as it is.
 if [ -z "${SMTPFLEET_OPERATOR_BIN:-}" ]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SMTPFLEET_CACHE:-$HOME/.cache/smtpfleet}/target}"
-  (cd .. && cargo build -q -p smtpfleet-operator --bin operator)
+  (cd .. && cargo build -q -p smtpfleet-operator --bin operator -p smtp-node --bin smtp-node)
   export SMTPFLEET_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/operator"
+  export SMTPFLEET_NODE_BIN="${SMTPFLEET_NODE_BIN:-$CARGO_TARGET_DIR/debug/smtp-node}"
 fi
 export SMTPFLEET_REPO="$(cd .. && pwd)"
 

@@ -51,12 +51,19 @@ async fn main() -> ExitCode {
 /// The controllers run while this replica leads; any one ending ends the run, named.
 async fn controllers(ctx: Context) -> Result<(), ControllerError> {
     let pools = Arc::new(relaypool::Context::from_runtime(&ctx));
-    let domains = Arc::new(maildomain::Context::from_flags(
-        ctx.client.clone(),
-        ctx.dns.nameservers.clone(),
-        ctx.dns.query_rate.get(),
-        ctx.namespaces.clone(),
-    )?);
+    let domains = Arc::new(
+        maildomain::Context::from_flags(
+            ctx.client.clone(),
+            ctx.dns.nameservers.clone(),
+            ctx.dns.query_rate.get(),
+            ctx.namespaces.clone(),
+        )?
+        .with_schedule(smtpfleet_operator::dns::CheckSchedule {
+            verified_interval: ctx.dns.verified_interval,
+            unverified_interval: ctx.dns.unverified_interval,
+            ..smtpfleet_operator::dns::CheckSchedule::default()
+        }),
+    );
     let certificates = Arc::new(certificate::Context::new(
         ctx.client.clone(),
         ctx.namespaces.clone(),

@@ -278,6 +278,7 @@ fn harness(dns: std::net::SocketAddr) -> Harness {
             unverified_interval: Duration::ZERO,
             jitter: 0.0,
             unverified_max_ttl_wait: Duration::ZERO,
+            verified_max_ttl_wait: Duration::from_secs(6 * 3600),
             min_interval: Duration::ZERO,
             max_interval: Duration::from_secs(6 * 3600),
         })

@@ -166,3 +166,107 @@ fn every_file_the_config_names_is_mounted_and_pools_get_what_replication_needs()
     }
     assert!(replicated > 0, "a fixture with replicationFactor > 1");
 }
+
+/// Every node is pointed at its pool's domain set, and the domain set the operator
+/// writes is one smtp-node itself reads: its own shard parser and set builder load every
+/// domain, sign with the keys the MailDomain controller generates, and the Role lets
+/// the node read exactly the objects it fetches.
+#[test]
+fn the_domain_set_the_operator_writes_is_what_smtp_node_loads() {
+    use smtp_node::domains::set::{assemble, parse_shard};
+    use smtpfleet_operator::dkim_keys::{DkimKey, KeyAlgorithm};
+    use smtpfleet_operator::relaypool::build::domains::{self, KeyMaterial};
+    use smtpfleet_operator::relaypool::build::rbac;
+    use smtpfleet_operator::relaypool::model::{DkimAlgorithm, DkimKey as PoolKey, SigningDomain};
+
+    let (path, pool) = pools().into_iter().next().expect("a fixture");
+    let mut model = validate(&pool, &refs_for(&pool), "smtp-node:test")
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .pool;
+    let config = smtp_node::config::Config::from_yaml(
+        &build(&model)
+            .expect("builds")
+            .config_map
+            .data
+            .expect("data")[CONFIG_KEY],
+    )
+    .expect("smtp-node accepts the configuration");
+    let source = config
+        .pool_domains
+        .expect("nodes follow the pool's domain set");
+    assert_eq!(source.pool, model.identity.name);
+    assert_eq!(source.namespace, model.identity.namespace);
+
+    let mut keys = KeyMaterial::default();
+    model.domains = (0..40)
+        .map(|i| {
+            let algorithm = if i % 10 == 0 {
+                KeyAlgorithm::Rsa
+            } else {
+                KeyAlgorithm::Ed25519
+            };
+            let key = DkimKey::generate(algorithm).expect("key");
+            let secret = format!("d{i}-dkim-s1");
+            keys.insert(
+                secret.clone(),
+                key.private_key_pem.clone().into_bytes(),
+                None,
+            );
+            SigningDomain {
+                object: format!("d{i}"),
+                domain: format!("d{i}.example.com"),
+                dkim: (i != 7).then(|| PoolKey {
+                    selector: "s1".into(),
+                    algorithm: match algorithm {
+                        KeyAlgorithm::Rsa => DkimAlgorithm::Rsa,
+                        KeyAlgorithm::Ed25519 => DkimAlgorithm::Ed25519,
+                    },
+                    secret,
+                    secret_key: "private.key".into(),
+                }),
+            }
+        })
+        .collect();
+    let objects = domains::build(&model, &keys);
+    let role = rbac::role(&model);
+    let rules = role.rules.expect("rules");
+    let readable = |resource: &str| -> Vec<String> {
+        rules
+            .iter()
+            .filter(|r| r.resources.as_deref() == Some(&[resource.to_owned()][..]))
+            .flat_map(|r| r.resource_names.clone().unwrap_or_default())
+            .collect()
+    };
+    assert_eq!(
+        readable("configmaps"),
+        [objects.index.metadata.name.clone().expect("name")]
+    );
+    let mut parsed = Vec::new();
+    for (secret, digest) in &objects.shards {
+        let name = secret.metadata.name.clone().expect("name");
+        assert!(readable("secrets").contains(&name), "{name} is readable");
+        let data = secret
+            .data
+            .clone()
+            .expect("data")
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        assert_eq!(smtp_node::domains::shard::digest(&data), *digest);
+        let (shard, rejected) = parse_shard(&name, &data, None).expect("the index parses");
+        assert!(rejected.is_empty(), "{rejected:?}");
+        parsed.push(shard);
+    }
+    let set = assemble(&parsed);
+    assert_eq!(set.domain_count(), 40);
+    assert_eq!(
+        set.key_count(),
+        39,
+        "d7 has no key yet and is served unsigned"
+    );
+    assert!(set.serves("d7.example.com"));
+    assert_eq!(
+        set.signer("d10.example.com").map(|s| s.selector()),
+        Some("s1")
+    );
+}

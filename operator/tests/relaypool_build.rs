@@ -11,8 +11,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use relaypool_support::fixture;
+use smtp_node::domains::shard::{INDEX_KEY, ShardIndex};
+use smtp_node::outbound::DkimAlgorithm as NodeAlgorithm;
 use smtpfleet_operator::api::RelayPool;
 use smtpfleet_operator::relaypool::apply::orphans;
+use smtpfleet_operator::relaypool::build::domains::{self, KeyMaterial};
 use smtpfleet_operator::relaypool::build::layout::CONFIG_KEY;
 use smtpfleet_operator::relaypool::build::node_config::{ListenerTls, NodeConfig};
 use smtpfleet_operator::relaypool::build::{Children, build};
@@ -641,54 +644,54 @@ fn node_configuration_is_rendered_into_the_config_map() {
         config.relay.users_file.as_deref(),
         Some("/etc/smtp-node/auth/users")
     );
-    assert_eq!(config.relay.domains, ["example.com", "fresh.example"]);
-    assert_eq!(config.dkim.len(), 1, "only domains with a key sign");
-    let dkim = &config.dkim[0];
+    // Domains and keys are not in the configuration: nodes read the pool's domain set.
+    assert_eq!(config.pool_domains.namespace, "mail");
+    assert_eq!(config.pool_domains.pool, "outbound");
+    let mut keys = KeyMaterial::default();
+    keys.insert("example-dkim-s2026".to_owned(), b"PEM".to_vec(), None);
+    let model = resolve(&pool, &refs).pool;
+    let objects = domains::build(&model, &keys);
     assert_eq!(
-        (
-            dkim.domain.as_str(),
-            dkim.selector.as_str(),
-            dkim.algorithm.as_str()
-        ),
-        ("example.com", "s2026", "ed25519")
+        objects.index.metadata.name.as_deref(),
+        Some("outbound-domains")
     );
+    let mut served = Vec::new();
+    for (secret, digest) in &objects.shards {
+        let data = secret.data.as_ref().unwrap();
+        let name = secret.metadata.name.clone().unwrap();
+        assert_eq!(objects.index.data.as_ref().unwrap()[&name], *digest);
+        let index: ShardIndex = serde_yaml::from_slice(&data[INDEX_KEY].0).unwrap();
+        for d in index.domains {
+            if let Some(k) = &d.dkim {
+                assert_eq!(
+                    (k.selector.as_str(), k.algorithm),
+                    ("s2026", NodeAlgorithm::Ed25519)
+                );
+                assert_eq!(data[&k.key].0, b"PEM", "the key travels in the same shard");
+            }
+            served.push((d.domain, d.dkim.is_some()));
+        }
+    }
+    served.sort();
     assert_eq!(
-        dkim.private_key_file,
-        "/etc/smtp-node/dkim/example.com_s2026.key"
+        served,
+        [
+            ("example.com".to_owned(), true),
+            ("fresh.example".to_owned(), false)
+        ],
+        "a domain without a key yet is served unsigned"
     );
-    // The key file is where the StatefulSet mounts the Secret's key.
-    let sts = &children.statefulsets[0];
-    let mount = node(sts)
-        .volume_mounts
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|m| m.name == "dkim")
-        .unwrap();
-    let projected = pod(sts)
-        .volumes
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|v| v.name == "dkim")
-        .unwrap();
-    let item = &projected
-        .projected
-        .as_ref()
-        .unwrap()
-        .sources
-        .as_ref()
-        .unwrap()[0]
-        .secret
-        .as_ref()
-        .unwrap()
-        .items
-        .as_ref()
-        .unwrap()[0];
-    assert_eq!(
-        format!("{}/{}", mount.mount_path, item.path),
-        dkim.private_key_file
-    );
+    for sts in &children.statefulsets {
+        assert!(
+            pod(sts)
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|v| v.projected.is_none()),
+            "no per-domain volume"
+        );
+    }
 
     assert_eq!(config.limits.max_message_size, 50 * 1024 * 1024);
     assert_eq!(config.limits.max_recipients, 500);
@@ -719,7 +722,6 @@ fn scaling_changes_neither_the_config_nor_its_hash() {
     // A pool without users or keys renders neither.
     let config = rendered(&children_of("minimal.yaml"));
     assert!(config.relay.users_file.is_none());
-    assert!(config.dkim.is_empty());
     assert_eq!(config.replication.factor, 1);
     assert_eq!(
         config.delivery.retry_schedule,

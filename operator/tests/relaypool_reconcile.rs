@@ -8,13 +8,15 @@ mod relaypool_support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
 use http::Method;
 use kube::runtime::controller::Action;
 use relaypool_support::reconcile::{
-    condition, grouped, pool_path, serve_apply, serve_children, serve_events, serve_mail_domains,
-    serve_secret, serve_statefulsets, serve_status_patch, settled_status, tls_secret,
+    condition, grouped, pool_path, serve_apply, serve_children, serve_domain_set, serve_events,
+    serve_mail_domains, serve_secret, serve_statefulsets, serve_status_patch, settled_status,
+    tls_secret,
 };
-use relaypool_support::{ApiServer, STEP_TIMEOUT, fixture, mock_client};
+use relaypool_support::{ApiServer, STEP_TIMEOUT, fixture, list, mock_client};
 use serde_json::{Value, json};
 use smtpfleet_operator::api::RelayPool;
 use smtpfleet_operator::relaypool::{
@@ -502,7 +504,7 @@ async fn removed_data_centre_statefulset_is_deleted() {
 }
 
 #[tokio::test]
-async fn bound_mail_domains_mount_their_active_dkim_keys() {
+async fn bound_mail_domains_reach_the_domain_set_not_the_pod_template() {
     let pool = fixture("single.yaml");
     let (mut server, _ctx, task) = start(&pool);
     serve_secret(
@@ -539,7 +541,45 @@ async fn bound_mail_domains_mount_their_active_dkim_keys() {
         "metadata": {"name": "other", "namespace": NS},
         "spec": {"domain": "other.org", "relayPoolRef": {"name": "another-pool"}},
     });
-    serve_mail_domains(&mut server, NS, "relay", vec![domain, contested, foreign]).await;
+    let exchange = server
+        .expect(
+            Method::GET,
+            &format!("/apis/smtpfleet.io/v1alpha1/namespaces/{NS}/maildomains"),
+        )
+        .await;
+    exchange.ok(&list(
+        "smtpfleet.io/v1alpha1",
+        "MailDomain",
+        vec![domain, contested, foreign],
+    ));
+    let key = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "example-dkim-s2026", "namespace": NS,
+                     "labels": {"smtpfleet.io/relay-pool": "relay"}},
+        "data": {"private.key": "UEVN", "public.key": "UFVC"},
+    });
+    let set = serve_domain_set(&mut server, NS, "relay", Some(vec![key])).await;
+    assert_eq!(set.shards.len(), 1, "one bound domain, one shard");
+    let shard = &set.shards[0];
+    let name = shard["metadata"]["name"].as_str().unwrap().to_owned();
+    assert!(name.starts_with("relay-domains-"), "{name}");
+    assert_eq!(shard["metadata"]["ownerReferences"][0]["kind"], "RelayPool");
+    assert_eq!(
+        shard["data"]["example.com_s2026.key"], "UEVN",
+        "the active key is copied"
+    );
+    let index = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(shard["data"]["domains.yaml"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(index.contains("domain: example.com"), "{index}");
+    assert!(!index.contains("contested"), "{index}");
+    assert!(
+        set.index["data"][&name].is_string(),
+        "the index lists the shard's digest"
+    );
     serve_statefulsets(&mut server, NS, "relay", vec![]).await;
     let applied = serve_children(
         &mut server,
@@ -551,19 +591,13 @@ async fn bound_mail_domains_mount_their_active_dkim_keys() {
     )
     .await;
     let volumes = applied.statefulsets[0].1["spec"]["template"]["spec"]["volumes"].clone();
-    let dkim = volumes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "dkim")
-        .expect("a dkim volume");
-    assert_eq!(
-        dkim["projected"]["sources"],
-        json!([{"secret": {
-            "name": "example-dkim-s2026",
-            "items": [{"key": "private.key", "path": "example.com_s2026.key"}],
-            "optional": true,
-        }}])
+    assert!(
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v.get("projected").is_none()),
+        "no per-domain volume: {volumes}"
     );
     serve_status_patch(&mut server, NS, &json_of(&pool)).await;
     serve_events(&mut server, NS, 1).await;

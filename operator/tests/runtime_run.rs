@@ -87,6 +87,8 @@ fn config(identity: &str, election: bool) -> RuntimeConfig {
         dns: DnsSettings {
             nameservers: Vec::new(),
             query_rate: NonZeroU32::new(20).unwrap(),
+            verified_interval: Duration::from_secs(600),
+            unverified_interval: Duration::from_secs(60),
         },
         node_image: "smtp-node:test".into(),
     }

@@ -55,6 +55,25 @@ pub struct Config {
     /// DKIM signing keys, one per signing domain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dkim: Vec<DkimConfig>,
+    /// The pool's domain set in the API server (written by the operator): served sender
+    /// domains and their DKIM keys, reloaded while the node runs, in addition to
+    /// `relay.domains` and `dkim[]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_domains: Option<PoolDomainsConfig>,
+}
+
+/// Where a pool's domain set lives (see [`crate::domains`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolDomainsConfig {
+    /// Namespace of the pool.
+    pub namespace: String,
+    /// The pool's name: the index is the ConfigMap `<pool>-domains`, the shards the
+    /// Secrets `<pool>-domains-00` to `-63`.
+    pub pool: String,
+    /// A kubeconfig file; absent, the pod's service account is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Where a node learns its name and data centre: given directly (standalone), or read
@@ -565,6 +584,14 @@ impl Config {
                 err("dkim", problem);
             }
         }
+        if let Some(pool) = &self.pool_domains {
+            if pool.namespace.is_empty() {
+                err("poolDomains.namespace", "must not be empty".into());
+            }
+            if pool.pool.is_empty() {
+                err("poolDomains.pool", "must not be empty".into());
+            }
+        }
         if let Some(replication) = &self.replication {
             if replication.factor == 0 {
                 err("replication.factor", "must be at least 1".into());
@@ -580,7 +607,7 @@ impl Config {
     /// Warnings that do not stop the node but deserve a line in the log.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.relay.domains.is_empty() {
+        if self.relay.domains.is_empty() && self.pool_domains.is_none() {
             out.push(
                 "relay.domains is empty: every MAIL FROM will be refused (550 5.7.1) until \
                  the node serves a sender domain"

@@ -12,7 +12,9 @@
 //!
 //! Key files are re-read when their modification time changes (a Kubernetes Secret
 //! update swaps the file); a replacement that cannot be parsed is ignored with a warning
-//! and the previous key keeps signing.
+//! and the previous key keeps signing. In a pool the keys come from the pool's domain
+//! set instead ([`crate::domains`]), which is reloaded as a whole; each message is signed
+//! from one snapshot of it.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -24,6 +26,7 @@ use mail_auth::dkim::{Canonicalization, Done};
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
+use crate::domains::DomainState;
 use crate::outbound::config::{DkimAlgorithm, DkimConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -178,10 +181,11 @@ fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// The configured signing keys.
+/// The configured signing keys, and the pool's when the node follows a pool's domain set.
 #[derive(Default)]
 pub struct DkimKeyring {
     entries: Vec<Entry>,
+    pool_domains: Option<Arc<DomainState>>,
 }
 
 impl std::fmt::Debug for DkimKeyring {
@@ -218,25 +222,46 @@ impl DkimKeyring {
                 })
             })
             .collect::<Result<Vec<_>, DkimError>>()?;
-        Ok(Self { entries })
+        Ok(Self {
+            entries,
+            pool_domains: None,
+        })
     }
 
+    /// Also signs with the keys of the pool's domain set in force at each message.
+    pub fn with_pool_domains(mut self, state: Arc<DomainState>) -> Self {
+        self.pool_domains = Some(state);
+        self
+    }
+
+    /// Whether no key is configured (so unsigned mail is expected, not counted).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+            && self
+                .pool_domains
+                .as_ref()
+                .is_none_or(|state| state.current().key_count() == 0)
     }
 
     /// Signers for a domain: those of the most specific configured domain that equals it
-    /// or is one of its parents.
+    /// or is one of its parents (configured keys first, then the pool's).
     pub fn signers_for(&self, domain: &str) -> Vec<Arc<DkimSigner>> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        // One snapshot for the whole lookup: a reload meanwhile cannot mix two sets.
+        let pool = self.pool_domains.as_ref().map(|state| state.current());
         let mut candidate = domain.as_str();
         loop {
-            let matching: Vec<Arc<DkimSigner>> = self
+            let mut matching: Vec<Arc<DkimSigner>> = self
                 .entries
                 .iter()
                 .filter(|e| e.config.domain.eq_ignore_ascii_case(candidate))
                 .map(Entry::signer)
                 .collect();
+            if matching.is_empty()
+                && let Some(signer) = pool.as_ref().and_then(|set| set.signer(candidate))
+            {
+                matching.push(signer.clone());
+            }
             if !matching.is_empty() {
                 return matching;
             }
@@ -250,7 +275,7 @@ impl DkimKeyring {
     /// Signs a message for its author domain (`From:`), or the envelope sender's domain
     /// when the message has no usable `From:`.
     pub fn sign_message(&self, message: &[u8], envelope_sender: &str) -> Signing {
-        if self.entries.is_empty() {
+        if self.entries.is_empty() && self.pool_domains.is_none() {
             return Signing::NoKey;
         }
         let domain = author_domain(message).or_else(|| {

@@ -3,6 +3,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod dkim;
+pub mod domains;
 pub mod dsn;
 pub mod exit;
 pub mod http;

@@ -252,3 +252,44 @@ impl ReplicationMetrics {
         m
     }
 }
+
+/// The pool's domain set (see [`crate::domains`]). Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct DomainMetrics {
+    /// Builds of the domain set, by result (`ok`, or `failed` when a shard could not be
+    /// fetched or read and its previous version stayed in force).
+    pub reloads: Family<ResultLabel, Counter>,
+    /// Keys refused at load (unparsable, missing, wrong algorithm); the rest still load.
+    pub keys_rejected: Counter,
+    /// Domains served now.
+    pub domains: Gauge,
+    /// Domains with a usable signing key now.
+    pub keys: Gauge,
+}
+
+impl DomainMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "domains_reloads",
+            "Builds of the pool's domain set, by result",
+            metrics.reloads.clone(),
+        );
+        registry.register(
+            "dkim_keys_rejected",
+            "DKIM keys refused when the domain set was loaded (the domain keeps its previous key)",
+            metrics.keys_rejected.clone(),
+        );
+        registry.register(
+            "domains_served",
+            "Sender domains served from the pool's domain set",
+            metrics.domains.clone(),
+        );
+        registry.register(
+            "dkim_keys_loaded",
+            "Domains of the pool's domain set with a usable DKIM key",
+            metrics.keys.clone(),
+        );
+        metrics
+    }
+}

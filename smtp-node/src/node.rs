@@ -21,6 +21,7 @@ use crate::admin::{Admin, AdminParts};
 use crate::auth::{AuthError, UserDb};
 use crate::config::{Config, ConfigError};
 use crate::dkim::{DkimError, DkimKeyring};
+use crate::domains::{self, DomainState, DomainsError};
 use crate::exit;
 use crate::http::{self, HttpError, HttpState, Readiness};
 use crate::inbound::{self, CertError, CertStore, ServerError, Shared};
@@ -63,6 +64,8 @@ pub enum NodeError {
     Http(#[from] HttpError),
     #[error(transparent)]
     Replication(#[from] crate::replication::wiring::SetupError),
+    #[error(transparent)]
+    Domains(#[from] DomainsError),
     /// The node started, then an essential task failed (or failed while stopping).
     #[error(transparent)]
     Task(#[from] TaskFailure),
@@ -124,6 +127,7 @@ impl Node {
         let outbound_metrics = OutboundMetrics::register(&mut registry);
         let task_failures = metrics::register_task_failures(&mut registry);
         let replication_metrics = metrics::ReplicationMetrics::register(&mut registry);
+        let domain_metrics = metrics::DomainMetrics::register(&mut registry);
 
         let spool = open_spool(&config, &spool_metrics)?;
 
@@ -135,7 +139,22 @@ impl Node {
             .map(UserDb::load)
             .transpose()?
             .map(Arc::new);
-        let keyring = Arc::new(DkimKeyring::load(&config.dkim)?);
+        let mut keyring = DkimKeyring::load(&config.dkim)?;
+        let mut policy = RelayPolicy::new(&config.relay);
+        let pool_domains = match &config.pool_domains {
+            Some(source) => {
+                let state = DomainState::new();
+                keyring = keyring.with_pool_domains(state.clone());
+                policy = policy.with_pool_domains(state.clone());
+                Some((
+                    source.clone(),
+                    domains::source::client(source).await?,
+                    state,
+                ))
+            }
+            None => None,
+        };
+        let keyring = Arc::new(keyring);
         let node = NodeId(identity.name.clone());
         let prepared = wiring::prepare(&config, &identity, spool.clone(), |var| {
             std::env::var(var).ok()
@@ -196,6 +215,22 @@ impl Node {
                 stop.clone(),
                 SHORT_GRACE,
                 watch_certificate(store, inbound_metrics.clone(), stop),
+            );
+        }
+        if let Some((source, client, state)) = pool_domains {
+            let stop = CancellationToken::new();
+            tasks.spawn(
+                "domains",
+                stop.clone(),
+                SHORT_GRACE,
+                domains::run(
+                    source,
+                    client,
+                    state,
+                    domain_metrics,
+                    readiness.clone(),
+                    stop,
+                ),
             );
         }
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
@@ -271,7 +306,7 @@ impl Node {
         let shared = Arc::new(Shared {
             hostname: config.hostname.clone(),
             limits: config.limits.clone(),
-            policy: RelayPolicy::new(&config.relay),
+            policy,
             users,
             certs,
             spool: replicated.clone(),

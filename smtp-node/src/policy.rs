@@ -12,8 +12,10 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::config::{Network, RelayConfig};
+use crate::domains::DomainState;
 
 /// Why a command or message is refused; each maps to one reply and one metric label.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,8 +24,11 @@ pub enum Refusal {
     AuthRequired,
     /// Not in an allowed network and not authenticated.
     RelayDenied { client: IpAddr },
-    /// MAIL FROM domain not in `relay.domains`.
+    /// MAIL FROM domain not in `relay.domains` nor in the pool's domain set.
     SenderDomainNotServed { domain: String },
+    /// The pool's domain set is not loaded yet: a temporary refusal, so that a starting
+    /// node never bounces mail for a domain it is about to serve.
+    DomainsNotLoaded,
     /// Declared (SIZE=) or actual size over `limits.maxMessageSize`.
     MessageTooBig { max: u64 },
     /// RCPT past `limits.maxRecipients`.
@@ -37,6 +42,7 @@ impl Refusal {
             Self::AuthRequired => "auth_required",
             Self::RelayDenied { .. } => "relay_denied",
             Self::SenderDomainNotServed { .. } => "sender_domain",
+            Self::DomainsNotLoaded => "domains_not_loaded",
             Self::MessageTooBig { .. } => "size",
             Self::TooManyRecipients { .. } => "too_many_recipients",
         }
@@ -57,6 +63,8 @@ pub struct Client {
 pub struct RelayPolicy {
     networks: Vec<Network>,
     domains: HashSet<String>,
+    /// The pool's domain set, reloaded while the node runs; `None` on a standalone node.
+    pool_domains: Option<Arc<DomainState>>,
 }
 
 impl RelayPolicy {
@@ -64,7 +72,14 @@ impl RelayPolicy {
         Self {
             networks: config.allowed_networks.clone(),
             domains: config.domains.iter().map(|d| normalize_domain(d)).collect(),
+            pool_domains: None,
         }
+    }
+
+    /// Also serves the domains of `state`, whatever set is in force at each MAIL FROM.
+    pub fn with_pool_domains(mut self, state: Arc<DomainState>) -> Self {
+        self.pool_domains = Some(state);
+        self
     }
 
     /// Rule 1: may this client relay at all?
@@ -91,13 +106,22 @@ impl RelayPolicy {
             return Ok(());
         }
         let domain = address_domain(reverse_path).unwrap_or("");
-        if self.domains.contains(&normalize_domain(domain)) {
-            Ok(())
-        } else {
-            Err(Refusal::SenderDomainNotServed {
-                domain: domain.to_string(),
-            })
+        let normalized = normalize_domain(domain);
+        if self.domains.contains(&normalized) {
+            return Ok(());
         }
+        if let Some(state) = &self.pool_domains {
+            let set = state.current();
+            if set.serves(&normalized) {
+                return Ok(());
+            }
+            if !set.is_loaded() {
+                return Err(Refusal::DomainsNotLoaded);
+            }
+        }
+        Err(Refusal::SenderDomainNotServed {
+            domain: domain.to_string(),
+        })
     }
 }
 

@@ -95,6 +95,9 @@ pub struct CheckSchedule {
     /// While unverified, the longest a TTL may push the next check out: a day-long
     /// negative TTL on a missing record should not hide the fix for a day.
     pub unverified_max_ttl_wait: Duration,
+    /// While verified, the longest a TTL may push the next check out: records with
+    /// day-long TTLs must not hide a breakage for a day either.
+    pub verified_max_ttl_wait: Duration,
     pub min_interval: Duration,
     pub max_interval: Duration,
 }
@@ -102,10 +105,13 @@ pub struct CheckSchedule {
 impl Default for CheckSchedule {
     fn default() -> Self {
         Self {
-            verified_interval: Duration::from_secs(3600),
+            // A broken record of a verified domain shows within 11 minutes (10 plus the
+            // jitter), 15 at most when its TTL is longer.
+            verified_interval: Duration::from_secs(600),
             unverified_interval: Duration::from_secs(60),
             jitter: 0.1,
             unverified_max_ttl_wait: Duration::from_secs(900),
+            verified_max_ttl_wait: Duration::from_secs(900),
             min_interval: Duration::from_secs(10),
             max_interval: Duration::from_secs(6 * 3600),
         }
@@ -131,7 +137,7 @@ pub fn next_check_delay(
         1.0 + schedule.jitter.clamp(0.0, 1.0) * (2.0 * jitter_sample.clamp(0.0, 1.0) - 1.0);
     let jittered = base.mul_f64(factor.max(0.0));
     let ttl_cap = if verified {
-        schedule.max_interval
+        schedule.verified_max_ttl_wait
     } else {
         schedule.unverified_max_ttl_wait
     };
@@ -153,11 +159,11 @@ mod tests {
         let s = CheckSchedule::default();
         assert_eq!(
             next_check_delay(&s, true, None, 0.5),
-            Duration::from_secs(3600)
+            Duration::from_secs(600)
         );
         assert_eq!(
             next_check_delay(&s, true, None, 0.0),
-            Duration::from_secs(3240)
+            Duration::from_secs(540)
         );
         assert_eq!(
             next_check_delay(&s, false, None, 0.5),
@@ -175,14 +181,23 @@ mod tests {
             next_check_delay(&s, false, Some(86_400), 0.5),
             Duration::from_secs(900)
         );
-        // Verified: long TTLs push out to the maximum.
+        // Verified: long TTLs push out, but a breakage still shows within 15 minutes.
         assert_eq!(
             next_check_delay(&s, true, Some(86_400), 0.5),
-            Duration::from_secs(6 * 3600)
+            Duration::from_secs(900)
         );
         assert_eq!(
-            next_check_delay(&s, true, Some(7200), 0.5),
-            Duration::from_secs(7200)
+            next_check_delay(&s, true, Some(720), 0.5),
+            Duration::from_secs(720)
+        );
+        // A user-set pace is followed.
+        let hourly = CheckSchedule {
+            verified_interval: Duration::from_secs(3600),
+            ..CheckSchedule::default()
+        };
+        assert_eq!(
+            next_check_delay(&hourly, true, Some(60), 0.5),
+            Duration::from_secs(3600)
         );
         // Lower bound.
         let fast = CheckSchedule {

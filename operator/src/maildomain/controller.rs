@@ -8,6 +8,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt as _;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -55,7 +56,9 @@ pub async fn run(ctx: Arc<Context>) {
 async fn run_scope(ctx: Arc<Context>, namespace: Option<String>) {
     let ns = namespace.as_deref();
     let domains: Api<MailDomain> = scoped(&ctx.client, ns);
-    let secrets: Api<Secret> = scoped(&ctx.client, ns);
+    // Metadata only: the owner reference is all a key Secret event needs to wake its
+    // MailDomain, and the key material is read by the reconciliation itself.
+    let secrets: Api<PartialObjectMeta<Secret>> = scoped(&ctx.client, ns);
     let pools: Api<RelayPool> = scoped(&ctx.client, ns);
     let controller = Controller::new(domains, watcher::Config::default().any_semantic());
     let store = controller.store();

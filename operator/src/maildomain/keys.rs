@@ -5,7 +5,7 @@
 //!
 //! - name `<maildomain>-dkim-<selector>`, type `Opaque`, owned by the MailDomain;
 //! - data `private.key` (PKCS#8 PEM) and `public.key` (SubjectPublicKeyInfo PEM);
-//! - labels [`LABEL_MAILDOMAIN`], [`LABEL_COMPONENT`]` = dkim-key`,
+//! - labels [`LABEL_MAILDOMAIN`], [`LABEL_COMPONENT`]` = dkim-key`, [`LABEL_RELAY_POOL`],
 //!   `app.kubernetes.io/managed-by = smtpfleet-operator`;
 //! - annotations [`ANN_SELECTOR`] (the exact selector), [`ANN_ALGORITHM`],
 //!   [`ANN_CREATED_AT`] (RFC 3339), [`ANN_STATE`] (`active`: smtp-node signs with it;
@@ -24,6 +24,8 @@ use crate::dkim_keys::{DkimKey, KeyAlgorithm, KeyMeta, KeyRing, RetiringKey, sec
 
 pub const LABEL_MAILDOMAIN: &str = "smtpfleet.io/maildomain";
 pub const LABEL_COMPONENT: &str = "smtpfleet.io/component";
+/// The RelayPool the domain is bound to: its pool reads the keys with one labelled list.
+pub const LABEL_RELAY_POOL: &str = "smtpfleet.io/relay-pool";
 pub const COMPONENT_DKIM_KEY: &str = "dkim-key";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "smtpfleet-operator";
@@ -220,6 +222,7 @@ fn state_of<'a>(
 /// time, since fields this manager stops sending are removed).
 pub fn build_key_secret(
     maildomain: &str,
+    relay_pool: &str,
     namespace: &str,
     owner: &OwnerReference,
     ring: &KeyRing,
@@ -235,6 +238,7 @@ pub fn build_key_secret(
     let labels = BTreeMap::from([
         (LABEL_MAILDOMAIN.to_string(), maildomain.to_string()),
         (LABEL_COMPONENT.to_string(), COMPONENT_DKIM_KEY.to_string()),
+        (LABEL_RELAY_POOL.to_string(), relay_pool.to_string()),
         (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
         (
             "smtpfleet.io/dkim-selector".to_string(),
@@ -360,7 +364,8 @@ mod tests {
                 DkimKey::generate(KeyAlgorithm::Ed25519).unwrap(),
                 KeySource::Generated,
             );
-            let s = build_key_secret("shop", "mail", &owner(), &ring, sel, &stored).unwrap();
+            let s = build_key_secret("shop", "outbound", "mail", &owner(), &ring, sel, &stored)
+                .unwrap();
             assert_eq!(
                 s.metadata.name.as_deref(),
                 Some(format!("shop-dkim-{sel}").as_str())
@@ -378,6 +383,7 @@ mod tests {
         assert!(
             build_key_secret(
                 "shop",
+                "outbound",
                 "mail",
                 &owner(),
                 &KeyRing::default(),
@@ -408,7 +414,7 @@ mod tests {
                 DkimKey::generate(KeyAlgorithm::Ed25519).unwrap(),
                 KeySource::Generated,
             );
-            build_key_secret("shop", "mail", &owner(), &ring, sel, &stored).unwrap()
+            build_key_secret("shop", "outbound", "mail", &owner(), &ring, sel, &stored).unwrap()
         };
         let older = mk("a", 1);
         let newer = mk("b", 2);

@@ -27,7 +27,7 @@ use super::validate::settings_from_spec;
 use super::{Context, Error, FIELD_MANAGER, MailDomainRef};
 use crate::api::mail_domain::{
     DkimStatus, DnsCheckResult, DnsRecordStatus, DnsRecordType, DnsStatus, MailDomain,
-    MailDomainStatus, reasons,
+    MailDomainStatus, RECONCILE_REQUESTED_AT, reasons,
 };
 use crate::dkim_keys::{
     DkimKey, KeyAlgorithm, KeyMeta, KeyRing, RetiringKey, RotationAction, apply_rotation,
@@ -51,6 +51,9 @@ pub struct MailDomainView {
     pub relay_pool: String,
     /// The current status, to carry over transition times and skip no-op writes.
     pub status: Option<MailDomainStatus>,
+    /// The [`RECONCILE_REQUESTED_AT`] annotation: a value not yet answered asks for a
+    /// DNS check now.
+    pub check_requested: Option<String>,
 }
 
 impl MailDomainView {
@@ -70,7 +73,19 @@ impl MailDomainView {
             settings: settings_from_spec(&md.spec),
             relay_pool: md.spec.relay_pool_ref.name.clone(),
             status: md.status.clone(),
+            check_requested: md.annotations().get(RECONCILE_REQUESTED_AT).cloned(),
         })
+    }
+
+    /// The check request not answered yet, if any.
+    fn unanswered_request(&self) -> Option<&str> {
+        let handled = self
+            .status
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.as_deref());
+        self.check_requested
+            .as_deref()
+            .filter(|requested| Some(*requested) != handled)
     }
 
     fn conditions(&self) -> &[Condition] {
@@ -308,7 +323,38 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
     // DNS, then rotation steps that depend on it; a step that changes the published keys
     // is followed by a check of the new set (cached when the records did not change).
     let mut rotation: Option<RotationAction> = None;
-    let mut check = dns_check(ctx, view, &settings, deref.hostname.as_deref(), &stored).await;
+    let requested = view.unanswered_request().map(str::to_owned);
+    // A domain seen for the first time gets its status (key, binding) before its first
+    // DNS check, which may wait behind the query-rate limit: the pool signs with the
+    // key as soon as the status names it, not minutes later.
+    let first_check = view.status.as_ref().is_none_or(|s| s.dns.is_none());
+    if first_check && deref.hostname.is_some() && !has_cached_check(ctx, view) {
+        let parts = StatusParts {
+            settings: &settings,
+            pool: &deref.pool,
+            stored: &stored,
+            key_failure: &key_failure,
+            conflict,
+            rotation: None,
+            check: None,
+            not_checked: "the first DNS check is queued behind the operator's DNS query-rate limit",
+            handled: view
+                .status
+                .as_ref()
+                .and_then(|s| s.last_handled_reconcile_at.clone()),
+        };
+        let (interim, _) = compose_status(view, &parts, now);
+        write_status(ctx, view, interim).await?;
+    }
+    let mut check = dns_check(
+        ctx,
+        view,
+        &settings,
+        deref.hostname.as_deref(),
+        &stored,
+        requested.is_some(),
+    )
+    .await;
     if let Some(policy) = policy.as_ref().filter(|_| !conflict) {
         for _ in 0..4 {
             let next_published = match (&stored.ring.next, &check) {
@@ -323,58 +369,47 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
             (stored, secrets) =
                 carry_out(ctx, view, &secrets, &stored, &action, policy.algorithm, now).await?;
             events.extend(rotation_event(&action));
-            check = dns_check(ctx, view, &settings, deref.hostname.as_deref(), &stored).await;
+            check = dns_check(
+                ctx,
+                view,
+                &settings,
+                deref.hostname.as_deref(),
+                &stored,
+                false,
+            )
+            .await;
         }
     }
 
-    let key_state = match (&key_failure, stored.active()) {
-        _ if conflict => KeyState::Failed {
-            reason: reasons::DOMAIN_CONFLICT.into(),
-            message: "keys are not managed while an older MailDomain claims the same domain".into(),
-        },
-        (Some((reason, message)), _) => KeyState::Failed {
-            reason: reason.clone(),
-            message: message.clone(),
-        },
-        (None, Some((meta, key))) => KeyState::Active {
-            selector: meta.selector.clone(),
-            origin: match (&settings.key, key.source) {
-                (KeySettings::UserProvided { secret_name, .. }, KeySource::User) => {
-                    KeyOrigin::Provided {
-                        secret: secret_name.clone(),
-                    }
-                }
-                _ => KeyOrigin::Generated,
-            },
-            rotation: rotation.clone(),
-        },
-        (None, None) => KeyState::Failed {
-            reason: reasons::NOT_READY.into(),
-            message: "no signing key yet".into(),
-        },
+    if let Some(value) = requested.as_deref().filter(|_| check.is_some()) {
+        tracing::info!(
+            namespace = %view.object.namespace,
+            maildomain = %view.object.name,
+            request = value,
+            "DNS checked on request"
+        );
+    }
+    let handled = match (&requested, &check) {
+        (Some(value), Some(_)) => Some(value.clone()),
+        _ => view
+            .status
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.clone()),
     };
-    let dns_state = match &check {
-        Some(c) => DnsState::Checked(c.check.clone()),
-        None => DnsState::NotChecked {
-            message: "DNS is checked once the domain is bound to its RelayPool: the expected \
-                      records depend on the pool's hostname"
-                .into(),
-        },
+    let parts = StatusParts {
+        settings: &settings,
+        pool: &deref.pool,
+        stored: &stored,
+        key_failure: &key_failure,
+        conflict,
+        rotation: rotation.as_ref(),
+        check: check.as_ref(),
+        not_checked: "DNS is checked once the domain is bound to its RelayPool: the expected \
+                      records depend on the pool's hostname",
+        handled,
     };
-    let inputs = StatusInputs {
-        generation: view.generation,
-        pool: deref.pool.clone(),
-        keys: key_state,
-        dns: dns_state,
-    };
-    let conds = conditions(&inputs, view.conditions(), now);
-    events.extend(transition_events(view.conditions(), &conds));
-    let status = build_status(
-        view.generation,
-        if conflict { None } else { Some(&stored) },
-        check.as_ref(),
-        conds,
-    );
+    let (status, transitions) = compose_status(view, &parts, now);
+    events.extend(transitions);
     write_status(ctx, view, status).await?;
     publish_events(ctx, view, &events).await;
 
@@ -388,6 +423,86 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
         delay = delay.min(until.max(Duration::from_secs(1)));
     }
     Ok(Action::requeue(delay))
+}
+
+/// What a status is made of.
+struct StatusParts<'a> {
+    settings: &'a DomainSettings,
+    pool: &'a PoolState,
+    stored: &'a StoredKeys,
+    key_failure: &'a Option<(String, String)>,
+    conflict: bool,
+    rotation: Option<&'a RotationAction>,
+    check: Option<&'a CheckOutcome>,
+    /// Why DNS was not checked, when `check` is `None`.
+    not_checked: &'a str,
+    handled: Option<String>,
+}
+
+/// The status, and the Events its condition changes call for.
+fn compose_status(
+    view: &MailDomainView,
+    parts: &StatusParts<'_>,
+    now: DateTime<Utc>,
+) -> (MailDomainStatus, Vec<EventSpec>) {
+    let key_state = match (parts.key_failure, parts.stored.active()) {
+        _ if parts.conflict => KeyState::Failed {
+            reason: reasons::DOMAIN_CONFLICT.into(),
+            message: "keys are not managed while an older MailDomain claims the same domain".into(),
+        },
+        (Some((reason, message)), _) => KeyState::Failed {
+            reason: reason.clone(),
+            message: message.clone(),
+        },
+        (None, Some((meta, key))) => KeyState::Active {
+            selector: meta.selector.clone(),
+            origin: match (&parts.settings.key, key.source) {
+                (KeySettings::UserProvided { secret_name, .. }, KeySource::User) => {
+                    KeyOrigin::Provided {
+                        secret: secret_name.clone(),
+                    }
+                }
+                _ => KeyOrigin::Generated,
+            },
+            rotation: parts.rotation.cloned(),
+        },
+        (None, None) => KeyState::Failed {
+            reason: reasons::NOT_READY.into(),
+            message: "no signing key yet".into(),
+        },
+    };
+    let dns_state = match parts.check {
+        Some(c) => DnsState::Checked(c.check.clone()),
+        None => DnsState::NotChecked {
+            message: parts.not_checked.to_owned(),
+        },
+    };
+    let inputs = StatusInputs {
+        generation: view.generation,
+        pool: parts.pool.clone(),
+        keys: key_state,
+        dns: dns_state,
+    };
+    let conds = conditions(&inputs, view.conditions(), now);
+    let events = transition_events(view.conditions(), &conds);
+    let mut status = build_status(
+        view.generation,
+        if parts.conflict {
+            None
+        } else {
+            Some(parts.stored)
+        },
+        parts.check,
+        conds,
+    );
+    status.last_handled_reconcile_at = parts.handled.clone();
+    (status, events)
+}
+
+/// Whether a DNS check of this domain is cached (so the reconciliation will not wait).
+fn has_cached_check(ctx: &Context, view: &MailDomainView) -> bool {
+    let key = (view.object.namespace.clone(), view.object.name.clone());
+    ctx.checks.lock().is_ok_and(|m| m.contains_key(&key))
 }
 
 fn user_key_stored(stored: &StoredKeys, selector: &str, key: &DkimKey) -> bool {
@@ -459,8 +574,22 @@ async fn carry_out(
     persist(ctx, view, existing, ring, keys).await
 }
 
+/// Key generations running at once: one per CPU. A thousand MailDomains applied together
+/// would otherwise start a thousand blocking threads, each with its own allocator arena,
+/// and the operator's memory would follow for no gain in speed.
+fn keygen_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    })
+}
+
 /// RSA key generation takes a while: keep it off the async workers.
 async fn generate(algorithm: KeyAlgorithm) -> Result<DkimKey, Error> {
+    let _slot = keygen_slots()
+        .acquire()
+        .await
+        .map_err(|e| Error::Join(e.to_string()))?;
     tokio::task::spawn_blocking(move || DkimKey::generate(algorithm))
         .await
         .map_err(|e| Error::Join(e.to_string()))?
@@ -485,6 +614,7 @@ async fn persist(
     for (selector, stored) in &keys {
         let Some(desired) = build_key_secret(
             &view.object.name,
+            &view.relay_pool,
             &view.object.namespace,
             &owner,
             &ring,
@@ -554,19 +684,23 @@ struct CheckOutcome {
 }
 
 /// Runs (or reuses) the DNS check. Reused while the expected records are unchanged and
-/// the scheduled time has not come, so events that wake the reconciler cause no queries.
+/// the scheduled time has not come, so events that wake the reconciler cause no queries;
+/// `requested` (an unanswered [`RECONCILE_REQUESTED_AT`]) runs it now regardless. Either
+/// way the queries wait for the shared query-rate limit.
 async fn dns_check(
     ctx: &Context,
     view: &MailDomainView,
     settings: &DomainSettings,
     hostname: Option<&str>,
     stored: &StoredKeys,
+    requested: bool,
 ) -> Option<CheckOutcome> {
     let hostname = hostname?;
     let expected: Vec<ExpectedRecord> = expected_records(&publish_spec(settings, hostname, stored));
     let key = (view.object.namespace.clone(), view.object.name.clone());
     let now = tokio::time::Instant::now();
     if let Some(cached) = ctx.checks.lock().ok().and_then(|m| m.get(&key).cloned())
+        && !requested
         && cached.expected == expected
         && cached.due > now
     {
@@ -655,6 +789,7 @@ fn build_status(
         dkim,
         dns,
         conditions,
+        last_handled_reconcile_at: None,
     }
 }
 

@@ -210,12 +210,10 @@ pub async fn admin_call<T: serde::de::DeserializeOwned>(
     match (node.admin, token) {
         (None, _) => Err("no pod IP yet".to_owned()),
         (Some(_), None) => Err("the pool's admin token is not created yet".to_owned()),
-        (Some(addr), Some(token)) => {
-            client::call::<T>(addr, method, path, token, NODE_TIMEOUT)
-                .await
-                .map(|(_, report)| report)
-                .map_err(|e| e.to_string())
-        }
+        (Some(addr), Some(token)) => client::call::<T>(addr, method, path, token, NODE_TIMEOUT)
+            .await
+            .map(|(_, report)| report)
+            .map_err(|e| e.to_string()),
     }
 }
 

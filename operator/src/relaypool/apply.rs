@@ -11,12 +11,14 @@ use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::client::Body;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::build::domains::{self, DIGEST_ANNOTATION, DomainObjects, SHARD_WARN_BYTES};
 use super::build::{Children, meta};
 use super::changes::{self, Change};
 use super::error::{Error, Result};
@@ -379,6 +381,63 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
         "PodDisruptionBudget" => "PodDisruptionBudget",
         "Role" => "Role",
         "RoleBinding" => "RoleBinding",
+        "Secret" => "Secret",
         _ => "object",
     }
+}
+
+/// Writes the pool's domain set: the shards whose digest changed, then the index (the
+/// point at which nodes fetch them), then deletes shards that no longer hold a domain.
+///
+/// Which shards exist and what they hold is read with a metadata-only list (their digest
+/// is an annotation), so an unchanged domain set costs one small request and no shard
+/// data moves; a change to one domain rewrites one shard.
+pub async fn apply_domains(
+    client: &Client,
+    pool: &PoolIdentity,
+    objects: &DomainObjects,
+) -> Result<usize> {
+    let namespace = pool.namespace.as_str();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let existing = secrets
+        .list_metadata(&ListParams::default().labels(&domains::shard_selector(&pool.name)))
+        .await
+        .map_err(|source| Error::ListChildren {
+            kind: "Secret",
+            source,
+        })?
+        .items;
+    let digest_of = |name: &str| {
+        existing
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .and_then(|s| s.metadata.annotations.as_ref())
+            .and_then(|a| a.get(DIGEST_ANNOTATION))
+            .cloned()
+    };
+    let mut written = 0;
+    for (shard, digest) in &objects.shards {
+        let name = shard.metadata.name.as_deref().unwrap_or_default();
+        if digest_of(name).as_deref() == Some(digest.as_str()) {
+            continue;
+        }
+        let size = domains::stored_size(shard);
+        if size > SHARD_WARN_BYTES {
+            tracing::warn!(secret = %name, bytes = size, "a domain shard is close to the API server's 1 MiB object limit");
+        }
+        apply_one(client, namespace, shard).await?;
+        written += 1;
+    }
+    apply_one(client, namespace, &objects.index).await?;
+    let desired: BTreeSet<String> = objects.shard_names().into_iter().collect();
+    for name in orphans(&desired, &existing, &pool.uid) {
+        delete_child(&secrets, &name, None)
+            .await
+            .map_err(|source| Error::DeleteOrphan {
+                kind: "Secret",
+                name: name.clone(),
+                source,
+            })?;
+    }
+    Ok(written)
 }

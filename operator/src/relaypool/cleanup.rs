@@ -73,8 +73,7 @@ pub async fn verdict(pool: &RelayPool, ctx: &Context) -> Result<Verdict> {
                         "POST",
                         "/admin/drain",
                     );
-                    if let Err(reason) = drain.await
-                    {
+                    if let Err(reason) = drain.await {
                         tracing::info!(pool = %name, pod = %node.pod, %reason,
                             "cannot stop a node's intake before deletion; retrying");
                     }

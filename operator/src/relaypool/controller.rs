@@ -15,6 +15,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -129,30 +130,60 @@ fn controller(
         "app.kubernetes.io/managed-by={}",
         meta::MANAGED_BY
     ));
+    // No debounce: MailDomain and key Secret events keep coming while a thousand
+    // domains are added, and a debounce would postpone the pool for as long as they do.
+    // Triggers that arrive while a pool is being reconciled coalesce into one run.
     let controller = Controller::new(
         scoped::<RelayPool>(client, namespace),
         watcher::Config::default(),
     );
+    let relevant = DomainFingerprints::default();
     let store = controller.store();
     let pools = store.clone();
+    // Children and Secrets are watched metadata-only (an `Api` of `PartialObjectMeta`
+    // asks the API server for metadata alone): the controller needs their owner
+    // references, names and labels to know which pool to reconcile, never their content
+    // (shards and key Secrets hold every domain's key; watching their data would grow
+    // the operator with every domain).
     let future = controller
-        .owns(scoped::<StatefulSet>(client, namespace), children.clone())
-        .owns(scoped::<Service>(client, namespace), children.clone())
-        .owns(scoped::<ConfigMap>(client, namespace), children.clone())
         .owns(
-            scoped::<PodDisruptionBudget>(client, namespace),
+            scoped::<PartialObjectMeta<StatefulSet>>(client, namespace),
             children.clone(),
         )
-        .owns(scoped::<ServiceAccount>(client, namespace), children)
+        .owns(
+            scoped::<PartialObjectMeta<Service>>(client, namespace),
+            children.clone(),
+        )
+        .owns(
+            scoped::<PartialObjectMeta<ConfigMap>>(client, namespace),
+            children.clone(),
+        )
+        .owns(
+            scoped::<PartialObjectMeta<PodDisruptionBudget>>(client, namespace),
+            children.clone(),
+        )
+        .owns(
+            scoped::<PartialObjectMeta<ServiceAccount>>(client, namespace),
+            children.clone(),
+        )
+        .owns(
+            scoped::<PartialObjectMeta<Secret>>(client, namespace),
+            children,
+        )
         .watches(
-            scoped::<Secret>(client, namespace),
+            scoped::<PartialObjectMeta<Secret>>(client, namespace),
             watcher::Config::default(),
             move |secret| pools_referencing_secret(&pools.state(), &secret),
         )
         .watches(
             scoped::<MailDomain>(client, namespace),
             watcher::Config::default(),
-            |domain| pool_of_domain(&domain),
+            move |domain| {
+                relevant
+                    .changed(&domain)
+                    .then(|| pool_of_domain(&domain))
+                    .flatten()
+            },
         )
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())
@@ -165,24 +196,68 @@ fn controller(
     (future, store)
 }
 
-/// The pools whose spec names `secret` (TLS or auth Secret), so that a Secret created
-/// after its pool clears the pool's `Degraded` condition without waiting for a resync.
-pub fn pools_referencing_secret(
+/// The pools a Secret matters to: those whose spec names it (TLS or auth Secret), so
+/// that a Secret created after its pool clears the pool's `Degraded` condition without
+/// waiting for a resync; and the pool a DKIM key Secret is labelled with, so that a
+/// replaced key reaches the pool's domain set at once.
+pub fn pools_referencing_secret<S: Resource>(
     pools: &[Arc<RelayPool>],
-    secret: &Secret,
+    secret: &S,
 ) -> Vec<ObjectRef<RelayPool>> {
     let name = secret.name_any();
     let namespace = secret.namespace();
+    let key_of = secret.labels().get(dereference::RELAY_POOL_LABEL).cloned();
     pools
         .iter()
         .filter(|pool| pool.namespace() == namespace)
         .filter(|pool| {
-            dereference::secret_refs(&pool.spec)
-                .iter()
-                .any(|(_, referenced)| *referenced == name)
+            key_of.as_deref() == Some(pool.name_any().as_str())
+                || dereference::secret_refs(&pool.spec)
+                    .iter()
+                    .any(|(_, referenced)| *referenced == name)
         })
         .map(|pool| ObjectRef::from_obj(pool.as_ref()))
         .collect()
+}
+
+/// What of each MailDomain its pool's domain set depends on, as last seen, so that only
+/// a change of it triggers the pool. A MailDomain's status changes with every DNS check
+/// (`status.dns.checkedAt`); reconciling the pool for each would keep it busy for
+/// nothing while a thousand domains are checked. A deleted domain's key Secrets are
+/// deleted with it, and their events (labelled with the pool) trigger the pool.
+#[derive(Default)]
+pub struct DomainFingerprints(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+impl DomainFingerprints {
+    /// Records `domain`'s fingerprint; whether it differs from the last one seen.
+    pub fn changed(&self, domain: &MailDomain) -> bool {
+        use std::hash::{Hash, Hasher};
+        let bound = domain.status.as_ref().map(|s| {
+            (
+                crate::api::conditions::is_true(
+                    &s.conditions,
+                    crate::api::mail_domain::condition_types::POOL_BOUND,
+                ),
+                s.dkim.as_ref().map(|d| (&d.selector, &d.public_key)),
+            )
+        });
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (
+            &domain.spec.domain,
+            &domain.spec.relay_pool_ref.name,
+            domain.metadata.deletion_timestamp.is_some(),
+            bound,
+        )
+            .hash(&mut hasher);
+        let fingerprint = hasher.finish();
+        let key = format!(
+            "{}/{}",
+            domain.namespace().unwrap_or_default(),
+            domain.name_any()
+        );
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.insert(key, fingerprint) != Some(fingerprint)
+    }
 }
 
 /// The pool a MailDomain binds to. A domain moved to another pool triggers the new
@@ -270,6 +345,20 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     }
     let model = &validated.pool;
     let children = build::build(model)?;
+    let keys = dereference::domain_keys(
+        &ctx.client,
+        &model.identity.namespace,
+        &model.identity.name,
+        &model.domains,
+    )
+    .await?;
+    let domain_objects = build::domains::build(model, &keys);
+    // Before the StatefulSets: a new pool's nodes find their domains at start.
+    let shards_written =
+        apply::apply_domains(&ctx.client, &model.identity, &domain_objects).await?;
+    if shards_written > 0 {
+        tracing::info!(pool = %key(pool), shards = shards_written, domains = model.domains.len(), "domain set updated");
+    }
     let outcome = apply::apply_children(&ctx.client, &model.identity, &children).await?;
 
     let observed = status::observe_all(model, &outcome.statefulsets);
@@ -419,6 +508,33 @@ mod tests {
         assert_eq!(names(&secret("users", "mail")), ["mail/auth"]);
         assert_eq!(names(&secret("smtp-tls", "other")), ["other/elsewhere"]);
         assert!(names(&secret("unrelated", "mail")).is_empty());
+    }
+
+    #[test]
+    fn only_changes_the_domain_set_depends_on_trigger_the_pool() {
+        let domain = |selector: &str, checked_at: &str| -> MailDomain {
+            serde_yaml::from_str(&format!(
+                "apiVersion: smtpfleet.io/v1alpha1\nkind: MailDomain\n\
+                 metadata: {{name: example, namespace: mail}}\n\
+                 spec: {{domain: example.com, relayPoolRef: {{name: outbound}}}}\n\
+                 status: {{dkim: {{selector: {selector}, publicKey: abc}}, \
+                 dns: {{checkedAt: '{checked_at}'}}}}\n"
+            ))
+            .unwrap()
+        };
+        let seen = DomainFingerprints::default();
+        assert!(
+            seen.changed(&domain("s1", "2026-01-01T00:00:00Z")),
+            "first sight"
+        );
+        assert!(
+            !seen.changed(&domain("s1", "2026-01-01T00:10:00Z")),
+            "a DNS check alone"
+        );
+        assert!(
+            seen.changed(&domain("s2", "2026-01-01T00:10:00Z")),
+            "a rotation"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Reads what a RelayPool's spec points at: the Secrets it names and the MailDomains
 //! bound to it. The result is a plain struct, so validation and building stay pure.
 //!
-//! Secret contents never leave this module: only the type and the key names are kept,
-//! which is all validation needs (the pods mount the Secrets themselves).
+//! Secret contents never leave this module, except the DKIM private keys of the pool's
+//! domains ([`domain_keys`]), which the pool copies into its domain shards: of the TLS
+//! and auth Secrets only the type and the key names are kept, which is all validation
+//! needs (the pods mount those Secrets themselves).
 
 use std::collections::BTreeSet;
 
@@ -10,6 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
+use super::build::domains::KeyMaterial;
 use super::error::{Error, Result};
 use super::model::{DkimAlgorithm, DkimKey, SigningDomain};
 use crate::api::conditions;
@@ -24,6 +27,10 @@ pub const AUTH_SECRET_FIELD: &str = "spec.relay.authSecretRef";
 
 /// Key of the private key in the DKIM Secrets the MailDomain controller writes.
 pub const DKIM_PRIVATE_KEY: &str = "private.key";
+
+/// Label the MailDomain controller puts on key Secrets: the pool the domain is bound to,
+/// so that a pool reads its domains' keys with one labelled list.
+pub const RELAY_POOL_LABEL: &str = crate::maildomain::keys::LABEL_RELAY_POOL;
 
 /// A Secret the spec refers to, and what was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,4 +211,59 @@ pub fn signing_domain(md: &MailDomain) -> SigningDomain {
         domain: md.spec.domain.to_ascii_lowercase(),
         dkim,
     }
+}
+
+/// The private keys of the domains bound to `pool`, read with one list of the key
+/// Secrets labelled with the pool (only the active key of each domain is kept: the
+/// others are waiting for DNS or retiring, and nodes sign with the active one).
+pub async fn domain_keys(
+    client: &Client,
+    namespace: &str,
+    pool: &str,
+    domains: &[SigningDomain],
+) -> Result<KeyMaterial> {
+    let wanted: BTreeSet<&str> = domains
+        .iter()
+        .filter_map(|d| d.dkim.as_ref().map(|k| k.secret.as_str()))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(KeyMaterial::default());
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let selector = format!(
+        "{}={},{RELAY_POOL_LABEL}={pool}",
+        crate::maildomain::keys::LABEL_COMPONENT,
+        crate::maildomain::keys::COMPONENT_DKIM_KEY
+    );
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::Dereference {
+            kind: "Secret",
+            name: format!("DKIM keys of {pool}"),
+            source,
+        })?;
+    let mut keys = KeyMaterial::default();
+    for secret in list.items {
+        let Some(name) = secret.metadata.name.clone() else {
+            continue;
+        };
+        if !wanted.contains(name.as_str()) {
+            continue;
+        }
+        let algorithm = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::maildomain::keys::ANN_ALGORITHM))
+            .and_then(|a| crate::dkim_keys::KeyAlgorithm::from_spec_name(a))
+            .map(|a| match a {
+                crate::dkim_keys::KeyAlgorithm::Rsa => DkimAlgorithm::Rsa,
+                crate::dkim_keys::KeyAlgorithm::Ed25519 => DkimAlgorithm::Ed25519,
+            });
+        if let Some(pem) = secret.data.and_then(|mut d| d.remove(DKIM_PRIVATE_KEY)) {
+            keys.insert(name, pem.0, algorithm);
+        }
+    }
+    Ok(keys)
 }

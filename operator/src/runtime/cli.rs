@@ -110,6 +110,17 @@ pub struct RunArgs {
     #[arg(long, env = "SMTPFLEET_DNS_QUERY_RATE", default_value = "20")]
     pub dns_query_rate: NonZeroU32,
 
+    /// Time between DNS checks of a MailDomain whose records all match (±10 % jitter;
+    /// a longer TTL pushes a check out by at most 15 minutes). A broken record of a
+    /// verified domain shows in its status within this time plus the jitter.
+    #[arg(long, env = "SMTPFLEET_DNS_VERIFIED_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub dns_verified_interval: Duration,
+
+    /// Time between DNS checks while a record is missing or wrong (the owner is likely
+    /// editing DNS and waiting for the result).
+    #[arg(long, env = "SMTPFLEET_DNS_UNVERIFIED_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub dns_unverified_interval: Duration,
+
     /// smtp-node image for RelayPools that do not set `spec.image`. The Helm chart sets it
     /// to the image matching the operator's version.
     #[arg(long, env = "SMTPFLEET_NODE_IMAGE", default_value = DEFAULT_NODE_IMAGE)]

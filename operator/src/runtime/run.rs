@@ -59,6 +59,10 @@ pub struct DnsSettings {
     pub nameservers: Vec<SocketAddr>,
     /// Queries per second, across all domains.
     pub query_rate: NonZeroU32,
+    /// Between checks of a verified domain.
+    pub verified_interval: Duration,
+    /// Between checks of a domain with a record missing or wrong.
+    pub unverified_interval: Duration,
 }
 
 /// What controllers get when they start. Cheap to clone.
@@ -139,6 +143,8 @@ impl RuntimeConfig {
             dns: DnsSettings {
                 nameservers: args.dns_nameservers.clone(),
                 query_rate: args.dns_query_rate,
+                verified_interval: args.dns_verified_interval,
+                unverified_interval: args.dns_unverified_interval,
             },
             node_image: args.node_image.clone(),
         })

@@ -295,6 +295,74 @@ pub mod reconcile {
             Some(format!("spec.relayPoolRef.name={pool}").as_str())
         );
         exchange.ok(&list("smtpfleet.io/v1alpha1", "MailDomain", items));
+        serve_domain_set(server, namespace, pool, None).await;
+    }
+
+    /// What the reconciler wrote of the pool's domain set.
+    pub struct DomainSet {
+        /// Shard Secrets applied, in order.
+        pub shards: Vec<Value>,
+        /// The index ConfigMap applied.
+        pub index: Value,
+    }
+
+    /// Answers the domain-set stage: the list of the pool's DKIM key Secrets (only
+    /// asked for when a bound domain has a key: `keys` then holds the list's items),
+    /// the metadata-only list of existing shards (none), and the applies of the shards
+    /// and of the index ConfigMap.
+    pub async fn serve_domain_set(
+        server: &mut ApiServer,
+        namespace: &str,
+        pool: &str,
+        keys: Option<Vec<Value>>,
+    ) -> DomainSet {
+        let secrets = format!("/api/v1/namespaces/{namespace}/secrets");
+        if let Some(keys) = keys {
+            let exchange = server.expect(Method::GET, &secrets).await;
+            assert_eq!(
+                exchange.query_param("labelSelector").as_deref(),
+                Some(
+                    format!("smtpfleet.io/component=dkim-key,smtpfleet.io/relay-pool={pool}")
+                        .as_str()
+                )
+            );
+            exchange.ok(&list("v1", "Secret", keys));
+        }
+        let exchange = server.expect(Method::GET, &secrets).await;
+        assert_eq!(
+            exchange.query_param("labelSelector").as_deref(),
+            Some(format!("smtpfleet.io/pool={pool},smtpfleet.io/component=domain-shard").as_str())
+        );
+        exchange.ok(&json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadataList",
+            "metadata": {"resourceVersion": "1"},
+            "items": [],
+        }));
+        let mut shards = Vec::new();
+        loop {
+            let exchange = server.next().await;
+            exchange.assert_server_side_apply(FIELD_MANAGER);
+            let body = exchange.body.clone();
+            let index = exchange.path
+                == format!("/api/v1/namespaces/{namespace}/configmaps/{pool}-domains");
+            assert!(
+                index
+                    || exchange
+                        .path
+                        .starts_with(&format!("{secrets}/{pool}-domains-")),
+                "unexpected request {}",
+                exchange.path
+            );
+            exchange.answer_apply(true, None);
+            if index {
+                return DomainSet {
+                    shards,
+                    index: body,
+                };
+            }
+            shards.push(body);
+        }
     }
 
     /// Answers the list of the pool's StatefulSets, asserting the label selector.

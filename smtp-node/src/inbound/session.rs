@@ -869,6 +869,11 @@ fn refusal_reply(refusal: &Refusal) -> Reply {
             "5.7.1",
             format!("Sender domain {domain} is not served by this relay"),
         ),
+        Refusal::DomainsNotLoaded => Reply::new(
+            451,
+            "4.3.0",
+            "Sender domains are not loaded yet, try again later",
+        ),
         Refusal::MessageTooBig { max } => reply::message_too_big(*max),
         Refusal::TooManyRecipients { .. } => Reply::new(452, "4.5.3", "Too many recipients"),
     }

@@ -371,7 +371,8 @@ fn default_messages_per_connection() -> usize {
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(30)
 }
-fn default_dkim_headers() -> Vec<String> {
+/// The header fields signed when a key does not list its own.
+pub fn default_dkim_headers() -> Vec<String> {
     [
         "From",
         "Reply-To",

@@ -7,6 +7,12 @@
 mod resolve;
 mod status;
 
+/// Annotation asking for a DNS check now: set it to any new value (the time, by
+/// convention: `kubectl annotate maildomain/x smtpfleet.io/reconcile-requested-at="$(date
+/// -u +%FT%TZ)" --overwrite`) and the domain is checked once at the next free slot of the
+/// DNS query-rate limit; `status.lastHandledReconcileAt` then shows the value answered.
+pub const RECONCILE_REQUESTED_AT: &str = "smtpfleet.io/reconcile-requested-at";
+
 pub use status::{
     DkimStatus, DnsCheckResult, DnsRecordStatus, DnsRecordType, DnsStatus, MailDomainStatus,
     condition_types, reasons,

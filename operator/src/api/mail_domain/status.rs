@@ -29,6 +29,11 @@ pub struct MailDomainStatus {
     #[serde(default)]
     #[schemars(transform = conditions_list_schema)]
     pub conditions: Vec<Condition>,
+
+    /// The value of the `smtpfleet.io/reconcile-requested-at` annotation the last
+    /// on-demand DNS check answered: a different value asks for one more check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
 }
 
 /// The DKIM key in use.

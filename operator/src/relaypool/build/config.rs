@@ -8,7 +8,9 @@
 //! peers reach it at from `POD_IP`. The document names these variables
 //! (`node.nameEnv`, `node.dataCentreEnv`, `replication.advertiseHostEnv`). Nodes find
 //! each other through the pool's view in the API server (`replication.arbiter`), so the
-//! document lists no peers: scaling does not change it, and so restarts no pod.
+//! document lists no peers: scaling does not change it, and so restarts no pod. Nor
+//! does it list domains or DKIM keys: nodes follow the pool's domain set in the API server
+//! (`poolDomains`, see [`super::domains`]), so adding a domain restarts no pod either.
 
 use std::collections::BTreeMap;
 
@@ -16,17 +18,17 @@ use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::BuildError;
 use super::layout::{
-    self, ADMIN_DIR, ADMIN_TOKEN_KEY, AUTH_DIR, CONFIG_KEY, DKIM_DIR, HTTP_PORT, PEER_PORT,
-    PEER_TLS_DIR, SPOOL_DIR, TLS_DIR,
+    ADMIN_DIR, ADMIN_TOKEN_KEY, AUTH_DIR, CONFIG_KEY, HTTP_PORT, PEER_PORT, PEER_TLS_DIR,
+    SPOOL_DIR, TLS_DIR,
 };
 use super::meta;
 use super::node_config::{
-    ArbiterConfig, DeliveryConfig, DkimConfig, HttpConfig, LimitsConfig, ListenerConfig,
-    ListenerTls, NodeConfig, NodeIdentity, PeerTlsFiles, RelayConfig, ReplicationConfig,
+    ArbiterConfig, DeliveryConfig, HttpConfig, LimitsConfig, ListenerConfig, ListenerTls,
+    NodeConfig, NodeIdentity, PeerTlsFiles, PoolDomainsConfig, RelayConfig, ReplicationConfig,
     SpoolConfig, TlsFiles, format_duration,
 };
 use super::statefulset::{DATA_CENTRE_ENV, POD_IP_ENV};
-use crate::relaypool::model::{DkimAlgorithm, ListenerKind, Pool};
+use crate::relaypool::model::{ListenerKind, Pool};
 use crate::relaypool::validate::AUTH_USERS_KEY;
 
 /// The rendered node configuration.
@@ -124,7 +126,6 @@ pub fn node_config(pool: &Pool) -> NodeConfig {
                 .auth_secret
                 .as_ref()
                 .map(|_| format!("{AUTH_DIR}/{AUTH_USERS_KEY}")),
-            domains: pool.domains.iter().map(|d| d.domain.clone()).collect(),
         },
         limits: LimitsConfig {
             max_message_size: pool.limits.max_message_size,
@@ -145,26 +146,10 @@ pub fn node_config(pool: &Pool) -> NodeConfig {
                 .collect(),
             max_age: format_duration(pool.queue.max_age),
         },
-        dkim: pool
-            .domains
-            .iter()
-            .filter_map(|d| {
-                let key = d.dkim.as_ref()?;
-                Some(DkimConfig {
-                    domain: d.domain.clone(),
-                    selector: key.selector.clone(),
-                    private_key_file: format!(
-                        "{DKIM_DIR}/{}",
-                        layout::dkim_key_file(&d.domain, &key.selector)
-                    ),
-                    algorithm: match key.algorithm {
-                        DkimAlgorithm::Rsa => "rsa",
-                        DkimAlgorithm::Ed25519 => "ed25519",
-                    }
-                    .to_owned(),
-                })
-            })
-            .collect(),
+        pool_domains: PoolDomainsConfig {
+            namespace: namespace.clone(),
+            pool: name.clone(),
+        },
     }
 }
 

@@ -26,8 +26,6 @@ pub const ADMIN_DIR: &str = "/etc/smtp-node/admin";
 pub const ADMIN_TOKEN_KEY: &str = "token";
 /// Directory of the submission users Secret.
 pub const AUTH_DIR: &str = "/etc/smtp-node/auth";
-/// Directory of the DKIM private keys, one file per domain and selector.
-pub const DKIM_DIR: &str = "/etc/smtp-node/dkim";
 /// The spool (one PersistentVolumeClaim per pod).
 pub const SPOOL_DIR: &str = "/var/spool/smtp-node";
 /// Scratch space: the root filesystem is read-only.
@@ -36,12 +34,6 @@ pub const TMP_DIR: &str = "/tmp";
 /// Path of the node configuration file.
 pub fn config_path() -> String {
     format!("{CONFIG_DIR}/{CONFIG_KEY}")
-}
-
-/// File name of a DKIM key inside [`DKIM_DIR`]. Domain names cannot contain `_`, so
-/// `<domain>_<selector>.key` is unambiguous.
-pub fn dkim_key_file(domain: &str, selector: &str) -> String {
-    format!("{domain}_{selector}.key")
 }
 
 /// UID and GID the node runs as (the conventional "nonroot" user of distroless images).

@@ -3,6 +3,7 @@
 //! object can be checked in unit tests.
 
 pub mod config;
+pub mod domains;
 pub mod layout;
 pub mod meta;
 pub mod node_config;
@@ -41,8 +42,14 @@ pub struct Children {
     pub pod_disruption_budget: PodDisruptionBudget,
 }
 
-/// Builds every child of `pool`.
+/// Builds every child of `pool` but its domain set ([`domains::build`]).
+///
+/// The node configuration and the StatefulSets are built from
+/// [`domains::restart_inputs`], the pool without its domains: what MailDomains change is
+/// reloaded by the nodes and must never roll the pods.
 pub fn build(pool: &Pool) -> Result<Children, BuildError> {
+    let fixed = domains::restart_inputs(pool);
+    let pool = &fixed;
     let rendered = config::render(pool)?;
     Ok(Children {
         service_account: service_account::service_account(pool),

@@ -1,8 +1,8 @@
 //! The smtp-node configuration document, as the operator renders it.
 //!
 //! Field names and value formats follow smtp-node's own configuration: camelCase keys,
-//! durations written as `30s`, `5m`, `1h30m`, `5d`, and the `delivery` and `dkim`
-//! sections shaped like smtp-node's delivery configuration. Everything a pod needs that
+//! durations written as `30s`, `5m`, `1h30m`, `5d`, and the `delivery` section shaped
+//! like smtp-node's delivery configuration. Everything a pod needs that
 //! differs from its siblings comes from the environment (see [`NodeIdentity`]), so one
 //! document serves the whole pool.
 
@@ -35,9 +35,19 @@ pub struct NodeConfig {
     pub limits: LimitsConfig,
     /// Outbound delivery.
     pub delivery: DeliveryConfig,
-    /// DKIM keys, one per signing domain with an active key.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dkim: Vec<DkimConfig>,
+    /// Where the node reads the pool's domains and DKIM keys while it runs.
+    pub pool_domains: PoolDomainsConfig,
+}
+
+/// The pool's domain set in the API server (the index ConfigMap `<pool>-domains` and
+/// its shard Secrets), read with the pods' service account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolDomainsConfig {
+    /// The pool's namespace.
+    pub namespace: String,
+    /// The pool's name.
+    pub pool: String,
 }
 
 /// Names of the environment variables that carry a pod's identity. The node name is the
@@ -156,9 +166,6 @@ pub struct RelayConfig {
     /// File of `user:argon2-hash` lines; absent when no user may authenticate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub users_file: Option<String>,
-    /// Sender domains the pool serves: mail from other domains is refused.
-    #[serde(default)]
-    pub domains: Vec<String>,
 }
 
 /// Limits on clients, per node.
@@ -190,20 +197,6 @@ pub struct DeliveryConfig {
     pub retry_schedule: Vec<String>,
     /// Age after which undelivered recipients bounce.
     pub max_age: String,
-}
-
-/// One DKIM signing key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DkimConfig {
-    /// Signing domain (`d=`).
-    pub domain: String,
-    /// Selector (`s=`).
-    pub selector: String,
-    /// PEM private key file (re-read when it changes).
-    pub private_key_file: String,
-    /// `rsa` or `ed25519`.
-    pub algorithm: String,
 }
 
 /// Writes a duration the way smtp-node reads it: the largest units first, integral

@@ -1,5 +1,5 @@
-//! The pods' permissions: a Role on Leases in the pool's namespace, bound to the pool's
-//! ServiceAccount.
+//! The pods' permissions: a Role on Leases and on the pool's domain set in the pool's
+//! namespace, bound to the pool's ServiceAccount.
 //!
 //! A node keeps its own Lease (`<pool>-node-<node>`) and changes the pool's view
 //! (`<pool>-view`) by compare-and-set; it reads the other nodes' Leases to see them
@@ -8,8 +8,17 @@
 //! nothing outside `coordination.k8s.io` or outside the namespace. `create` and `list`
 //! cannot be narrowed by name in RBAC, so the Role covers the namespace's Leases; a
 //! namespace per pool keeps one pool's nodes away from another's.
+//!
+//! A node also follows the pool's domain set (see [`super::domains`]): `get`, `list` and
+//! `watch` on the one index ConfigMap `<pool>-domains` (a watch selected by
+//! `metadata.name`, which RBAC authorizes against the resource name) and `get` on the
+//! shard Secrets `<pool>-domains-00` to `-63`. Both rules name their objects, and the
+//! names never change with the domains, so the Role has a fixed shape and a node can
+//! read no other Secret: not the peer CA key, not another pool's keys.
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+
+use smtp_node::domains::shard;
 
 use super::meta;
 use crate::relaypool::model::Pool;
@@ -26,12 +35,28 @@ pub fn role(pool: &Pool) -> Role {
             meta::node_role_name(name),
             meta::pool_labels(name),
         ),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec!["coordination.k8s.io".into()]),
-            resources: Some(vec!["leases".into()]),
-            verbs: LEASE_VERBS.iter().map(|v| (*v).to_owned()).collect(),
-            ..PolicyRule::default()
-        }]),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec!["coordination.k8s.io".into()]),
+                resources: Some(vec!["leases".into()]),
+                verbs: LEASE_VERBS.iter().map(|v| (*v).to_owned()).collect(),
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec![shard::index_name(name)]),
+                verbs: vec!["get".into(), "list".into(), "watch".into()],
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["secrets".into()]),
+                resource_names: Some(shard::shard_names(name)),
+                verbs: vec!["get".into()],
+                ..PolicyRule::default()
+            },
+        ]),
     }
 }
 

@@ -10,17 +10,17 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ProjectedVolumeSource, SeccompProfile, SecretProjection, SecretVolumeSource, SecurityContext,
-    TopologySpreadConstraint, Volume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::layout::{
-    self, ADMIN_DIR, AUTH_DIR, CONFIG_DIR, DKIM_DIR, HTTP_PORT, HTTP_PORT_NAME, PEER_PORT,
-    PEER_PORT_NAME, PEER_TLS_DIR, RUN_AS, SPOOL_DIR, TLS_DIR, TMP_DIR,
+    self, ADMIN_DIR, AUTH_DIR, CONFIG_DIR, HTTP_PORT, HTTP_PORT_NAME, PEER_PORT, PEER_PORT_NAME,
+    PEER_TLS_DIR, RUN_AS, SPOOL_DIR, TLS_DIR, TMP_DIR,
 };
 use super::meta::{self, CONFIG_HASH_ANNOTATION};
 use crate::relaypool::model::{DataCentre, Pool};
@@ -44,7 +44,6 @@ const TLS_VOLUME: &str = "tls";
 const PEER_TLS_VOLUME: &str = "peer-tls";
 const ADMIN_VOLUME: &str = "admin";
 const AUTH_VOLUME: &str = "auth";
-const DKIM_VOLUME: &str = "dkim";
 const TMP_VOLUME: &str = "tmp";
 
 /// Secrets are readable by the pod's group (fsGroup) and nobody else.
@@ -57,6 +56,10 @@ const TERMINATION_GRACE_SECONDS: i64 = 60;
 /// The StatefulSet of data centre `dc`. `config_hash` identifies the rendered node
 /// configuration: it goes into a pod-template annotation so that a configuration
 /// change rolls the pods, which read their configuration at start.
+///
+/// Nothing here depends on the pool's domains (the volumes have a fixed shape): nodes
+/// read domains and DKIM keys from the API server while they run, so MailDomains never
+/// change the pod template.
 pub fn statefulset(pool: &Pool, dc: &DataCentre, config_hash: &str) -> StatefulSet {
     let name = &pool.identity.name;
     let labels = meta::data_centre_labels(name, &dc.name);
@@ -281,9 +284,6 @@ fn volume_mounts(pool: &Pool) -> Vec<VolumeMount> {
     if pool.relay.auth_secret.is_some() {
         mounts.push(mount(AUTH_VOLUME, AUTH_DIR, true));
     }
-    if dkim_projection(pool).is_some() {
-        mounts.push(mount(DKIM_VOLUME, DKIM_DIR, true));
-    }
     mounts
 }
 
@@ -334,13 +334,6 @@ fn volumes(pool: &Pool) -> Vec<Volume> {
     if let Some(auth) = &pool.relay.auth_secret {
         volumes.push(secret_volume(AUTH_VOLUME, auth, false));
     }
-    if let Some(projected) = dkim_projection(pool) {
-        volumes.push(Volume {
-            name: DKIM_VOLUME.into(),
-            projected: Some(projected),
-            ..Volume::default()
-        });
-    }
     volumes
 }
 
@@ -355,39 +348,6 @@ fn secret_volume(name: &str, secret: &str, optional: bool) -> Volume {
         }),
         ..Volume::default()
     }
-}
-
-/// One projected volume with the active DKIM key of every bound domain that has one,
-/// each under [`layout::dkim_key_file`].
-///
-/// The key Secrets are optional in the projection: they belong to the MailDomains, and a
-/// key deleted or not yet written must not stop every node of the pool from starting.
-/// The node then sends that domain's mail unsigned and reports it, which is far better
-/// than accepting no mail at all.
-fn dkim_projection(pool: &Pool) -> Option<ProjectedVolumeSource> {
-    let sources: Vec<VolumeProjection> = pool
-        .domains
-        .iter()
-        .filter_map(|d| {
-            let key = d.dkim.as_ref()?;
-            Some(VolumeProjection {
-                secret: Some(SecretProjection {
-                    name: key.secret.clone(),
-                    items: Some(vec![KeyToPath {
-                        key: key.secret_key.clone(),
-                        path: layout::dkim_key_file(&d.domain, &key.selector),
-                        mode: None,
-                    }]),
-                    optional: Some(true),
-                }),
-                ..VolumeProjection::default()
-            })
-        })
-        .collect();
-    (!sources.is_empty()).then_some(ProjectedVolumeSource {
-        sources: Some(sources),
-        default_mode: Some(SECRET_MODE),
-    })
 }
 
 fn spool_claim(pool: &Pool) -> PersistentVolumeClaim {

@@ -435,9 +435,8 @@ fn volumes_follow_the_spec() {
     let names: Vec<String> = mounts(&full).into_iter().map(|(n, _)| n).collect();
     assert_eq!(
         names,
-        [
-            "config", "spool", "tmp", "tls", "peer-tls", "admin", "auth", "dkim"
-        ]
+        ["config", "spool", "tmp", "tls", "peer-tls", "admin", "auth"],
+        "domains add no volume: nodes read their keys from the API server"
     );
     let volumes = pod(&full).volumes.clone().unwrap();
     let tls = volumes.iter().find(|v| v.name == "tls").unwrap();
@@ -450,13 +449,6 @@ fn volumes_follow_the_spec() {
         auth.secret.as_ref().unwrap().secret_name.as_deref(),
         Some("smtp-users")
     );
-    let dkim = volumes.iter().find(|v| v.name == "dkim").unwrap();
-    let sources = dkim.projected.as_ref().unwrap().sources.clone().unwrap();
-    assert_eq!(sources.len(), 1, "only domains with a key are mounted");
-    let secret = sources[0].secret.as_ref().unwrap();
-    assert_eq!(secret.name, "example-dkim-s1");
-    assert_eq!(secret.items.as_ref().unwrap()[0].path, "example.com_s1.key");
-    assert_eq!(secret.optional, Some(true));
     assert!(
         mounts(&full)
             .iter()
@@ -503,13 +495,18 @@ fn pdb_allows_one_disruption_over_the_whole_pool() {
 }
 
 #[test]
-fn the_pods_may_only_keep_leases_in_their_namespace() {
+fn the_pods_may_only_keep_leases_and_read_their_domain_set_in_their_namespace() {
     let pool = pool(&[("a", 1)]);
     let role = rbac::role(&pool);
     assert_eq!(role.meta().name.as_deref(), Some("relay-node"));
     assert_owned(&role.metadata);
     let rules = role.rules.as_ref().unwrap();
-    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules.len(),
+        3,
+        "Leases, the domain index, the domain shards"
+    );
+    assert!(rules[1..].iter().all(|r| r.resource_names.is_some()));
     assert_eq!(
         rules[0].api_groups.as_deref(),
         Some(&["coordination.k8s.io".to_owned()][..])
@@ -543,4 +540,126 @@ fn service_account_has_no_token() {
     assert_eq!(sa.meta().name.as_deref(), Some("relay"));
     assert_owned(&sa.metadata);
     assert_eq!(sa.automount_service_account_token, Some(false));
+}
+
+fn with_domains(
+    base: &crate::relaypool::model::Pool,
+    count: usize,
+    selector: &str,
+) -> crate::relaypool::model::Pool {
+    let mut pool = base.clone();
+    pool.domains = (0..count)
+        .map(|i| SigningDomain {
+            object: format!("d{i}"),
+            domain: format!("d{i}.example.com"),
+            dkim: Some(DkimKey {
+                selector: selector.into(),
+                algorithm: DkimAlgorithm::Ed25519,
+                secret: format!("d{i}-dkim-{selector}"),
+                secret_key: "private.key".into(),
+            }),
+        })
+        .collect();
+    pool
+}
+
+#[test]
+fn domains_and_key_rotation_are_reloaded_and_never_touch_the_pod_template() {
+    let base = pool(&[("east", 2), ("west", 1)]);
+    let before = super::build(&base).unwrap();
+    let many = with_domains(&base, 200, "s1");
+    let mut rotated = many.clone();
+    rotated.domains[7].dkim.as_mut().unwrap().selector = "s2".into();
+    rotated.domains[7].dkim.as_mut().unwrap().secret = "d7-dkim-s2".into();
+    for changed in [&many, &rotated] {
+        let after = super::build(changed).unwrap();
+        assert_eq!(after, before, "every child but the domain set is unchanged");
+        assert_eq!(
+            super::domains::restart_inputs(changed),
+            super::domains::restart_inputs(&base)
+        );
+    }
+    assert_ne!(
+        super::domains::reloaded_inputs(&many),
+        super::domains::reloaded_inputs(&rotated),
+        "the rotation is in what nodes reload"
+    );
+    // The domain set follows: the rotated domain's shard changes, and only that one.
+    let keys = |pool: &crate::relaypool::model::Pool| {
+        let mut keys = super::domains::KeyMaterial::default();
+        for d in &pool.domains {
+            let k = d.dkim.as_ref().unwrap();
+            keys.insert(k.secret.clone(), k.selector.clone().into_bytes(), None);
+        }
+        keys
+    };
+    let a = super::domains::build(&many, &keys(&many));
+    let b = super::domains::build(&rotated, &keys(&rotated));
+    let changed: Vec<_> = a
+        .shards
+        .iter()
+        .zip(&b.shards)
+        .filter(|((_, da), (_, db))| da != db)
+        .map(|((s, _), _)| s.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        changed,
+        [smtp_node::domains::shard::shard_name(
+            "relay",
+            smtp_node::domains::shard::shard_of("d7.example.com")
+        )]
+    );
+    assert_ne!(a.index, b.index);
+}
+
+#[test]
+fn what_needs_a_restart_still_rolls_the_pods() {
+    let base = pool(&[("east", 2)]);
+    let template = |p: &crate::relaypool::model::Pool| {
+        super::build(p).unwrap().statefulsets[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .clone()
+    };
+    let mut image = base.clone();
+    image.image = "smtp-node:other".into();
+    assert_ne!(template(&image), template(&base));
+    let mut ports = base.clone();
+    ports.listeners.push(Listener {
+        kind: ListenerKind::Submission,
+        port: 587,
+    });
+    assert_ne!(template(&ports), template(&base));
+    let mut limits = base.clone();
+    limits.limits.max_recipients += 1;
+    assert_ne!(
+        template(&limits),
+        template(&base),
+        "node configuration hash"
+    );
+}
+
+#[test]
+fn the_node_role_names_a_fixed_set_of_objects() {
+    let role = rbac::role(&pool(&[("east", 1)]));
+    let rules = role.rules.unwrap();
+    let secrets = rules
+        .iter()
+        .find(|r| r.resources.as_deref() == Some(&["secrets".to_owned()][..]))
+        .unwrap();
+    assert_eq!(secrets.verbs, ["get"]);
+    let names = secrets.resource_names.as_ref().unwrap();
+    assert_eq!(names.len(), 64);
+    assert_eq!(names[0], "relay-domains-00");
+    let index = rules
+        .iter()
+        .find(|r| r.resources.as_deref() == Some(&["configmaps".to_owned()][..]))
+        .unwrap();
+    assert_eq!(
+        index.resource_names.as_deref(),
+        Some(&["relay-domains".to_owned()][..])
+    );
+    assert_eq!(index.verbs, ["get", "list", "watch"]);
 }
