@@ -199,9 +199,12 @@ up() {
   start kube-scheduler "$bin/kube-scheduler" \
     --kubeconfig "$kc" --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
     --bind-address 127.0.0.1 --secure-port "$SCHEDULER" --leader-elect=false
-  # kwok manages only the fake nodes (and their pods), never the real one.
+  # kwok manages only the fake nodes (and their pods), never the real one. Their node
+  # and pod addresses are on loopback: the operator calls every pod's admin API and the
+  # API server a node's kubelet port, and nothing may leave this machine.
   start kwok "$bin/kwok" --kubeconfig "$kc" --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --cidr 127.101.0.1/16 --node-ip 127.0.0.1 \
     --server-address "127.0.0.1:$KWOK" --node-lease-duration-seconds 40
 
   wait_until kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$KCM/healthz"

@@ -130,10 +130,30 @@ func TestJourney(t *testing.T) {
 		eventuallyField(t, 120*time.Second, mailNamespace, "relaypool/"+pool, ".status.readyReplicas", "6")
 		Kubectl(t, "patch", "relaypool/"+pool, "-n", mailNamespace, "--type=json",
 			"-p", `[{"op":"remove","path":"/spec/dataCentres/2"}]`)
+		// The pods on kwok nodes run no smtp-node: the drain cannot reach the node, so the
+		// scale-down is blocked and the data centre kept, never removed with its mail.
+		blocked := `.status.conditions[?(@.type=="ScaleDownBlocked")]`
+		eventuallyField(t, 60*time.Second, mailNamespace, "relaypool/"+pool, blocked+".reason", "NodeUnreachable")
+		eventuallyField(t, 10*time.Second, mailNamespace, "relaypool/"+pool, ".status.scaleDown.pod", "outbound-north-0")
+		if !exists(mailNamespace, "statefulset/outbound-north") {
+			t.Fatalf("the StatefulSet of a data centre whose node was never drained is gone")
+		}
+		if label := jsonpath(t, mailNamespace, "pod/outbound-north-0", `.metadata.labels.smtpfleet\.io/leaving`); label != "true" {
+			t.Errorf("the node being drained is not labelled leaving: %q", label)
+		}
+		Eventually(t, 30*time.Second, "a ScaleDownBlocked Warning Event", func() (bool, string) {
+			out, _ := KubectlErr("get", "events", "-n", mailNamespace,
+				"--field-selector", "reason=ScaleDownBlocked,type=Warning", "-o", "name")
+			return strings.TrimSpace(out) != "", "none yet"
+		})
+		// The node will never answer: let it go without a drain.
+		Kubectl(t, "annotate", "relaypool/"+pool, "-n", mailNamespace, "smtpfleet.io/force-scale-down=true")
 		Eventually(t, 60*time.Second, "statefulset/outbound-north to be deleted", func() (bool, string) {
 			return !exists(mailNamespace, "statefulset/outbound-north"), "still there"
 		})
+		Kubectl(t, "annotate", "relaypool/"+pool, "-n", mailNamespace, "smtpfleet.io/force-scale-down-")
 		eventuallyField(t, 120*time.Second, mailNamespace, "relaypool/"+pool, ".status.replicas", "5")
+		eventuallyField(t, 30*time.Second, mailNamespace, "relaypool/"+pool, blocked+".status", "False")
 	})
 
 	step("a deleted child is recreated", func(t *testing.T) {

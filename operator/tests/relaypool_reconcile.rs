@@ -273,8 +273,9 @@ async fn replica_change_is_applied_to_the_statefulset_and_announced() {
 #[tokio::test]
 async fn drift_is_overwritten_with_the_same_desired_content_every_time() {
     let pool = fixture("single.yaml");
-    // Someone scaled the StatefulSet by hand to 7; the pool says 3.
-    let drifted = existing_sts(&pool, "default", 7, settled_status(7, 7));
+    // Someone scaled the StatefulSet down by hand to 1; the pool says 3. (Scaled up by
+    // hand, its extra nodes would be drained first: they may hold mail.)
+    let drifted = existing_sts(&pool, "default", 1, settled_status(1, 1));
 
     let (mut server, _ctx, task) = start(&pool);
     serve_secret(
@@ -305,7 +306,7 @@ async fn drift_is_overwritten_with_the_same_desired_content_every_time() {
     );
     assert_eq!(
         events[0].2,
-        "Scaled data centre \"default\" from 7 to 3 replica(s)."
+        "Scaled data centre \"default\" from 1 to 3 replica(s)."
     );
     finish(task).await.unwrap();
 
@@ -416,8 +417,12 @@ async fn missing_tls_secret_makes_the_pool_degraded_naming_the_secret() {
 }
 
 #[tokio::test]
-async fn removed_data_centre_statefulset_is_deleted() {
+async fn a_forced_scale_down_deletes_a_removed_data_centre_at_once() {
     let mut pool = fixture("multi.yaml");
+    pool.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("smtpfleet.io/force-scale-down".into(), "true".into());
     let removed = pool.spec.data_centres.remove(1);
     assert_eq!(removed.name, "eu-west-1b");
     let (mut server, _ctx, task) = start(&pool);
@@ -491,16 +496,141 @@ async fn removed_data_centre_statefulset_is_deleted() {
         .map(|d| d["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["eu-west-1a", "on-prem"]);
-    let events = serve_events(&mut server, NS, 2).await;
+    assert_eq!(condition(&patch, "ScalingDown")["status"], "False");
+    let events = serve_events(&mut server, NS, 3).await;
     assert_eq!(
         reasons(&events),
         [
             ("Normal", "DataCentreRemoved"),
-            ("Normal", "AllReplicasReady")
+            ("Normal", "AllReplicasReady"),
+            ("Warning", "ScaleDownForced"),
         ]
     );
     assert!(events[0].2.contains("outbound-eu-west-1b"));
     assert_eq!(finish(task).await.unwrap(), Action::requeue(REQUEUE));
+}
+
+#[tokio::test]
+/// Removing a data centre drains its nodes first: the highest ordinal is asked to drain
+/// and labelled leaving, its StatefulSet is kept at its replicas, and nothing is deleted.
+/// (The pods here have no address, so the node is not reached; the next rounds would
+/// report it unreachable.)
+async fn removed_data_centre_is_drained_before_its_statefulset_goes() {
+    let mut pool = fixture("multi.yaml");
+    pool.spec.data_centres.remove(1);
+    let (mut server, _ctx, task) = start(&pool);
+    let users = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "submission-users", "namespace": NS},
+        "data": {"users": "YWxpY2U6eA=="},
+    });
+    serve_secret(&mut server, NS, "submission-users", Some(users)).await;
+    serve_mail_domains(&mut server, NS, "outbound", vec![]).await;
+    serve_statefulsets(
+        &mut server,
+        NS,
+        "outbound",
+        vec![
+            existing_sts(&pool, "eu-west-1a", 2, settled_status(2, 2)),
+            existing_sts(&pool, "eu-west-1b", 2, settled_status(2, 2)),
+            existing_sts(&pool, "on-prem", 1, settled_status(1, 1)),
+        ],
+    )
+    .await;
+    serve_secret(&mut server, NS, "outbound-admin", None).await;
+    let pods: Vec<Value> = [
+        "eu-west-1a-0",
+        "eu-west-1a-1",
+        "eu-west-1b-0",
+        "eu-west-1b-1",
+        "on-prem-0",
+    ]
+    .iter()
+    .map(|p| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("outbound-{p}"), "namespace": NS},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        })
+    })
+    .collect();
+    server
+        .expect(Method::GET, &format!("/api/v1/namespaces/{NS}/pods"))
+        .await
+        .ok(&list("v1", "PodList", pods));
+    let label = server
+        .expect(
+            Method::PATCH,
+            &format!("/api/v1/namespaces/{NS}/pods/outbound-eu-west-1b-1"),
+        )
+        .await;
+    assert_eq!(
+        label.body["metadata"]["labels"]["smtpfleet.io/leaving"],
+        "true"
+    );
+    label.ok(
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "outbound-eu-west-1b-1"}}),
+    );
+
+    for path in [
+        "/api/v1/namespaces/mail/serviceaccounts/outbound",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/mail/roles/outbound-node",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/mail/rolebindings/outbound-node",
+        "/api/v1/namespaces/mail/configmaps/outbound-config",
+        "/api/v1/namespaces/mail/services/outbound-peers",
+        "/api/v1/namespaces/mail/services/outbound",
+    ] {
+        serve_apply(&mut server, path, false, None).await;
+    }
+    for (dc, replicas) in [("eu-west-1a", 2), ("on-prem", 1)] {
+        let path = grouped("apps/v1", NS, "statefulsets", &format!("outbound-{dc}"));
+        serve_apply(
+            &mut server,
+            &path,
+            false,
+            Some(settled_status(replicas, replicas)),
+        )
+        .await;
+    }
+    serve_apply(
+        &mut server,
+        &grouped("policy/v1", NS, "poddisruptionbudgets", "outbound"),
+        false,
+        None,
+    )
+    .await;
+    // The removed data centre keeps its two nodes while the highest drains.
+    let kept = server
+        .expect(
+            Method::PATCH,
+            &grouped("apps/v1", NS, "statefulsets", "outbound-eu-west-1b"),
+        )
+        .await;
+    assert_eq!(kept.body["spec"]["replicas"], 2);
+    kept.ok(&existing_sts(&pool, "eu-west-1b", 2, settled_status(2, 2)));
+
+    // No DELETE of the StatefulSet: the next request is the status patch.
+    let patch = serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    assert_eq!(patch["status"]["scaleDown"]["pod"], "outbound-eu-west-1b-1");
+    assert_eq!(patch["status"]["scaleDown"]["phase"], "Draining");
+    assert_eq!(patch["status"]["scaleDown"]["ordinal"], 1);
+    assert_eq!(condition(&patch, "ScalingDown")["status"], "True");
+    assert_eq!(condition(&patch, "ScalingDown")["reason"], "DrainingNode");
+    assert_eq!(condition(&patch, "ScaleDownBlocked")["status"], "False");
+    let events = serve_events(&mut server, NS, 2).await;
+    assert_eq!(
+        reasons(&events),
+        [("Normal", "AllReplicasReady"), ("Normal", "ScalingDown")]
+    );
+    assert!(
+        events[1].2.contains("outbound-eu-west-1b-1"),
+        "{}",
+        events[1].2
+    );
+    assert_eq!(
+        finish(task).await.unwrap(),
+        Action::requeue(Duration::from_secs(5))
+    );
 }
 
 #[tokio::test]

@@ -59,9 +59,15 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["services", "configmaps", "secrets", "serviceaccounts"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+# Pods: the queue status and the drains find nodes here; a node being removed is
+# labelled smtpfleet.io/leaving.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
+# A node's spool claim is deleted once the node was drained and removed.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]

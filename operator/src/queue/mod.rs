@@ -153,6 +153,8 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
 pub struct PoolNode {
     pub pod: String,
     pub data_centre: String,
+    /// Its Ready condition is True.
+    pub ready: bool,
     /// Its admin API, once the pod has an address.
     pub admin: Option<SocketAddr>,
 }
@@ -188,6 +190,11 @@ pub async fn pool_nodes(
                 .get(meta::DATA_CENTRE_LABEL)
                 .cloned()
                 .unwrap_or_default(),
+            ready: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
             admin: pod
                 .status
                 .as_ref()

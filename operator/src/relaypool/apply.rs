@@ -7,7 +7,7 @@
 //! (the StatefulSet controller's status, a HorizontalPodAutoscaler, `kubectl` edits of
 //! fields we do not set) are left alone, and drift in fields we do set is overwritten.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -218,8 +218,24 @@ pub struct ApplyOutcome {
     pub changes: Vec<Change>,
 }
 
-/// Applies every child of the pool, then deletes the StatefulSets of data centres no
-/// longer in the spec.
+/// The pool's StatefulSets as they are now.
+pub async fn list_statefulsets(client: &Client, pool: &PoolIdentity) -> Result<Vec<StatefulSet>> {
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &pool.namespace);
+    let selector = meta::children_selector(&pool.name);
+    Ok(statefulsets
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::ListChildren {
+            kind: "StatefulSet",
+            source,
+        })?
+        .items)
+}
+
+/// Applies every child of the pool, scales the StatefulSets of removed data centres that
+/// are still `draining` (name → replicas), then deletes the StatefulSets of data centres
+/// no longer in the spec that have nothing left to drain. `before` is the pool's
+/// StatefulSets as they were read before this round.
 ///
 /// Order matters only for the first rollout: the ServiceAccount and the ConfigMap
 /// exist before the StatefulSets whose pods use them, so no pod starts and fails on a
@@ -229,22 +245,15 @@ pub async fn apply_children(
     client: &Client,
     pool: &PoolIdentity,
     children: &Children,
+    before: &[StatefulSet],
+    draining: &BTreeMap<String, i32>,
 ) -> Result<ApplyOutcome> {
     let namespace = pool.namespace.as_str();
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-    let selector = meta::children_selector(&pool.name);
-    let before = statefulsets
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| Error::ListChildren {
-            kind: "StatefulSet",
-            source,
-        })?
-        .items;
 
     let mut outcome = ApplyOutcome {
         statefulsets: Vec::with_capacity(children.statefulsets.len()),
-        changes: changes::scaled(&before, &children.statefulsets),
+        changes: changes::scaled(before, &children.statefulsets),
     };
     apply_reporting(
         client,
@@ -306,7 +315,27 @@ pub async fn apply_children(
         .iter()
         .map(ResourceExt::name_any)
         .collect();
-    for name in orphans(&desired, &before, &pool.uid) {
+    for (name, replicas) in draining {
+        if desired.contains(name) {
+            continue;
+        }
+        let body = serde_json::json!({ "spec": { "replicas": replicas } });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let scaled = statefulsets
+            .patch(name, &params, &Patch::Merge(&body))
+            .await
+            .map_err(|source| Error::Apply {
+                kind: "StatefulSet",
+                name: name.clone(),
+                source,
+            })?;
+        outcome.statefulsets.push(scaled);
+    }
+    let keep: BTreeSet<String> = desired.iter().chain(draining.keys()).cloned().collect();
+    for name in orphans(&keep, before, &pool.uid) {
         let uid = before
             .iter()
             .find(|s| s.name_any() == name)

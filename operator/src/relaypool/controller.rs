@@ -30,6 +30,7 @@ use super::cleanup::{self, Verdict};
 use super::context::Context;
 use super::dereference;
 use super::error::{Error, Result};
+use super::scaledown;
 use super::status;
 use super::validate;
 use crate::api::relay_pool::{condition_types, reasons};
@@ -359,7 +360,24 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     if shards_written > 0 {
         tracing::info!(pool = %key(pool), shards = shards_written, domains = model.domains.len(), "domain set updated");
     }
-    let outcome = apply::apply_children(&ctx.client, &model.identity, &children).await?;
+    let before = apply::list_statefulsets(&ctx.client, &model.identity).await?;
+    let mut children = children;
+    let scale =
+        scaledown::reconcile(&ctx.client, pool, model, &children.statefulsets, &before).await?;
+    for sts in &mut children.statefulsets {
+        let replicas = scale.replicas.get(&sts.name_any()).copied();
+        if let (Some(spec), Some(replicas)) = (sts.spec.as_mut(), replicas) {
+            spec.replicas = Some(replicas);
+        }
+    }
+    let outcome = apply::apply_children(
+        &ctx.client,
+        &model.identity,
+        &children,
+        &before,
+        &scale.replicas,
+    )
+    .await?;
 
     let observed = status::observe_all(model, &outcome.statefulsets);
     let previous = pool.status.clone().unwrap_or_default();
@@ -368,10 +386,21 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     let computed = status::compute(model, observed, &validated.problems, not_ready_for);
     let requeue = computed
         .recheck_in
-        .map_or(ctx.settings.requeue_after, |recheck| {
-            recheck.min(ctx.settings.requeue_after)
-        });
-    let next = status::to_status(&previous, computed, model.identity.generation, &now);
+        .into_iter()
+        .chain(scale.requeue)
+        .fold(ctx.settings.requeue_after, Duration::min);
+    let mut next = status::to_status(&previous, computed, model.identity.generation, &now);
+    next.scale_down = scale.status;
+    for (type_, status, reason, message) in &scale.conditions {
+        next.conditions = crate::queue::with_condition(
+            &next.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            model.identity.generation,
+        );
+    }
     if next != previous {
         let api: Api<RelayPool> = Api::namespaced(ctx.client.clone(), &model.identity.namespace);
         let params = PatchParams {
@@ -393,6 +422,9 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         &next.conditions,
     ));
     publish(ctx, pool, &all_changes).await;
+    if !scale.events.is_empty() {
+        publish_all(&ctx.recorder(), &pool.object_ref(&()), &scale.events).await;
+    }
     Ok(Action::requeue(requeue))
 }
 

@@ -69,7 +69,8 @@ fn relay_pool_columns() {
             ),
             ("Replicas", "integer", ".status.replicas"),
             ("Ready Replicas", "integer", ".status.readyReplicas"),
-            ("Queue", "integer", ".status.queue.depth"),
+            ("Queued", "integer", ".status.queue.depth"),
+            ("Oldest", "date", ".status.queue.oldestReceivedAt"),
             ("Age", "date", ".metadata.creationTimestamp"),
         ])
     );

@@ -14,7 +14,7 @@ mod status;
 pub use resolve::{DEFAULT_REPLICATION_FACTOR, EnabledListener, ListenerKind, TlsSource};
 pub use status::{
     CertificateStatus, DataCentreQueue, DataCentreStatus, QueueStatus, RelayPoolStatus,
-    condition_types, reasons,
+    ScaleDownPhase, ScaleDownStatus, condition_types, reasons,
 };
 
 use std::collections::BTreeMap;

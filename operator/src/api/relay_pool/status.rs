@@ -38,6 +38,10 @@ pub struct RelayPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateStatus>,
 
+    /// The node being removed, while a scale-down drains it or waits for it to go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<ScaleDownStatus>,
+
     /// Current state of the pool: `Ready`, `Available`, `Progressing`, `Degraded`,
     /// `CertificateReady` and `QueueReplicated`.
     #[serde(default)]
@@ -115,6 +119,35 @@ fn data_centre_queue_list(schema: &mut schemars::Schema) {
     crate::api::schema::list_map(schema, &["name"]);
 }
 
+/// A node on its way out: the operator removes one node at a time, the highest ordinal
+/// of a data centre, and only once it holds nothing the pool still needs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::unwrap_descriptions)]
+pub struct ScaleDownStatus {
+    /// The pod being removed.
+    pub pod: String,
+    /// Its data centre.
+    pub data_centre: String,
+    /// Its StatefulSet.
+    pub stateful_set: String,
+    /// Its ordinal: the StatefulSet goes down to this many replicas.
+    pub ordinal: i32,
+    /// `Draining` (no new mail, its messages handed to the others) or `Removing` (the
+    /// StatefulSet lowered; its spool claim is deleted once the pod is gone).
+    pub phase: ScaleDownPhase,
+    /// When the drain was asked for.
+    pub started_at: Time,
+}
+
+/// Where a scale-down is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ScaleDownPhase {
+    #[default]
+    Draining,
+    Removing,
+}
+
 /// The certificate the listeners serve.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -156,6 +189,12 @@ pub mod condition_types {
     /// The pool is being deleted but its nodes still hold queued mail: the finalizer
     /// keeps it until they have delivered it (or `smtpfleet.io/force-delete` is set).
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+    /// A node is being drained and removed because a data centre has fewer replicas
+    /// than it runs (or was removed).
+    pub const SCALING_DOWN: &str = "ScalingDown";
+    /// A scale-down cannot go on without risking mail: a pre-check failed, the node
+    /// does not answer, or its drain is taking longer than the timeout.
+    pub const SCALE_DOWN_BLOCKED: &str = "ScaleDownBlocked";
 
     /// All types, in the order they are listed in a status.
     pub const ALL: [&str; 6] = [
@@ -217,4 +256,18 @@ pub mod reasons {
     pub const QUEUE_STATUS_UNKNOWN: &str = "QueueStatusUnknown";
     /// Mail is still queued on a pool being deleted (DeletionBlocked).
     pub const MAIL_QUEUED: &str = "MailQueued";
+    /// The node being removed is handing its messages over (ScalingDown).
+    pub const DRAINING_NODE: &str = "DrainingNode";
+    /// The drained node's pod and claim are being removed (ScalingDown).
+    pub const REMOVING_NODE: &str = "RemovingNode";
+    /// Every data centre runs what its spec asks for (ScalingDown, ScaleDownBlocked).
+    pub const NO_SCALE_DOWN: &str = "NoScaleDown";
+    /// Removing the node would leave too few ready nodes or data centres
+    /// (ScaleDownBlocked).
+    pub const PRE_CHECK_FAILED: &str = "PreCheckFailed";
+    /// The node being drained does not answer on its admin API (ScaleDownBlocked).
+    pub const NODE_UNREACHABLE: &str = "NodeUnreachable";
+    /// The drain passed its timeout with messages still needing the node
+    /// (ScaleDownBlocked).
+    pub const DRAIN_TIMEOUT: &str = "DrainTimeout";
 }
