@@ -56,6 +56,9 @@ func TestJourney(t *testing.T) {
 
 	step("apply examples", func(t *testing.T) {
 		Kubectl(t, "apply", "-f", filepath.Join(root, "examples"))
+		// The examples kept in subdirectories are applied on their own; the API server
+		// accepts them as they are.
+		Kubectl(t, "apply", "--dry-run=server", "-f", filepath.Join(root, "examples/autoscaling"))
 		for _, object := range []string{
 			"statefulset/outbound-east", "statefulset/outbound-west",
 			"service/outbound", "service/outbound-peers",

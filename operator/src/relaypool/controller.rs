@@ -24,12 +24,14 @@ use kube::{Api, Resource, ResourceExt};
 use thiserror::Error;
 
 use super::apply::{self, FIELD_MANAGER};
+use super::autoscale;
 use super::build::{self, meta};
 use super::changes::{self, Change};
 use super::cleanup::{self, Verdict};
 use super::context::Context;
 use super::dereference;
 use super::error::{Error, Result};
+use super::model::Pool;
 use super::scaledown;
 use super::status;
 use super::validate;
@@ -344,7 +346,9 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     for problem in &validated.problems {
         tracing::info!(pool = %key(pool), reason = problem.reason, "{}", problem.message);
     }
-    let model = &validated.pool;
+    let mut autoscaled = validated.pool.clone();
+    let recommendations = autoscale_pool(pool, &mut autoscaled);
+    let model = &autoscaled;
     let children = build::build(model)?;
     let keys = dereference::domain_keys(
         &ctx.client,
@@ -391,6 +395,7 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         .fold(ctx.settings.requeue_after, Duration::min);
     let mut next = status::to_status(&previous, computed, model.identity.generation, &now);
     next.scale_down = scale.status;
+    next.autoscaling = recommendations.iter().map(|r| r.status.clone()).collect();
     for (type_, status, reason, message) in &scale.conditions {
         next.conditions = crate::queue::with_condition(
             &next.conditions,
@@ -422,10 +427,41 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         &next.conditions,
     ));
     publish(ctx, pool, &all_changes).await;
-    if !scale.events.is_empty() {
-        publish_all(&ctx.recorder(), &pool.object_ref(&()), &scale.events).await;
+    let mut events: Vec<_> = recommendations
+        .iter()
+        .filter_map(|r| r.changed.clone())
+        .map(|message| normal("Autoscaled", "Scale", message))
+        .collect();
+    events.extend(scale.events);
+    if !events.is_empty() {
+        publish_all(&ctx.recorder(), &pool.object_ref(&()), &events).await;
     }
     Ok(Action::requeue(requeue))
+}
+
+/// With `spec.autoscaling`, each data centre's recommendation from its queue depth,
+/// written into `model` as the data centre's replicas; none otherwise.
+fn autoscale_pool(pool: &RelayPool, model: &mut Pool) -> Vec<autoscale::Recommendation> {
+    let Some(spec) = pool.spec.autoscaling.as_ref() else {
+        return Vec::new();
+    };
+    let bounds = autoscale::Bounds::of(spec);
+    let status = pool.status.as_ref();
+    let queue = status.and_then(|s| s.queue.as_ref());
+    let now = Timestamp::now();
+    model
+        .data_centres
+        .iter_mut()
+        .map(|dc| {
+            let previous =
+                status.and_then(|s| s.autoscaling.iter().find(|a| a.data_centre == dc.name));
+            let depth = autoscale::depth_of(queue, &dc.name);
+            let recommendation =
+                autoscale::recommend(&dc.name, bounds, dc.replicas, previous, depth, now);
+            dc.replicas = recommendation.status.replicas;
+            recommendation
+        })
+        .collect()
 }
 
 /// The clean-up for a pool being deleted.

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod apply;
+pub mod autoscale;
 pub mod backoff;
 pub mod build;
 pub mod changes;

@@ -304,6 +304,7 @@ pub fn to_status(
             .collect(),
         queue: previous.queue.clone(),
         certificate: previous.certificate.clone(),
+        autoscaling: previous.autoscaling.clone(),
         scale_down: previous.scale_down.clone(),
         conditions: conditions::merge(&previous.conditions, computed.conditions, generation, now),
     }
@@ -319,6 +320,7 @@ pub fn patch_body(status: &RelayPoolStatus, resource_version: Option<String>) ->
             "replicas": status.replicas,
             "readyReplicas": status.ready_replicas,
             "dataCentres": status.data_centres,
+            "autoscaling": status.autoscaling,
             "scaleDown": status.scale_down,
             "conditions": status.conditions,
         }

@@ -26,6 +26,9 @@ pub(super) fn implicit_tls_port() -> i32 {
 pub(super) fn min_data_centres() -> i32 {
     1
 }
+pub(super) fn scale_down_stabilization() -> String {
+    "5m".to_owned()
+}
 pub(super) fn max_age() -> String {
     "5d".to_owned()
 }

@@ -13,8 +13,8 @@ mod status;
 
 pub use resolve::{DEFAULT_REPLICATION_FACTOR, EnabledListener, ListenerKind, TlsSource};
 pub use status::{
-    CertificateStatus, DataCentreQueue, DataCentreStatus, QueueStatus, RelayPoolStatus,
-    ScaleDownPhase, ScaleDownStatus, condition_types, reasons,
+    AutoscalingStatus, CertificateStatus, DataCentreQueue, DataCentreStatus, QueueStatus,
+    RelayPoolStatus, ScaleDownPhase, ScaleDownStatus, condition_types, reasons,
 };
 
 use std::collections::BTreeMap;
@@ -182,6 +182,37 @@ pub struct RelayPoolSpec {
     #[serde(default, skip_serializing_if = "LimitsSpec::is_default")]
     #[schemars(extend("default" = {}))]
     pub limits: LimitsSpec,
+
+    /// Scale each data centre on its queue depth. The operator recommends a node count
+    /// per data centre from the queue the nodes report (status.autoscaling) and runs that
+    /// many instead of the data centre's `replicas`, which stays as written (so GitOps
+    /// tools do not fight it) and is where a new data centre starts. More nodes are added
+    /// at once; fewer only after the backlog stayed low for `scaleDownStabilization`,
+    /// and then through the drain of a normal scale-down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// Queue-depth autoscaling, applied to each data centre on its own.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = rules::autoscaling, transform = schema::unwrap_descriptions)]
+pub struct AutoscalingSpec {
+    /// Fewest nodes a data centre runs.
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most nodes a data centre runs.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Queued messages one node should carry: a data centre runs
+    /// ceil(its queue depth / this) nodes, within the bounds.
+    #[schemars(range(min = 1))]
+    pub target_queue_per_replica: i64,
+    /// How long the queue must stay low enough for fewer nodes before any is removed,
+    /// as a duration such as `5m`.
+    #[serde(default = "defaults::scale_down_stabilization")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = patterns::DURATION))]
+    pub scale_down_stabilization: String,
 }
 
 /// Image pull policy of the smtp-node container.

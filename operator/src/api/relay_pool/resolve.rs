@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{
-    DEFAULT_DATA_CENTRE, DataCentre, IssuerRef, LimitsSpec, ListenersSpec, QueueSpec,
-    RelayPoolSpec, TlsSpec, ZONE_LABEL,
+    AutoscalingSpec, DEFAULT_DATA_CENTRE, DataCentre, IssuerRef, LimitsSpec, ListenersSpec,
+    QueueSpec, RelayPoolSpec, TlsSpec, ZONE_LABEL,
 };
 use crate::api::error::SpecError;
 use crate::api::{duration, quantity};
@@ -173,6 +173,16 @@ impl QueueSpec {
     /// Age after which undelivered mail bounces.
     pub fn max_age(&self) -> Result<Duration, SpecError> {
         duration::parse_field("spec.queue.maxAge", &self.max_age)
+    }
+}
+
+impl AutoscalingSpec {
+    /// `scaleDownStabilization` as a duration.
+    pub fn scale_down_stabilization(&self) -> Result<Duration, SpecError> {
+        duration::parse_field(
+            "spec.autoscaling.scaleDownStabilization",
+            &self.scale_down_stabilization,
+        )
     }
 }
 

@@ -118,6 +118,21 @@ pub(super) fn listeners(schema: &mut Schema) {
     );
 }
 
+pub(super) fn autoscaling(schema: &mut Schema) {
+    schema::push_rules(
+        schema,
+        [CelRule::new(
+            "self.minReplicas <= self.maxReplicas",
+            "spec.autoscaling.minReplicas must not exceed spec.autoscaling.maxReplicas",
+        )
+        .message_expression(
+            "\"spec.autoscaling.minReplicas (%d) must not exceed spec.autoscaling.maxReplicas (%d)\".format([self.minReplicas, self.maxReplicas])",
+        )
+        .field_path(".minReplicas")
+        .reason("FieldValueInvalid")],
+    );
+}
+
 pub(super) fn tls(schema: &mut Schema) {
     schema::push_rules(
         schema,

@@ -38,6 +38,12 @@ pub struct RelayPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateStatus>,
 
+    /// The node count queue-depth autoscaling recommends for each data centre (only
+    /// with `spec.autoscaling`). The pool runs these instead of the spec's replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = autoscaling_status_list)]
+    pub autoscaling: Vec<AutoscalingStatus>,
+
     /// The node being removed, while a scale-down drains it or waits for it to go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down: Option<ScaleDownStatus>,
@@ -117,6 +123,28 @@ pub struct DataCentreQueue {
 
 fn data_centre_queue_list(schema: &mut schemars::Schema) {
     crate::api::schema::list_map(schema, &["name"]);
+}
+
+/// The autoscaler's recommendation for one data centre.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::unwrap_descriptions)]
+pub struct AutoscalingStatus {
+    /// Name of the data centre.
+    pub data_centre: String,
+    /// Nodes it should run.
+    pub replicas: i32,
+    /// Its queue depth when last fully known (every node answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<i64>,
+    /// Since when the queue has been low enough for fewer nodes (the stabilization
+    /// window runs from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_since: Option<Time>,
+}
+
+fn autoscaling_status_list(schema: &mut schemars::Schema) {
+    crate::api::schema::list_map(schema, &["dataCentre"]);
 }
 
 /// A node on its way out: the operator removes one node at a time, the highest ordinal
