@@ -11,6 +11,7 @@
 #   scripts/bench-domains.sh              # 1,000 ed25519 domains
 #   scripts/bench-domains.sh 10000        # as many as you like
 #   ALGORITHM=rsa-2048 scripts/bench-domains.sh 1000
+#   OPERATOR=/path/to/operator scripts/bench-domains.sh   # that binary, not a fresh build
 #
 # DNS checks go to a port where nothing answers (so they fail fast) at the default
 # query-rate limit of 20/s: the keys must not wait for DNS. With KUBECONFIG set, that
@@ -28,9 +29,11 @@ export SMTPFLEET_E2E_PORT="${SMTPFLEET_E2E_PORT:-27600}"
 NS=bench-domains-$(date +%s)
 POOL=bench
 
-echo "building the operator (release)..."
-cargo build --release -q -p smtpfleet-operator --bin operator
-OPERATOR="$CARGO_TARGET_DIR/release/operator"
+if [ -z "${OPERATOR:-}" ]; then
+  echo "building the operator (release)..."
+  cargo build --release -q -p smtpfleet-operator --bin operator
+  OPERATOR="$CARGO_TARGET_DIR/release/operator"
+fi
 
 work=$(mktemp -d /tmp/smtpfleet-bench-domains.XXXXXX)
 op_pid=""

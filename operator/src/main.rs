@@ -25,8 +25,39 @@ enum Command {
     Run(Box<RunArgs>),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    limit_malloc_arenas();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(error) => {
+            eprintln!("operator: starting the async runtime failed: {error}");
+            ExitCode::from(exit::START_UP)
+        }
+    }
+}
+
+/// Allocator arenas (glibc): at most two, unless `MALLOC_ARENA_MAX` says otherwise.
+///
+/// glibc gives every thread that allocates while the others hold their arenas a new
+/// one, up to eight per CPU, and an arena keeps what is freed in it for its own thread.
+/// A burst of MailDomains spread its short-lived peaks (API lists, reconciliations) over
+/// the async workers and the key generation threads: nine arenas held 80 MiB, of which
+/// the live heap at its peak was 65 MiB. Two arenas (there are two async workers) reuse
+/// what was freed. Must run before any other thread starts.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     // Two crypto providers are linked through dependencies; pick ring explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();

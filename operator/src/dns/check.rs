@@ -52,12 +52,23 @@ impl DomainCheck {
     }
 }
 
-/// Checks `expected` against DNS.
-pub async fn check_domain(resolver: &DnsResolver, expected: &[ExpectedRecord]) -> DomainCheck {
-    let questions: BTreeSet<(String, RecordType)> = expected
+/// The questions a check of `expected` asks: each name and type once.
+fn questions(expected: &[ExpectedRecord]) -> BTreeSet<(String, RecordType)> {
+    expected
         .iter()
         .map(|e| (normalize_name(&e.name), e.record_type()))
-        .collect();
+        .collect()
+}
+
+/// How many lookups a check of `expected` makes, not counting SPF includes: what its
+/// turn at the query-rate limit is booked for.
+pub fn question_count(expected: &[ExpectedRecord]) -> u32 {
+    u32::try_from(questions(expected).len()).unwrap_or(u32::MAX)
+}
+
+/// Checks `expected` against DNS.
+pub async fn check_domain(resolver: &DnsResolver, expected: &[ExpectedRecord]) -> DomainCheck {
+    let questions = questions(expected);
     let answers: BTreeMap<(String, RecordType), Answer> =
         join_all(questions.into_iter().map(|(name, rtype)| async move {
             let answer = match rtype {

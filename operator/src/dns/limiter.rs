@@ -26,6 +26,8 @@ pub struct QueryLimiter {
     /// How far ahead of the steady rate a caller may run (`(burst - 1) × interval`).
     tolerance: Duration,
     tat: Mutex<Option<Instant>>,
+    /// The end of the last [`book`](Self::book)ed turn.
+    booked: Mutex<Option<Instant>>,
     acquired: AtomicU64,
 }
 
@@ -46,6 +48,7 @@ impl QueryLimiter {
             interval,
             tolerance,
             tat: Mutex::new(None),
+            booked: Mutex::new(None),
             acquired: AtomicU64::new(0),
         }
     }
@@ -76,10 +79,51 @@ impl QueryLimiter {
         }
     }
 
+    /// How long a lookup asked for now would wait for its turn, counting the turns
+    /// already [`book`](Self::book)ed.
+    pub fn backlog(&self) -> Duration {
+        let now = Instant::now();
+        let tat = *self.tat.lock().unwrap_or_else(|e| e.into_inner());
+        let booked = *self.booked.lock().unwrap_or_else(|e| e.into_inner());
+        turn_start(now, tat, self.tolerance, booked) - now
+    }
+
+    /// Books the turn of a check of `queries` lookups that should not wait for it in
+    /// memory: returns when it may start, and moves the next booking past it at the
+    /// configured rate. A booking takes no slot: the lookups still
+    /// [`acquire`](Self::acquire) theirs, so the rate holds even when a booked check
+    /// runs late.
+    pub fn book(&self, queries: u32) -> Instant {
+        let now = Instant::now();
+        let Some(interval) = self.interval else {
+            return now;
+        };
+        let tat = *self.tat.lock().unwrap_or_else(|e| e.into_inner());
+        let mut booked = self.booked.lock().unwrap_or_else(|e| e.into_inner());
+        let start = turn_start(now, tat, self.tolerance, *booked);
+        *booked = Some(start + interval * queries.max(1));
+        start
+    }
+
     /// Queries let through so far (for metrics and the benchmark).
     pub fn acquired(&self) -> u64 {
         self.acquired.load(Ordering::Relaxed)
     }
+}
+
+/// When the next turn starts: now, or once the queries already let through and the turns
+/// already booked have had their slots, whichever is later. `tat` is the limiter's
+/// theoretical arrival time, `tolerance` its burst allowance.
+fn turn_start(
+    now: Instant,
+    tat: Option<Instant>,
+    tolerance: Duration,
+    booked: Option<Instant>,
+) -> Instant {
+    let free = tat
+        .and_then(|t| t.checked_sub(tolerance))
+        .map_or(now, |t| t.max(now));
+    booked.map_or(free, |b| b.max(free))
 }
 
 /// When to check a domain again.
@@ -265,6 +309,56 @@ mod tests {
             Duration::ZERO,
             "bucket refilled while idle"
         );
+    }
+
+    #[test]
+    fn turn_start_table() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        // (tat, tolerance, booked) -> start
+        let cases = [
+            (None, s(0), None, now),
+            (Some(now - s(5)), s(0), None, now),
+            (Some(now + s(3)), s(0), None, now + s(3)),
+            (Some(now + s(3)), s(1), None, now + s(2)),
+            (Some(now + s(3)), s(5), None, now),
+            (Some(now + s(3)), s(0), Some(now + s(10)), now + s(10)),
+            (Some(now + s(10)), s(0), Some(now + s(3)), now + s(10)),
+            (None, s(0), Some(now - s(1)), now),
+        ];
+        for (tat, tolerance, booked, want) in cases {
+            assert_eq!(
+                turn_start(now, tat, tolerance, booked),
+                want,
+                "{tat:?} {tolerance:?} {booked:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bookings_are_spaced_at_the_rate_and_count_as_backlog() {
+        let limiter = QueryLimiter::new(20);
+        let start = Instant::now();
+        assert_eq!(limiter.backlog(), Duration::ZERO);
+        // Three checks of 5 lookups: 250 ms apart at 20 queries/s.
+        assert_eq!(limiter.book(5), start);
+        assert_eq!(limiter.book(5), start + Duration::from_millis(250));
+        assert_eq!(limiter.book(5), start + Duration::from_millis(500));
+        assert_eq!(limiter.backlog(), Duration::from_millis(750));
+        // Lookups let through push bookings out too.
+        for _ in 0..40 {
+            limiter.acquire().await;
+        }
+        assert_eq!(Instant::now() - start, Duration::from_millis(1950));
+        assert_eq!(limiter.book(1), start + Duration::from_secs(2));
+        // Bookings take no slot: a lookup asked now is not held by them.
+        let before = Instant::now();
+        limiter.acquire().await;
+        assert_eq!(Instant::now() - before, Duration::from_millis(50));
+        // Unlimited: every turn is now.
+        let free = QueryLimiter::unlimited();
+        assert_eq!(free.book(100), Instant::now());
+        assert_eq!(free.backlog(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,7 +23,7 @@ pub mod expected;
 pub mod limiter;
 pub mod resolver;
 
-pub use check::{DomainCheck, check_domain};
+pub use check::{DomainCheck, check_domain, question_count};
 pub use compare::{Answer, MxHost, Outcome};
 pub use expected::{
     DkimPublication, DmarcPolicy, DmarcSpec, Expectation, ExpectedRecord, MtaStsMode, MtaStsSpec,

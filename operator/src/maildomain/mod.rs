@@ -89,6 +89,10 @@ pub struct Context {
     /// Namespaces to watch; empty means all.
     pub namespaces: Vec<String>,
     pub(crate) checks: Mutex<HashMap<(String, String), CachedCheck>>,
+    /// Booked turns at the query-rate limit of checks that could not run at once: the
+    /// domain is reconciled again when its turn comes, instead of waiting for it in a
+    /// reconciliation that holds what it read.
+    pub(crate) bookings: Mutex<HashMap<(String, String), tokio::time::Instant>>,
 }
 
 impl Context {
@@ -123,6 +127,7 @@ impl Context {
             clock: Arc::new(Utc::now),
             namespaces,
             checks: Mutex::new(HashMap::new()),
+            bookings: Mutex::new(HashMap::new()),
         }
     }
 
@@ -140,10 +145,14 @@ impl Context {
         (self.clock)()
     }
 
-    /// Forgets a deleted domain's cached DNS check.
+    /// Forgets a deleted domain's cached DNS check and booked turn.
     pub(crate) fn forget(&self, object: &MailDomainRef) {
+        let key = (object.namespace.clone(), object.name.clone());
         if let Ok(mut m) = self.checks.lock() {
-            m.remove(&(object.namespace.clone(), object.name.clone()));
+            m.remove(&key);
+        }
+        if let Ok(mut m) = self.bookings.lock() {
+            m.remove(&key);
         }
     }
 

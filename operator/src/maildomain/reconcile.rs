@@ -35,7 +35,7 @@ use crate::dkim_keys::{
 };
 use crate::dns::{
     CheckResult, DomainCheck, ExpectedRecord, RecordType, check_domain, expected_records,
-    next_check_delay,
+    next_check_delay, question_count,
 };
 
 /// What the reconciler needs to know about a MailDomain.
@@ -324,11 +324,20 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
     // is followed by a check of the new set (cached when the records did not change).
     let mut rotation: Option<RotationAction> = None;
     let requested = view.unanswered_request().map(str::to_owned);
+    let plan = plan_dns(
+        ctx,
+        view,
+        &settings,
+        deref.hostname.as_deref(),
+        &stored,
+        requested.is_some(),
+    );
     // A domain seen for the first time gets its status (key, binding) before its first
-    // DNS check, which may wait behind the query-rate limit: the pool signs with the
-    // key as soon as the status names it, not minutes later.
+    // DNS check, which may wait briefly for the query-rate limit: the pool signs with
+    // the key as soon as the status names it. (A check that has to wait longer is
+    // booked instead, and the status below is written at once.)
     let first_check = view.status.as_ref().is_none_or(|s| s.dns.is_none());
-    if first_check && deref.hostname.is_some() && !has_cached_check(ctx, view) {
+    if first_check && matches!(plan, DnsPlan::Run { .. }) {
         let parts = StatusParts {
             settings: &settings,
             pool: &deref.pool,
@@ -337,7 +346,7 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
             conflict,
             rotation: None,
             check: None,
-            not_checked: "the first DNS check is queued behind the operator's DNS query-rate limit",
+            not_checked: CHECK_QUEUED,
             handled: view
                 .status
                 .as_ref()
@@ -346,18 +355,11 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
         let (interim, _) = compose_status(view, &parts, now);
         write_status(ctx, view, interim).await?;
     }
-    let mut check = dns_check(
-        ctx,
-        view,
-        &settings,
-        deref.hostname.as_deref(),
-        &stored,
-        requested.is_some(),
-    )
-    .await;
+    let mut dns = carry_out_dns(ctx, view, plan, &stored).await;
+    let answered = requested.is_some() && dns.fresh;
     if let Some(policy) = policy.as_ref().filter(|_| !conflict) {
         for _ in 0..4 {
-            let next_published = match (&stored.ring.next, &check) {
+            let next_published = match (&stored.ring.next, &dns.shown) {
                 (Some(next), Some(c)) => c.check.dkim_published(&next.selector),
                 _ => false,
             };
@@ -369,19 +371,20 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
             (stored, secrets) =
                 carry_out(ctx, view, &secrets, &stored, &action, policy.algorithm, now).await?;
             events.extend(rotation_event(&action));
-            check = dns_check(
+            let plan = plan_dns(
                 ctx,
                 view,
                 &settings,
                 deref.hostname.as_deref(),
                 &stored,
                 false,
-            )
-            .await;
+            );
+            dns = carry_out_dns(ctx, view, plan, &stored).await;
         }
     }
+    let check = dns.shown;
 
-    if let Some(value) = requested.as_deref().filter(|_| check.is_some()) {
+    if let Some(value) = requested.as_deref().filter(|_| answered) {
         tracing::info!(
             namespace = %view.object.namespace,
             maildomain = %view.object.name,
@@ -389,8 +392,8 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
             "DNS checked on request"
         );
     }
-    let handled = match (&requested, &check) {
-        (Some(value), Some(_)) => Some(value.clone()),
+    let handled = match &requested {
+        Some(value) if answered => Some(value.clone()),
         _ => view
             .status
             .as_ref()
@@ -404,8 +407,12 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
         conflict,
         rotation: rotation.as_ref(),
         check: check.as_ref(),
-        not_checked: "DNS is checked once the domain is bound to its RelayPool: the expected \
-                      records depend on the pool's hostname",
+        not_checked: if dns.queued {
+            CHECK_QUEUED
+        } else {
+            "DNS is checked once the domain is bound to its RelayPool: the expected records \
+             depend on the pool's hostname"
+        },
         handled,
     };
     let (status, transitions) = compose_status(view, &parts, now);
@@ -413,10 +420,10 @@ pub async fn reconcile_view(view: &MailDomainView, ctx: &Arc<Context>) -> Result
     write_status(ctx, view, status).await?;
     publish_events(ctx, view, &events).await;
 
-    // Requeue at the next DNS check, or sooner when the key ring has a deadline.
-    let mut delay = check
-        .as_ref()
-        .map(|c| c.delay)
+    // Requeue at the next DNS check (or the booked turn), or sooner when the key ring
+    // has a deadline.
+    let mut delay = dns
+        .next
         .unwrap_or(ctx.schedule.unverified_interval.max(Duration::from_secs(1)));
     if let Some(at) = rotation.as_ref().and_then(RotationAction::deadline) {
         let until = (at - now).to_std().unwrap_or(Duration::ZERO);
@@ -497,12 +504,6 @@ fn compose_status(
     );
     status.last_handled_reconcile_at = parts.handled.clone();
     (status, events)
-}
-
-/// Whether a DNS check of this domain is cached (so the reconciliation will not wait).
-fn has_cached_check(ctx: &Context, view: &MailDomainView) -> bool {
-    let key = (view.object.namespace.clone(), view.object.name.clone());
-    ctx.checks.lock().is_ok_and(|m| m.contains_key(&key))
 }
 
 fn user_key_stored(stored: &StoredKeys, selector: &str, key: &DkimKey) -> bool {
@@ -676,6 +677,23 @@ async fn persist(
     ))
 }
 
+/// Why a bound domain has no DNS check yet.
+const CHECK_QUEUED: &str =
+    "the first DNS check is queued behind the operator's DNS query-rate limit";
+
+/// The longest a reconciliation waits for the query-rate limit before its check runs.
+/// Longer waits are booked ([`crate::dns::QueryLimiter::book`]) and the domain is
+/// reconciled again at its turn: a thousand domains applied together would otherwise
+/// each hold a reconciliation, and everything it read, for minutes.
+pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(2);
+
+/// The same for a domain's first check, which comes with the domain's first
+/// reconciliation: only an idle limit lets it run at once. A burst of new domains is
+/// then reconciled (key, binding) at the pace of the API server, and their checks follow
+/// at the query rate, instead of each new domain holding a reconciliation slot for its
+/// lookups while the others wait for their keys.
+pub const MAX_INLINE_WAIT_FIRST: Duration = Duration::from_millis(100);
+
 /// A DNS check and when to run the next one.
 struct CheckOutcome {
     check: DomainCheck,
@@ -683,35 +701,171 @@ struct CheckOutcome {
     delay: Duration,
 }
 
-/// Runs (or reuses) the DNS check. Reused while the expected records are unchanged and
-/// the scheduled time has not come, so events that wake the reconciler cause no queries;
-/// `requested` (an unanswered [`RECONCILE_REQUESTED_AT`]) runs it now regardless. Either
-/// way the queries wait for the shared query-rate limit.
-async fn dns_check(
+/// What to do about the DNS check in this reconciliation (see [`check_turn`]).
+enum DnsPlan {
+    /// Not bound: the expected records depend on the pool's hostname.
+    Unbound,
+    /// The cached check stands: same records, not due yet, no request.
+    Cached(CheckOutcome),
+    /// Check now; the lookups wait at most briefly for the query-rate limit.
+    Run { expected: Vec<ExpectedRecord> },
+    /// Come back at the booked turn; meanwhile the last check made is shown.
+    Wait {
+        last: Option<CheckOutcome>,
+        until: tokio::time::Instant,
+    },
+}
+
+/// The decision behind [`DnsPlan`], from what is known without I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckTurn {
+    UseCached,
+    RunNow,
+    /// The booked turn has not come.
+    WaitForBooking,
+    /// No turn booked and the limit is busy: book one.
+    Book,
+}
+
+/// Whether to reuse the cached check, run one now, or wait for a turn. `first`: the
+/// domain has never been checked. `cached_current`:
+/// a check of the same records is cached and not due. `requested`: an unanswered
+/// [`RECONCILE_REQUESTED_AT`] asks for a check regardless of the cache (it still waits
+/// for its turn). `booking`: this domain's booked turn. `backlog`: how long a lookup
+/// asked now would wait.
+pub fn check_turn(
+    first: bool,
+    cached_current: bool,
+    requested: bool,
+    booking: Option<tokio::time::Instant>,
+    backlog: Duration,
+    now: tokio::time::Instant,
+) -> CheckTurn {
+    if cached_current && !requested {
+        return CheckTurn::UseCached;
+    }
+    match booking {
+        Some(at) if at <= now => CheckTurn::RunNow,
+        Some(_) => CheckTurn::WaitForBooking,
+        None if first && backlog <= MAX_INLINE_WAIT_FIRST => CheckTurn::RunNow,
+        None if !first && backlog <= MAX_INLINE_WAIT => CheckTurn::RunNow,
+        None => CheckTurn::Book,
+    }
+}
+
+/// Decides how this reconciliation gets its DNS check: the cached one (reused while the
+/// expected records are unchanged and the scheduled time has not come, so events that
+/// wake the reconciler cause no queries), one made now, or one at a booked turn.
+fn plan_dns(
     ctx: &Context,
     view: &MailDomainView,
     settings: &DomainSettings,
     hostname: Option<&str>,
     stored: &StoredKeys,
     requested: bool,
-) -> Option<CheckOutcome> {
-    let hostname = hostname?;
+) -> DnsPlan {
+    let Some(hostname) = hostname else {
+        return DnsPlan::Unbound;
+    };
     let expected: Vec<ExpectedRecord> = expected_records(&publish_spec(settings, hostname, stored));
     let key = (view.object.namespace.clone(), view.object.name.clone());
     let now = tokio::time::Instant::now();
-    if let Some(cached) = ctx.checks.lock().ok().and_then(|m| m.get(&key).cloned())
-        && !requested
-        && cached.expected == expected
-        && cached.due > now
-    {
-        return Some(CheckOutcome {
-            check: cached.check,
-            checked_at: cached.checked_at,
-            delay: cached.due - now,
-        });
+    let cached = ctx.checks.lock().ok().and_then(|m| m.get(&key).cloned());
+    let cached_current = cached
+        .as_ref()
+        .is_some_and(|c| c.expected == expected && c.due > now);
+    let mut bookings = ctx.bookings.lock().unwrap_or_else(|e| e.into_inner());
+    let booking = bookings.get(&key).copied();
+    let last = |c: super::CachedCheck| CheckOutcome {
+        check: c.check,
+        checked_at: c.checked_at,
+        delay: c.due.saturating_duration_since(now),
+    };
+    let first = cached.is_none() && view.status.as_ref().is_none_or(|s| s.dns.is_none());
+    match check_turn(
+        first,
+        cached_current,
+        requested,
+        booking,
+        ctx.resolver.limiter().backlog(),
+        now,
+    ) {
+        CheckTurn::UseCached => match cached {
+            Some(c) => DnsPlan::Cached(last(c)),
+            None => DnsPlan::Run { expected },
+        },
+        CheckTurn::RunNow => {
+            bookings.remove(&key);
+            DnsPlan::Run { expected }
+        }
+        CheckTurn::WaitForBooking => DnsPlan::Wait {
+            last: cached.map(last),
+            until: booking.unwrap_or(now),
+        },
+        CheckTurn::Book => {
+            let until = ctx.resolver.limiter().book(question_count(&expected));
+            bookings.insert(key, until);
+            DnsPlan::Wait {
+                last: cached.map(last),
+                until,
+            }
+        }
     }
+}
+
+/// The DNS side of a reconciliation, as carried out.
+struct DnsOutcome {
+    /// The check to report: this reconciliation's, the cached one, or (while waiting
+    /// for a turn) the last one made.
+    shown: Option<CheckOutcome>,
+    /// `shown` was made by this reconciliation (so it answers a check request).
+    fresh: bool,
+    /// Waiting for a turn.
+    queued: bool,
+    /// When to reconcile again for DNS: the next check is due, or the turn comes.
+    next: Option<Duration>,
+}
+
+/// Carries out `plan`: runs the check when it is due now (its queries wait for the
+/// shared query-rate limit) and caches it until the next one is due.
+async fn carry_out_dns(
+    ctx: &Context,
+    view: &MailDomainView,
+    plan: DnsPlan,
+    stored: &StoredKeys,
+) -> DnsOutcome {
+    let expected = match plan {
+        DnsPlan::Unbound => {
+            return DnsOutcome {
+                shown: None,
+                fresh: false,
+                queued: false,
+                next: None,
+            };
+        }
+        DnsPlan::Cached(c) => {
+            return DnsOutcome {
+                next: Some(c.delay),
+                shown: Some(c),
+                fresh: false,
+                queued: false,
+            };
+        }
+        DnsPlan::Wait { last, until } => {
+            let wait = until.saturating_duration_since(tokio::time::Instant::now());
+            return DnsOutcome {
+                shown: last,
+                fresh: false,
+                queued: true,
+                next: Some(wait.max(Duration::from_millis(100))),
+            };
+        }
+        DnsPlan::Run { expected } => expected,
+    };
+    let key = (view.object.namespace.clone(), view.object.name.clone());
     let checked_at = ctx.now();
     let check = check_domain(&ctx.resolver, &expected).await;
+    let now = tokio::time::Instant::now();
     // A next key waiting for its record keeps the fast schedule too: the user is about
     // to publish it, and the rotation proceeds on the first check that sees it.
     let settled = check.verified()
@@ -737,11 +891,16 @@ async fn dns_check(
             },
         );
     }
-    Some(CheckOutcome {
-        check,
-        checked_at,
-        delay,
-    })
+    DnsOutcome {
+        shown: Some(CheckOutcome {
+            check,
+            checked_at,
+            delay,
+        }),
+        fresh: true,
+        queued: false,
+        next: Some(delay),
+    }
 }
 
 /// The status to apply.
@@ -826,6 +985,72 @@ async fn publish_events(ctx: &Context, view: &MailDomainView, events: &[EventSpe
         // Events are best effort: a failure must not fail the reconciliation.
         if let Err(err) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %err, reason = %e.reason, "publishing an event failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_turn_table() {
+        let now = tokio::time::Instant::now();
+        let s = Duration::from_secs;
+        let busy = MAX_INLINE_WAIT + s(1);
+        // (first, cached current, requested, booking, backlog) -> turn
+        let cases = [
+            // A first check runs at once only when the limit is nearly idle.
+            (
+                (true, false, false, None, Duration::ZERO),
+                CheckTurn::RunNow,
+            ),
+            (
+                (true, false, false, None, MAX_INLINE_WAIT_FIRST),
+                CheckTurn::RunNow,
+            ),
+            ((true, false, false, None, MAX_INLINE_WAIT), CheckTurn::Book),
+            ((true, false, true, None, s(1)), CheckTurn::Book),
+            ((true, false, false, Some(now), busy), CheckTurn::RunNow),
+        ];
+        for ((first, cached, requested, booking, backlog), want) in cases {
+            assert_eq!(
+                check_turn(first, cached, requested, booking, backlog, now),
+                want,
+                "first={first} cached={cached} requested={requested} booking={booking:?}"
+            );
+        }
+        // (cached current, requested, booking, backlog) -> turn, for a domain checked before
+        let cases = [
+            // A current cached check is reused, however busy the limit is...
+            ((true, false, None, busy), CheckTurn::UseCached),
+            ((true, false, Some(now + s(30)), busy), CheckTurn::UseCached),
+            // ...unless a check is requested, which then waits for its turn like any.
+            ((true, true, None, Duration::ZERO), CheckTurn::RunNow),
+            ((true, true, None, busy), CheckTurn::Book),
+            (
+                (true, true, Some(now + s(30)), Duration::ZERO),
+                CheckTurn::WaitForBooking,
+            ),
+            // Due or never checked: now when the limit is nearly free, else a turn.
+            ((false, false, None, Duration::ZERO), CheckTurn::RunNow),
+            ((false, false, None, MAX_INLINE_WAIT), CheckTurn::RunNow),
+            ((false, false, None, busy), CheckTurn::Book),
+            // A booked turn is kept: not earlier, even when the limit has become free
+            // (later turns were booked after it), and run once it has come.
+            (
+                (false, false, Some(now + s(1)), Duration::ZERO),
+                CheckTurn::WaitForBooking,
+            ),
+            ((false, false, Some(now), busy), CheckTurn::RunNow),
+            ((false, true, Some(now - s(5)), busy), CheckTurn::RunNow),
+        ];
+        for ((cached, requested, booking, backlog), want) in cases {
+            assert_eq!(
+                check_turn(false, cached, requested, booking, backlog, now),
+                want,
+                "cached={cached} requested={requested} booking={booking:?} backlog={backlog:?}"
+            );
         }
     }
 }

@@ -135,28 +135,52 @@ pub async fn dereference(client: &Client, pool: &RelayPool) -> Result<Dereferenc
     Ok(refs)
 }
 
+/// Objects per page when a pool lists its MailDomains or their key Secrets. Each page
+/// is reduced to what the pool needs before the next is read: a thousand domains read
+/// in one list were held whole at once (with their managed fields, the larger part of
+/// each object), several MiB the operator kept as heap long after.
+pub const LIST_PAGE: u32 = 100;
+
+/// The continuation of a paged list, if there is more to read.
+fn next_page(params: ListParams, token: Option<String>) -> Option<ListParams> {
+    token
+        .filter(|t| !t.is_empty())
+        .map(|t| params.continue_token(&t))
+}
+
 /// The MailDomains of `namespace` whose `spec.relayPoolRef` names `pool`, as signing
 /// domains sorted by domain.
 ///
 /// The list asks the API server to filter on the selectable field
 /// `spec.relayPoolRef.name`, and the result is filtered again here so that a server
-/// ignoring the selector cannot bind foreign domains.
+/// ignoring the selector cannot bind foreign domains. It is read [`LIST_PAGE`] objects
+/// at a time.
 pub async fn bound_domains(
     client: &Client,
     namespace: &str,
     pool: &str,
 ) -> Result<Vec<SigningDomain>> {
     let api: Api<MailDomain> = Api::namespaced(client.clone(), namespace);
-    let params = ListParams::default().fields(&format!("spec.relayPoolRef.name={pool}"));
-    let list = api
-        .list(&params)
-        .await
-        .map_err(|source| Error::Dereference {
+    let mut params = Some(
+        ListParams::default()
+            .fields(&format!("spec.relayPoolRef.name={pool}"))
+            .limit(LIST_PAGE),
+    );
+    let mut bound = Vec::new();
+    while let Some(p) = params.take() {
+        let page = api.list(&p).await.map_err(|source| Error::Dereference {
             kind: "MailDomain",
             name: format!("bound to {pool}"),
             source,
         })?;
-    Ok(signing_domains(pool, &list.items))
+        bound.extend(
+            page.items
+                .iter()
+                .filter_map(|md| signing_domain_of(pool, md)),
+        );
+        params = next_page(p, page.metadata.continue_);
+    }
+    Ok(sorted(bound))
 }
 
 /// The signing domains of `pool` among `domains`, sorted by domain (so the rendered
@@ -166,18 +190,26 @@ pub async fn bound_domains(
 /// controller sets it once it has checked the binding (the pool exists, no other
 /// MailDomain claims the same domain). A domain being deleted is dropped at once.
 pub fn signing_domains(pool: &str, domains: &[MailDomain]) -> Vec<SigningDomain> {
-    let mut bound: Vec<SigningDomain> = domains
-        .iter()
-        .filter(|md| {
-            md.spec.relay_pool_ref.name == pool && md.metadata.deletion_timestamp.is_none()
-        })
-        .filter(|md| {
-            md.status
-                .as_ref()
-                .is_some_and(|s| conditions::is_true(&s.conditions, condition_types::POOL_BOUND))
-        })
-        .map(signing_domain)
-        .collect();
+    sorted(
+        domains
+            .iter()
+            .filter_map(|md| signing_domain_of(pool, md))
+            .collect(),
+    )
+}
+
+/// `md` as a signing domain of `pool`, if it is one (see [`signing_domains`]).
+fn signing_domain_of(pool: &str, md: &MailDomain) -> Option<SigningDomain> {
+    let bound = md.spec.relay_pool_ref.name == pool
+        && md.metadata.deletion_timestamp.is_none()
+        && md
+            .status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, condition_types::POOL_BOUND));
+    bound.then(|| signing_domain(md))
+}
+
+fn sorted(mut bound: Vec<SigningDomain>) -> Vec<SigningDomain> {
     bound.sort();
     bound.dedup_by(|a, b| a.domain == b.domain);
     bound
@@ -213,9 +245,10 @@ pub fn signing_domain(md: &MailDomain) -> SigningDomain {
     }
 }
 
-/// The private keys of the domains bound to `pool`, read with one list of the key
-/// Secrets labelled with the pool (only the active key of each domain is kept: the
-/// others are waiting for DNS or retiring, and nodes sign with the active one).
+/// The private keys of the domains bound to `pool`, read with one list (in pages of
+/// [`LIST_PAGE`]) of the key Secrets labelled with the pool (only the active key of each
+/// domain is kept: the others are waiting for DNS or retiring, and nodes sign with the
+/// active one).
 pub async fn domain_keys(
     client: &Client,
     namespace: &str,
@@ -235,35 +268,51 @@ pub async fn domain_keys(
         crate::maildomain::keys::LABEL_COMPONENT,
         crate::maildomain::keys::COMPONENT_DKIM_KEY
     );
-    let list = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| Error::Dereference {
+    let mut params = Some(ListParams::default().labels(&selector).limit(LIST_PAGE));
+    let mut keys = KeyMaterial::default();
+    while let Some(p) = params.take() {
+        let page = api.list(&p).await.map_err(|source| Error::Dereference {
             kind: "Secret",
             name: format!("DKIM keys of {pool}"),
             source,
         })?;
-    let mut keys = KeyMaterial::default();
-    for secret in list.items {
-        let Some(name) = secret.metadata.name.clone() else {
-            continue;
-        };
-        if !wanted.contains(name.as_str()) {
-            continue;
+        for secret in page.items {
+            let Some(name) = secret.metadata.name.clone() else {
+                continue;
+            };
+            if !wanted.contains(name.as_str()) {
+                continue;
+            }
+            let algorithm = secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::maildomain::keys::ANN_ALGORITHM))
+                .and_then(|a| crate::dkim_keys::KeyAlgorithm::from_spec_name(a))
+                .map(|a| match a {
+                    crate::dkim_keys::KeyAlgorithm::Rsa => DkimAlgorithm::Rsa,
+                    crate::dkim_keys::KeyAlgorithm::Ed25519 => DkimAlgorithm::Ed25519,
+                });
+            if let Some(pem) = secret.data.and_then(|mut d| d.remove(DKIM_PRIVATE_KEY)) {
+                keys.insert(name, pem.0, algorithm);
+            }
         }
-        let algorithm = secret
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(crate::maildomain::keys::ANN_ALGORITHM))
-            .and_then(|a| crate::dkim_keys::KeyAlgorithm::from_spec_name(a))
-            .map(|a| match a {
-                crate::dkim_keys::KeyAlgorithm::Rsa => DkimAlgorithm::Rsa,
-                crate::dkim_keys::KeyAlgorithm::Ed25519 => DkimAlgorithm::Ed25519,
-            });
-        if let Some(pem) = secret.data.and_then(|mut d| d.remove(DKIM_PRIVATE_KEY)) {
-            keys.insert(name, pem.0, algorithm);
-        }
+        params = next_page(p, page.metadata.continue_);
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paged_lists_continue_until_the_server_has_no_more() {
+        let first = ListParams::default().limit(LIST_PAGE);
+        assert!(next_page(first.clone(), None).is_none());
+        assert!(next_page(first.clone(), Some(String::new())).is_none());
+        let next = next_page(first, Some("page-2".into())).unwrap();
+        assert_eq!(next.continue_token.as_deref(), Some("page-2"));
+        assert_eq!(next.limit, Some(LIST_PAGE));
+    }
 }
