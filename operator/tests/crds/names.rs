@@ -69,7 +69,8 @@ fn relay_pool_columns() {
             ),
             ("Replicas", "integer", ".status.replicas"),
             ("Ready Replicas", "integer", ".status.readyReplicas"),
-            ("Queue", "integer", ".status.queue.depth"),
+            ("Queued", "integer", ".status.queue.depth"),
+            ("Oldest", "date", ".status.queue.oldestReceivedAt"),
             ("Age", "date", ".metadata.creationTimestamp"),
         ])
     );
@@ -92,6 +93,16 @@ fn mail_domain_columns_and_selectable_fields() {
                 "Ready",
                 "string",
                 ".status.conditions[?(@.type==\"Ready\")].status"
+            ),
+            (
+                "Delivered",
+                "integer",
+                ".status.delivery.lastHour.delivered"
+            ),
+            (
+                "Bounce%",
+                "number",
+                ".status.delivery.lastHour.bounceRatePercent"
             ),
             ("Age", "date", ".metadata.creationTimestamp"),
         ])
@@ -146,5 +157,9 @@ fn condition_type_constants_match_the_documented_vocabulary() {
     assert_eq!(
         mail_domain::condition_types::ALL,
         ["Ready", "DNSVerified", "DKIMKeyReady", "PoolBound"]
+    );
+    assert_eq!(
+        mail_domain::condition_types::DELIVERY_HEALTHY,
+        "DeliveryHealthy"
     );
 }
