@@ -120,10 +120,10 @@ impl RelayPolicy {
         if self.serves(&normalized) {
             return Ok(());
         }
-        if let Some(state) = &self.pool_domains {
-            if !state.current().is_loaded() {
-                return Err(Refusal::DomainsNotLoaded);
-            }
+        if let Some(state) = &self.pool_domains
+            && !state.current().is_loaded()
+        {
+            return Err(Refusal::DomainsNotLoaded);
         }
         Err(Refusal::SenderDomainNotServed {
             domain: domain.to_string(),

@@ -210,7 +210,7 @@ impl Ledger {
                 destinations: examples.clone(),
             })
             .collect();
-        refusals.sort_by(|a, b| b.count.cmp(&a.count));
+        refusals.sort_by_key(|r| std::cmp::Reverse(r.count));
         DeliveryReport {
             node: node.to_owned(),
             since: since.to_owned(),
