@@ -3,6 +3,8 @@
 //! at a time, each bounded in time) and writes `status.queue` and the `QueueReplicated`
 //! condition when they changed. A node that does not answer is named in the status, not
 //! guessed. Its own controller, so a slow node never delays the pool's reconciliation.
+//! The same round samples the nodes' delivery counters for the MailDomains bound to the
+//! pool ([`crate::delivery`]).
 
 pub mod client;
 pub mod summary;
