@@ -98,6 +98,8 @@ type smtpSink struct {
 	mu        sync.Mutex
 	got       map[int]int // sequence number -> deliveries
 	deferring atomic.Bool
+	// refusing answers every RCPT with a permanent 550 5.1.1: the mail bounces.
+	refusing atomic.Bool
 }
 
 func startSink(t *testing.T, addr string) *smtpSink {
@@ -137,7 +139,9 @@ func (s *smtpSink) serve(conn net.Conn) {
 			say("250-sink.test")
 			say("250 8BITMIME")
 		case "RCPT":
-			if s.deferring.Load() {
+			if s.refusing.Load() {
+				say("550 5.1.1 the e2e sink knows no such user")
+			} else if s.deferring.Load() {
 				say("451 4.3.0 the e2e sink defers, try again later")
 			} else {
 				say("250 OK")
@@ -283,6 +287,7 @@ metadata:
 spec:
   domain: sender.test
   relayPoolRef: { name: mail }
+  delivery: { bounceRateThreshold: 10, minRecipients: 5 }
 `, ns, nodeImage, realNodeTaint, podGateway))
 	pod := "mail-local-0"
 	Eventually(t, 60*time.Second, "pod "+pod, func() (bool, string) {
@@ -334,6 +339,46 @@ spec:
 			depth, oldest, _, _ := queue()
 			return depth == "0" && oldest == "", fmt.Sprintf("depth %q oldest %q", depth, oldest)
 		})
+	})
+
+	t.Run("a domain whose mail bounces loses DeliveryHealthy", func(t *testing.T) {
+		// The sink refuses every recipient for good: the node counts the bounces under
+		// sender.test with code 5.1.1, the operator samples them off the node's admin API
+		// into the MailDomain's status, and the bounce rate passes the 10 % threshold.
+		md := "maildomain/sender-test"
+		sink.refusing.Store(true)
+		defer sink.refusing.Store(false)
+		for seq := 2001; seq <= 2008; seq++ {
+			if err := sendOne(addr, seq); err != nil {
+				t.Fatalf("message %d: %v", seq, err)
+			}
+		}
+		healthy := func() (status, reason string) {
+			return jsonpath(t, ns, md, `.status.conditions[?(@.type=="DeliveryHealthy")].status`),
+				jsonpath(t, ns, md, `.status.conditions[?(@.type=="DeliveryHealthy")].reason`)
+		}
+		Eventually(t, 120*time.Second, "DeliveryHealthy False with BounceRateHigh", func() (bool, string) {
+			status, reason := healthy()
+			bounced := jsonpath(t, ns, md, ".status.delivery.lastHour.bounced")
+			return status == "False" && reason == "BounceRateHigh",
+				fmt.Sprintf("DeliveryHealthy %q (%s), bounced in the last hour %q", status, reason, bounced)
+		})
+		if code := jsonpath(t, ns, md, ".status.delivery.topRefusals[0].code"); code != "5.1.1" {
+			t.Errorf("top refusal code %q, want 5.1.1", code)
+		}
+		if dest := jsonpath(t, ns, md, ".status.delivery.topRefusals[0].destinations[0]"); dest != "sink.test" {
+			t.Errorf("top refusal destination %q, want sink.test", dest)
+		}
+		describe := Kubectl(t, "describe", md, "-n", ns)
+		for _, want := range []string{"DeliveryHealthy", "BounceRateHigh", "5.1.1 bad destination mailbox address", "sink.test", "DeliveryUnhealthy"} {
+			if !strings.Contains(describe, want) {
+				t.Errorf("kubectl describe lacks %q:\n%s", want, describe)
+			}
+		}
+		if strings.Contains(describe, "user@sink.test") {
+			t.Errorf("kubectl describe shows a recipient address:\n%s", describe)
+		}
+		t.Logf("kubectl get maildomains:\n%s", Kubectl(t, "get", "maildomains", "-n", ns))
 	})
 
 	t.Run("kill -9 under load loses no acknowledged message", func(t *testing.T) {

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod certificate;
 pub mod crdgen;
+pub mod delivery;
 pub mod dkim_keys;
 pub mod dns;
 pub mod events;

@@ -1,5 +1,8 @@
 //! The admin API on the HTTP port, for the operator: `GET /admin/queue` reports what the
-//! node holds; `POST /admin/drain` makes the node give everything it holds to the others
+//! node holds; `GET /admin/delivery` reports recipients delivered, deferred and bounced
+//! per served sender domain since the process started, with the refusals' enhanced
+//! status codes and example destination domains (never addresses or reply texts: see
+//! [`crate::outbound::deliverability`]); `POST /admin/drain` makes the node give everything it holds to the others
 //! before it is removed, `DELETE /admin/drain` takes it back, `GET /admin/drain` reports
 //! progress. Every call is safe to repeat.
 //!
@@ -31,6 +34,7 @@ use tokio::sync::{Mutex, watch};
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::http::Readiness;
+use crate::outbound::DeliveryLedger;
 use crate::replication::{Duty, Holder, ReplicatedSpool, Standing, View};
 use crate::spool::{LogSpool, MessageMeta, RecipientState, Spool, UnixMillis};
 
@@ -169,6 +173,8 @@ pub struct Admin {
     readiness: Readiness,
     /// Outbound connections open: deliveries in flight.
     deliveries: Gauge,
+    /// Per-domain delivery counts.
+    delivery: DeliveryLedger,
     /// Serialises drain requests; holds the task waiting for deliveries in flight.
     drain: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -184,6 +190,7 @@ pub struct AdminParts {
     pub quiet: Arc<AtomicBool>,
     pub readiness: Readiness,
     pub deliveries: Gauge,
+    pub delivery: DeliveryLedger,
 }
 
 impl Admin {
@@ -198,6 +205,7 @@ impl Admin {
             quiet: parts.quiet,
             readiness: parts.readiness,
             deliveries: parts.deliveries,
+            delivery: parts.delivery,
             drain: Mutex::new(None),
         }
     }
@@ -278,6 +286,7 @@ impl Admin {
 pub fn routes(admin: Option<Arc<Admin>>) -> Router {
     Router::new()
         .route("/admin/queue", get(queue))
+        .route("/admin/delivery", get(delivery))
         .route(
             "/admin/drain",
             get(drain_status).post(drain).delete(undrain),
@@ -346,6 +355,13 @@ async fn queue(State(admin): AdminState, headers: HeaderMap) -> Response {
             format!("cannot read the spool: {error}\n"),
         )
             .into_response(),
+    }
+}
+
+async fn delivery(State(admin): AdminState, headers: HeaderMap) -> Response {
+    match authorised(admin, &headers).await {
+        Ok(admin) => Json(admin.delivery.report(&admin.me.node.0)).into_response(),
+        Err(response) => response,
     }
 }
 

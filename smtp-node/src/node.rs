@@ -155,6 +155,11 @@ impl Node {
             None => None,
         };
         let keyring = Arc::new(keyring);
+        let outbound_metrics = OutboundMetrics {
+            delivery: outbound_metrics.delivery.clone().serving(policy.clone()),
+            ..outbound_metrics
+        };
+        let delivery = outbound_metrics.delivery.clone();
         let node = NodeId(identity.name.clone());
         let prepared = wiring::prepare(&config, &identity, spool.clone(), |var| {
             std::env::var(var).ok()
@@ -185,6 +190,7 @@ impl Node {
             quiet: prepared.drain.quiet,
             readiness: readiness.clone(),
             deliveries,
+            delivery,
         }));
         let refresh = spool_gauges(spool.clone(), spool_metrics);
 

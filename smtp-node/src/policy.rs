@@ -99,6 +99,16 @@ impl RelayPolicy {
         }
     }
 
+    /// Whether the node serves `domain` (lower case, no trailing dot) now: it is in
+    /// `relay.domains` or in the pool's domain set in force.
+    pub fn serves(&self, domain: &str) -> bool {
+        self.domains.contains(domain)
+            || self
+                .pool_domains
+                .as_ref()
+                .is_some_and(|state| state.current().serves(domain))
+    }
+
     /// Rules 1 and 2 for a MAIL FROM reverse path (without angle brackets).
     pub fn check_sender(&self, client: &Client, reverse_path: &str) -> Result<(), Refusal> {
         self.check_client(client)?;
@@ -107,17 +117,13 @@ impl RelayPolicy {
         }
         let domain = address_domain(reverse_path).unwrap_or("");
         let normalized = normalize_domain(domain);
-        if self.domains.contains(&normalized) {
+        if self.serves(&normalized) {
             return Ok(());
         }
-        if let Some(state) = &self.pool_domains {
-            let set = state.current();
-            if set.serves(&normalized) {
-                return Ok(());
-            }
-            if !set.is_loaded() {
-                return Err(Refusal::DomainsNotLoaded);
-            }
+        if let Some(state) = &self.pool_domains
+            && !state.current().is_loaded()
+        {
+            return Err(Refusal::DomainsNotLoaded);
         }
         Err(Refusal::SenderDomainNotServed {
             domain: domain.to_string(),

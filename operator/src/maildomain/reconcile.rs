@@ -21,7 +21,7 @@ use super::keys::{
 use super::settings::{DomainSettings, InvalidSpec, KeySettings, publish_spec, rotation_policy};
 use super::status::{
     DnsState, EventSpec, KeyOrigin, KeyState, PoolState, StatusInputs, conditions,
-    invalid_spec_conditions, k8s_time, rotation_event, transition_events,
+    invalid_spec_conditions, k8s_time, own_part, rotation_event, transition_events,
 };
 use super::validate::settings_from_spec;
 use super::{Context, Error, FIELD_MANAGER, MailDomainRef};
@@ -947,6 +947,8 @@ fn build_status(
         observed_generation: generation,
         dkim,
         dns,
+        // Written by the delivery sampler under its own field manager.
+        delivery: None,
         conditions,
         last_handled_reconcile_at: None,
     }
@@ -957,7 +959,8 @@ async fn write_status(
     view: &MailDomainView,
     status: MailDomainStatus,
 ) -> Result<(), Error> {
-    if view.status.as_ref() == Some(&status) {
+    let status = own_part(&status);
+    if view.status.as_ref().map(own_part) == Some(status.clone()) {
         return Ok(());
     }
     ctx.apply_status(&view.object, &status)

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::conditions::{FALSE, TRUE, UNKNOWN, upsert};
-use crate::api::mail_domain::{condition_types as types, reasons};
+use crate::api::mail_domain::{MailDomainStatus, condition_types as types, reasons};
 use crate::dkim_keys::RotationAction;
 use crate::dns::{CheckResult, DomainCheck};
 
@@ -112,6 +112,18 @@ fn condition(
         observed_generation: generation,
         last_transition_time: k8s_time(now),
     }
+}
+
+/// The part of a status this reconciler writes: without `delivery` and the
+/// `DeliveryHealthy` condition, which the delivery sampler writes under its own field
+/// manager ([`crate::delivery`]). Applying them too would make this reconciler their
+/// co-owner and let a stale copy overwrite the sampler's.
+pub fn own_part(status: &MailDomainStatus) -> MailDomainStatus {
+    let mut out = status.clone();
+    out.delivery = None;
+    out.conditions
+        .retain(|c| c.type_ != types::DELIVERY_HEALTHY);
+    out
 }
 
 /// The conditions for an invalid spec: only `Ready`, naming the field; the others keep
@@ -666,6 +678,27 @@ mod tests {
         })
         .unwrap();
         assert_eq!(e.reason, "DKIMKeyRetired");
+    }
+
+    #[test]
+    fn the_reconciler_leaves_the_delivery_part_alone() {
+        let mut status = MailDomainStatus {
+            conditions: conditions(&inputs(vec![]), &[], now()),
+            delivery: Some(crate::api::mail_domain::DeliveryStatus::default()),
+            ..MailDomainStatus::default()
+        };
+        let own = status.clone();
+        status.conditions.push(condition(
+            types::DELIVERY_HEALTHY,
+            FALSE,
+            reasons::BOUNCE_RATE_HIGH,
+            "x".into(),
+            Some(1),
+            now(),
+        ));
+        let part = own_part(&status);
+        assert_eq!(part.delivery, None);
+        assert_eq!(part.conditions, own.conditions);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! at a time, each bounded in time) and writes `status.queue` and the `QueueReplicated`
 //! condition when they changed. A node that does not answer is named in the status, not
 //! guessed. Its own controller, so a slow node never delays the pool's reconciliation.
+//! The same round samples the nodes' delivery counters for the MailDomains bound to the
+//! pool ([`crate::delivery`]).
 
 pub mod client;
 pub mod summary;
@@ -44,6 +46,8 @@ pub enum Error {
 pub struct Context {
     pub client: Client,
     pub namespaces: Vec<String>,
+    /// The pools' delivery counters over time, for the MailDomains' `status.delivery`.
+    pub delivery: Arc<crate::delivery::Sampler>,
     /// When each pool was last asked and last written, by this process.
     seen: Mutex<HashMap<(String, String), Seen>>,
 }
@@ -59,6 +63,7 @@ impl Context {
         Self {
             client,
             namespaces,
+            delivery: Arc::default(),
             seen: Mutex::new(HashMap::new()),
         }
     }
@@ -93,6 +98,19 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
     ctx.note(key.clone(), |s| s.asked = Some(Instant::now()));
 
     let (token, nodes) = pool_nodes(&ctx.client, &namespace, &name).await?;
+    // Deliverability rides on the same round; a failure there must not stop the queue's.
+    if let Err(error) = crate::delivery::observe(
+        &ctx.client,
+        &ctx.delivery,
+        &namespace,
+        &name,
+        token.as_deref(),
+        &nodes,
+    )
+    .await
+    {
+        tracing::warn!(pool = %name, %error, "updating the MailDomains' delivery status failed");
+    }
     let results: Vec<NodeResult> = futures::stream::iter(nodes)
         .map(|node| ask(node, token.clone()))
         .buffer_unordered(AT_ONCE)

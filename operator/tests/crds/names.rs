@@ -94,6 +94,16 @@ fn mail_domain_columns_and_selectable_fields() {
                 "string",
                 ".status.conditions[?(@.type==\"Ready\")].status"
             ),
+            (
+                "Delivered",
+                "integer",
+                ".status.delivery.lastHour.delivered"
+            ),
+            (
+                "Bounce%",
+                "number",
+                ".status.delivery.lastHour.bounceRatePercent"
+            ),
             ("Age", "date", ".metadata.creationTimestamp"),
         ])
     );
@@ -147,5 +157,9 @@ fn condition_type_constants_match_the_documented_vocabulary() {
     assert_eq!(
         mail_domain::condition_types::ALL,
         ["Ready", "DNSVerified", "DKIMKeyReady", "PoolBound"]
+    );
+    assert_eq!(
+        mail_domain::condition_types::DELIVERY_HEALTHY,
+        "DeliveryHealthy"
     );
 }

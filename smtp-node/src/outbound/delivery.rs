@@ -603,6 +603,12 @@ async fn record<S: Spool>(
             _ => ("deferred", RecipientResult::Deferred),
         };
         tracing::info!(id = %meta.id, to = %recipient.address, relay, status, "{reply}");
+        shared.metrics.delivery.record(
+            &meta.envelope.mail_from,
+            &recipient.address,
+            label.clone(),
+            update.attempt.as_ref().map(|a| &a.reply),
+        );
         shared.metrics.recipient(label, shared.route_label());
     }
 

@@ -8,6 +8,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::deliverability::DeliveryLedger;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum RecipientResult {
     Delivered,
@@ -119,11 +121,16 @@ pub struct OutboundMetrics {
     pub active_connections: Gauge,
     /// Messages this node is responsible for delivering (scheduled or in flight).
     pub queued_messages: Gauge,
+    /// The same recipient results per served sender domain, for `GET /admin/delivery`.
+    pub delivery: DeliveryLedger,
 }
 
 impl OutboundMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
+        let metrics = Self {
+            delivery: DeliveryLedger::register(registry),
+            ..Self::default()
+        };
         registry.register(
             "outbound_recipients",
             "Recipient delivery attempts by result",

@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod config;
+pub mod deliverability;
 pub mod delivery;
 pub mod manager;
 pub mod metrics;
@@ -26,5 +27,6 @@ pub mod throttle;
 pub mod tls;
 
 pub use config::{DeliveryConfig, DkimAlgorithm, DkimConfig, SmarthostConfig, SmarthostTls};
+pub use deliverability::{DeliveryLedger, DeliveryReport};
 pub use manager::{OutboundError, QueueManager};
 pub use metrics::OutboundMetrics;

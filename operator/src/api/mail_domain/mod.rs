@@ -14,8 +14,8 @@ mod status;
 pub const RECONCILE_REQUESTED_AT: &str = "smtpfleet.io/reconcile-requested-at";
 
 pub use status::{
-    DkimStatus, DnsCheckResult, DnsRecordStatus, DnsRecordType, DnsStatus, MailDomainStatus,
-    condition_types, reasons,
+    DeliveryRefusal, DeliveryStatus, DeliveryWindow, DkimStatus, DnsCheckResult, DnsRecordStatus,
+    DnsRecordType, DnsStatus, MailDomainStatus, condition_types, reasons,
 };
 
 use kube::CustomResource;
@@ -74,6 +74,18 @@ use super::schema::{self, CelRule};
         description = "Status of the Ready condition"
     ),
     printcolumn(
+        name = "Delivered",
+        type_ = "integer",
+        json_path = ".status.delivery.lastHour.delivered",
+        description = "Recipients delivered over the last hour, across the pool's nodes"
+    ),
+    printcolumn(
+        name = "Bounce%",
+        type_ = "number",
+        json_path = ".status.delivery.lastHour.bounceRatePercent",
+        description = "Bounced recipients over the last hour, in percent of those delivered or bounced"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -115,6 +127,64 @@ pub struct MailDomainSpec {
     /// when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_rpt: Option<TlsRptSpec>,
+
+    /// When the domain's delivery counts as unhealthy (the `DeliveryHealthy`
+    /// condition). The defaults apply when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+}
+
+/// Thresholds of the `DeliveryHealthy` condition.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::unwrap_descriptions, transform = delivery_rules)]
+pub struct DeliverySpec {
+    /// Bounce rate over the last hour, in percent of the recipients delivered or
+    /// bounced, above which `DeliveryHealthy` turns False and a Warning Event is
+    /// recorded. More than 0, at most 100. 5 when omitted: receivers start to distrust
+    /// senders whose mail bounces much more than that.
+    #[serde(default = "default_bounce_rate_threshold")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub bounce_rate_threshold: f64,
+
+    /// Recipients delivered or bounced over the last hour below which the bounce rate
+    /// is not judged (`DeliveryHealthy` is Unknown): two bounces out of three say
+    /// little. 20 when omitted.
+    #[serde(default = "default_min_recipients")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub min_recipients: u32,
+}
+
+/// Default of `spec.delivery.bounceRateThreshold`, in percent.
+pub const DEFAULT_BOUNCE_RATE_THRESHOLD: f64 = 5.0;
+/// Default of `spec.delivery.minRecipients`.
+pub const DEFAULT_MIN_RECIPIENTS: u32 = 20;
+
+fn default_bounce_rate_threshold() -> f64 {
+    DEFAULT_BOUNCE_RATE_THRESHOLD
+}
+fn default_min_recipients() -> u32 {
+    DEFAULT_MIN_RECIPIENTS
+}
+
+impl Default for DeliverySpec {
+    fn default() -> Self {
+        Self {
+            bounce_rate_threshold: DEFAULT_BOUNCE_RATE_THRESHOLD,
+            min_recipients: DEFAULT_MIN_RECIPIENTS,
+        }
+    }
+}
+
+fn delivery_rules(schema: &mut Schema) {
+    schema::push_rules(
+        schema,
+        [CelRule::new(
+            "!has(self.bounceRateThreshold) || self.bounceRateThreshold > 0.0",
+            "spec.delivery.bounceRateThreshold must be more than 0 (percent): with 0 every bounce would make the domain unhealthy",
+        )
+        .field_path(".bounceRateThreshold")],
+    );
 }
 
 /// Reference to a RelayPool in the same namespace.

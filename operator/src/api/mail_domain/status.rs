@@ -24,8 +24,13 @@ pub struct MailDomainStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsStatus>,
 
-    /// Current state of the domain: `Ready`, `DNSVerified`, `DKIMKeyReady` and
-    /// `PoolBound`.
+    /// Recipients of the domain's mail delivered, deferred and bounced by the pool's
+    /// nodes over the last hour and the last 24 hours, and the most frequent refusals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryStatus>,
+
+    /// Current state of the domain: `Ready`, `DNSVerified`, `DKIMKeyReady`,
+    /// `PoolBound` and `DeliveryHealthy`.
     #[serde(default)]
     #[schemars(transform = conditions_list_schema)]
     pub conditions: Vec<Condition>,
@@ -55,6 +60,78 @@ pub struct DkimStatus {
     /// outside a rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_selector: Option<String>,
+}
+
+/// Deliverability of the domain across the pool, from the nodes' counters (`GET
+/// /admin/delivery`) as the operator sampled them. The windows start when the operator
+/// started sampling: just after an operator restart they cover less than their span.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::unwrap_descriptions)]
+pub struct DeliveryStatus {
+    /// The last 60 minutes.
+    pub last_hour: DeliveryWindow,
+
+    /// The last 24 hours.
+    pub last24_hours: DeliveryWindow,
+
+    /// The most frequent refusals over the last 24 hours, most frequent first (at most
+    /// five).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_refusals: Vec<DeliveryRefusal>,
+
+    /// Nodes of the pool that answered at the last sampling.
+    pub nodes_reporting: u32,
+
+    /// Nodes of the pool that did not answer at the last sampling (their mail is counted
+    /// once they answer again, unless they restarted meanwhile).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nodes_missing: u32,
+
+    /// When the operator started sampling the pool: windows reach back no further.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_since: Option<Time>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Recipient counts over one window.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::unwrap_descriptions)]
+pub struct DeliveryWindow {
+    /// Recipients the next hop accepted.
+    pub delivered: u64,
+    /// Attempts that failed temporarily and will be retried (one recipient may count
+    /// several times).
+    pub deferred: u64,
+    /// Recipients refused for good (a bounce went to the sender).
+    pub bounced: u64,
+    /// `bounced` in percent of `delivered + bounced`, one decimal; absent when neither
+    /// happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounce_rate_percent: Option<f64>,
+}
+
+/// One kind of refusal: a result and the enhanced status code of the replies.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = schema::unwrap_descriptions)]
+pub struct DeliveryRefusal {
+    /// `bounced` or `deferred`.
+    pub result: String,
+    /// RFC 3463 enhanced status code of the replies (`5.1.1`), or `none` when the
+    /// receivers gave none.
+    pub code: String,
+    /// What the code means.
+    pub meaning: String,
+    /// Recipients (attempts, for `deferred`) refused so over the last 24 hours.
+    pub count: u64,
+    /// A few destination domains that answered so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<String>,
 }
 
 /// Result of the DNS check.
@@ -135,8 +212,12 @@ pub mod condition_types {
     /// The RelayPool named in `spec.relayPoolRef` exists and serves the domain.
     pub const POOL_BOUND: &str = "PoolBound";
 
-    /// All types, in the order they are listed in a status.
+    /// All types the domain reconciler writes, in the order they are listed in a status.
     pub const ALL: [&str; 4] = [READY, DNS_VERIFIED, DKIM_KEY_READY, POOL_BOUND];
+    /// The bounce rate over the last hour is under `spec.delivery.bounceRateThreshold`.
+    /// Written by the pool's queue sampler, not by the domain reconciler, and not part
+    /// of `Ready`: a domain whose mail bounces can still send.
+    pub const DELIVERY_HEALTHY: &str = "DeliveryHealthy";
 }
 
 /// CamelCase reasons of MailDomain conditions.
@@ -173,4 +254,13 @@ pub mod reasons {
     pub const DOMAIN_CONFLICT: &str = "DomainConflict";
     /// The spec cannot be acted on (Ready).
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The bounce rate is at or under the threshold (DeliveryHealthy).
+    pub const BOUNCE_RATE_NORMAL: &str = "BounceRateNormal";
+    /// The bounce rate passed the threshold (DeliveryHealthy = False).
+    pub const BOUNCE_RATE_HIGH: &str = "BounceRateHigh";
+    /// Fewer recipients than `spec.delivery.minRecipients` in the last hour
+    /// (DeliveryHealthy = Unknown).
+    pub const TOO_FEW_RECIPIENTS: &str = "TooFewRecipients";
+    /// The pool's nodes have not been sampled twice yet (DeliveryHealthy = Unknown).
+    pub const AWAITING_SAMPLES: &str = "AwaitingSamples";
 }
