@@ -168,6 +168,35 @@ func TestJourney(t *testing.T) {
 		})
 	})
 
+	step("the admission policy refuses deleting a pool with queued mail unless forced", func(t *testing.T) {
+		Helm(t, "upgrade", release, filepath.Join(root, "charts/smtpfleet"), "--namespace", chartNamespace,
+			"--reuse-values", "--set", "deletionGuard.admissionPolicy=true", "--wait", "--timeout", "2m")
+		// The queue controller rewrites status.queue from the (unreachable) nodes every
+		// 30 s: set a depth and try at once, a few times if it was overwritten in between.
+		var refusal string
+		for attempt := 0; attempt < 5 && refusal == ""; attempt++ {
+			Kubectl(t, "patch", "relaypool/"+pool, "-n", mailNamespace, "--subresource=status",
+				"--type=merge", "-p", `{"status":{"queue":{"depth":3}}}`)
+			out, err := KubectlErr("delete", "relaypool/"+pool, "-n", mailNamespace, "--dry-run=server")
+			if err != nil {
+				refusal = out
+			}
+			time.Sleep(time.Second) // the policy may take a moment to be enforced after install
+		}
+		if !strings.Contains(refusal, "still has 3 queued messages") || !strings.Contains(refusal, "smtpfleet.io/force-delete") {
+			t.Fatalf("deleting a pool with queued mail was not refused with the count and the way out: %q", refusal)
+		}
+		Kubectl(t, "annotate", "relaypool/"+pool, "-n", mailNamespace, "smtpfleet.io/force-delete=true")
+		Kubectl(t, "patch", "relaypool/"+pool, "-n", mailNamespace, "--subresource=status",
+			"--type=merge", "-p", `{"status":{"queue":{"depth":3}}}`)
+		if out, err := KubectlErr("delete", "relaypool/"+pool, "-n", mailNamespace, "--dry-run=server"); err != nil {
+			t.Fatalf("a forced deletion was refused: %s", out)
+		}
+		Kubectl(t, "annotate", "relaypool/"+pool, "-n", mailNamespace, "smtpfleet.io/force-delete-")
+		Kubectl(t, "patch", "relaypool/"+pool, "-n", mailNamespace, "--subresource=status",
+			"--type=merge", "-p", `{"status":{"queue":{"depth":0}}}`)
+	})
+
 	step("mail domain status lists the records to publish", func(t *testing.T) {
 		eventuallyField(t, 60*time.Second, mailNamespace, "maildomain/example-com", ".status.conditions[?(@.type==\"PoolBound\")].status", "True")
 		Eventually(t, 60*time.Second, "DNS records in status", func() (bool, string) {

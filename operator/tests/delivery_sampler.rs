@@ -213,12 +213,14 @@ async fn bounces_sampled_from_the_nodes_turn_the_domain_unhealthy_and_back() {
         PoolNode {
             pod: "outbound-east-0".into(),
             data_centre: "east".into(),
+            ready: true,
             admin: Some(fake_node(counters.clone()).await),
         },
         // Not scheduled yet: no address, counted as missing.
         PoolNode {
             pod: "outbound-east-1".into(),
             data_centre: "east".into(),
+            ready: false,
             admin: None,
         },
     ];
