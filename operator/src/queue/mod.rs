@@ -26,7 +26,7 @@ use serde_json::json;
 use smtp_node::admin::QueueReport;
 
 use crate::api::RelayPool;
-use crate::api::relay_pool::condition_types;
+use crate::api::relay_pool::{QueueStatus, condition_types};
 use crate::relaypool::build::layout::{ADMIN_TOKEN_KEY, HTTP_PORT};
 use crate::relaypool::build::meta;
 use crate::runtime::scope::{self, scoped};
@@ -148,7 +148,7 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
         let api: Api<RelayPool> = Api::namespaced(ctx.client.clone(), &namespace);
         let body = json!({
             "metadata": { "resourceVersion": pool.resource_version() },
-            "status": { "queue": next, "conditions": conditions },
+            "status": { "queue": merge_patch_of(&next), "conditions": conditions },
         });
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
@@ -164,6 +164,19 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
         }
     }
     Ok(Action::requeue(WRITE_EVERY))
+}
+
+/// The queue summary as a merge patch: fields the summary leaves out (no oldest message,
+/// no unreachable or draining node) are sent as null, so that they are removed from the
+/// status instead of keeping what an earlier summary said.
+fn merge_patch_of(queue: &QueueStatus) -> serde_json::Value {
+    let mut value = serde_json::to_value(queue).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        for key in ["oldestReceivedAt", "unreachable", "draining", "dataCentres"] {
+            fields.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    value
 }
 
 /// A node of a pool as the API server knows it.
@@ -311,6 +324,19 @@ async fn run_scope(ctx: Arc<Context>, namespace: Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_emptied_queue_removes_what_the_last_summary_said() {
+        let patch = merge_patch_of(&QueueStatus::default());
+        assert_eq!(patch["depth"], 0);
+        for key in ["oldestReceivedAt", "unreachable", "draining", "dataCentres"] {
+            assert!(patch[key].is_null(), "{key}: {patch}");
+            assert!(
+                patch.as_object().is_some_and(|o| o.contains_key(key)),
+                "{key} sent"
+            );
+        }
+    }
 
     #[test]
     fn the_condition_is_set_in_place_and_keeps_its_transition_time() {
