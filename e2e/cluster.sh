@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane on loopback for the e2e suite: etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kwok standing in for kubelets on fake nodes in
-# two zones (it marks pods Running and Ready), and one real node, e2e-node-1: a kubelet
-# and containerd that run containers (node.sh; SMTPFLEET_E2E_REAL_NODE=0 leaves it out).
+# two zones (it marks pods Running and Ready), and real nodes e2e-node-1 and e2e-node-2
+# (zones real-a and real-b): kubelets and containerd that run containers (node.sh;
+# SMTPFLEET_E2E_REAL_NODES=1 starts only the first, SMTPFLEET_E2E_REAL_NODE=0 neither).
 #
 #   e2e/cluster.sh up     # build (cached) and start; writes e2e/.work/kubeconfig
 #   e2e/cluster.sh env    # prints export lines for KUBECONFIG and PATH

@@ -1,49 +1,77 @@
 #!/usr/bin/env bash
-# A real Kubernetes node for the e2e cluster, on this host: containerd (with runc and the
-# CNI bridge plugin) and a kubelet that registers as e2e-node-1 and runs pods for real.
-# cluster.sh calls it; it can also be run by hand while the control plane is up.
+# Real Kubernetes nodes for the e2e cluster, on this host: per node a containerd (with
+# runc and the CNI bridge plugin) and a kubelet that registers as e2e-node-N and runs pods
+# for real. SMTPFLEET_E2E_REAL_NODES (1 or 2, default 2) says how many; the second sits in
+# another zone, so a pool can span two data centres for real. cluster.sh calls it; it can
+# also be run by hand while the control plane is up.
 #
-#   e2e/node.sh up BIN WORK APISERVER_PORT   start containerd and the kubelet, import the
-#                                            images, wait for the node to be Ready
+#   e2e/node.sh up BIN WORK APISERVER_PORT   start containerd and the kubelet of every
+#                                            node, import the images, wait for the nodes
+#                                            to be Ready
 #   e2e/node.sh down                         remove every container, mount, cgroup,
-#                                            interface and nftables table this script made,
-#                                            restore the sysctls; safe to run at any time,
-#                                            also after a failed or interrupted run
+#                                            interface and nftables table this script made
+#                                            (for both nodes, whatever the count), restore
+#                                            the sysctls; safe to run at any time, also
+#                                            after a failed or interrupted run
 #   e2e/node.sh status                       prints ready, unavailable (and why), or absent
 #
-# Everything lives under fixed host paths (one real node per machine at a time):
-#   /var/lib/smtpfleet-e2e   containerd root, kubelet root-dir, pod logs, CNI IPAM state
-#   /run/smtpfleet-e2e       containerd state and socket, runc state, pid files
+# Everything lives under fixed host paths (one e2e cluster with real nodes per machine at
+# a time); S is "" for e2e-node-1 and "-2" for e2e-node-2:
+#   /var/lib/smtpfleet-e2eS  containerd root, kubelet root-dir, pod logs, CNI IPAM state
+#   /run/smtpfleet-e2eS      containerd state and socket, runc state, pid files
 #   /run/containerd/s        the shims' sockets (a fixed path; removed if this made it)
-#   cgroup /smtpfleet-e2e    under every cgroup v1 hierarchy (the kubelet's cgroupRoot)
-#   smtpfleet-n1             veth (peer smtpfleet-n1-p) with the node IP 10.250.0.1
-#   smtpfleet0               the pods' bridge, 10.244.0.1/24 (made by the CNI plugin)
-#   nft table inet smtpfleet_e2e   drops anything forwarded between the pods and any other
-#                                  interface: pods reach the host and each other, nothing
-#                                  off the machine
+#   cgroup /smtpfleet-e2eS   under every cgroup v1 hierarchy (the kubelet's cgroupRoot)
+#   smtpfleet-nN             veth (peer smtpfleet-nN-p) with the node IP 10.250.0.N
+#   smtpfleetN-1             the pods' bridge, 10.244.(N-1).1/24
+#   nft table inet smtpfleet_e2eS  drops anything forwarded between the node's pods and
+#                                  any interface but the pod bridges: pods reach the host
+#                                  and each other (across nodes too), nothing off the
+#                                  machine
 #   /tmp/e2e-pv-N            the spool PersistentVolumes' host paths, owned by 65532 (the
 #                            kubelet does not apply fsGroup to hostPath volumes)
 #
-# The node is tainted smtpfleet.io/real-node=true:NoSchedule and labelled
-# smtpfleet.io/e2e-node=real, and has no zone label, so only pods that ask for it land
-# there; the kwok nodes keep the rest of the suite as it was.
+# The nodes are tainted smtpfleet.io/real-node=true:NoSchedule and labelled
+# smtpfleet.io/e2e-node=real and topology.kubernetes.io/zone=real-a (e2e-node-1) or
+# real-b (e2e-node-2), zones no kwok node has, so only pods that ask for them land there;
+# the kwok nodes keep the rest of the suite as it was. Every pod's nameserver is
+# 10.244.0.1, the first node's bridge, where the tests serve DNS when they need it.
 set -euo pipefail
 cd "$(dirname "$0")"
 E2E_DIR=$(pwd)
 
-NODE_NAME=e2e-node-1
-NODE_IP=10.250.0.1
-POD_SUBNET=10.244.0.0/24
-POD_GATEWAY=10.244.0.1
-STATE=/var/lib/smtpfleet-e2e
-RUN=/run/smtpfleet-e2e
-CGROUP=smtpfleet-e2e
-NODE_LINK=smtpfleet-n1
-BRIDGE=smtpfleet0
-NFT_TABLE=smtpfleet_e2e
-CNI_NETWORK=smtpfleet-e2e
-SOCK="$RUN/containerd.sock"
+# The most real nodes this script makes (and always removes).
+MAX_NODES=2
+NODES="${SMTPFLEET_E2E_REAL_NODES:-$MAX_NODES}"
+# Every pod bridge the nodes can have: pods may talk across them, to nothing else.
+ALL_BRIDGES='"smtpfleet0", "smtpfleet1"'
+NAMESERVER=10.244.0.1
+ZONES=(real-a real-b)
+# Where `up` records why the machine cannot have real nodes, and how many it started.
+FIRST_RUN=/run/smtpfleet-e2e
 PV_COUNT=60
+
+# node N: the names and addresses of real node N. The first node also owns what the
+# nodes share (sysctls, the spool volumes, /var/log/containers, /run/containerd).
+node() {
+  local n=$1 suffix=""
+  [ "$n" -gt 1 ] && suffix="-$n"
+  INDEX=$n
+  NODE_NAME=e2e-node-$n
+  NODE_IP=10.250.0.$n
+  POD_SUBNET=10.244.$((n - 1)).0/24
+  POD_GATEWAY=10.244.$((n - 1)).1
+  ZONE=${ZONES[n - 1]}
+  LOG_SUFFIX=$suffix
+  STATE=/var/lib/smtpfleet-e2e$suffix
+  RUN=/run/smtpfleet-e2e$suffix
+  CGROUP=smtpfleet-e2e$suffix
+  NODE_LINK=smtpfleet-n$n
+  BRIDGE=smtpfleet$((n - 1))
+  NFT_TABLE=smtpfleet_e2e${suffix//-/_}
+  CNI_NETWORK=smtpfleet-e2e$suffix
+  SOCK="$RUN/containerd.sock"
+}
+node 1
 # Sysctls the kubelet (and the bridge plugin, and this script) change.
 SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.ip_forward
@@ -63,8 +91,8 @@ hierarchies() {
 
 # unavailable REASON: the host lacks a kernel feature; the real-pod tests skip with it.
 unavailable() {
-  mkdir -p "$RUN"
-  echo "$*" >"$RUN/unavailable"
+  mkdir -p "$FIRST_RUN"
+  echo "$*" >"$FIRST_RUN/unavailable"
   log "no real node: $*"
   exit 0
 }
@@ -124,8 +152,8 @@ network() {
 table inet $NFT_TABLE {
   chain forward {
     type filter hook forward priority filter - 10; policy accept;
-    ip saddr $POD_SUBNET oifname != "$BRIDGE" drop
-    ip daddr $POD_SUBNET iifname != "$BRIDGE" drop
+    ip saddr $POD_SUBNET oifname != { $ALL_BRIDGES } drop
+    ip daddr $POD_SUBNET iifname != { $ALL_BRIDGES } drop
   }
   chain prerouting {
     type nat hook prerouting priority dstnat; policy accept;
@@ -233,9 +261,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
   stream_server_port = "0"
 EOF
 
-  # Pods resolve against the bridge's own address, where nothing answers: no resolver on
-  # or off the machine, yet a resolv.conf with a nameserver, which resolvers insist on.
-  printf 'nameserver %s\noptions timeout:1 attempts:1\n' "$POD_GATEWAY" >"$STATE/resolv.conf"
+  # Pods resolve against the first node's bridge address, where nothing answers unless a
+  # test serves DNS there: no resolver on or off the machine, yet a resolv.conf with a
+  # nameserver, which resolvers insist on.
+  printf 'nameserver %s\noptions timeout:1 attempts:1\n' "$NAMESERVER" >"$STATE/resolv.conf"
 
   # The node's client certificate: the Node authorizer knows it by its name and group.
   local pki="$work/pki"
@@ -272,10 +301,10 @@ cgroupDriver: cgroupfs
 cgroupRoot: /$CGROUP
 containerRuntimeEndpoint: unix://$SOCK
 address: $NODE_IP
-port: $((base + 50))
+port: $((base + 49 + INDEX))
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
-healthzPort: $((base + 48))
+healthzPort: $((base + 48 + 5 * (INDEX - 1)))
 authentication:
   anonymous: { enabled: false }
   webhook: { enabled: false }
@@ -284,7 +313,7 @@ authorization: { mode: AlwaysAllow }
 rotateCertificates: false
 serverTLSBootstrap: false
 resolvConf: $STATE/resolv.conf
-clusterDNS: [$POD_GATEWAY]
+clusterDNS: [$NAMESERVER]
 clusterDomain: cluster.local
 podLogsDir: $STATE/pod-logs
 failSwapOn: false
@@ -303,10 +332,11 @@ registerWithTaints:
 EOF
 }
 
-# start NAME COMMAND...: a background process with its log in WORK/logs.
+# start WORK NAME COMMAND...: a background process with its log in WORK/logs (the second
+# node's logs end in -2).
 start() {
   local work=$1 name=$2; shift 2
-  "$@" >"$work/logs/$name.log" 2>&1 &
+  "$@" >"$work/logs/$name$LOG_SUFFIX.log" 2>&1 &
   echo $! >"$RUN/pids/$name"
 }
 
@@ -318,8 +348,8 @@ wait_for() {
   until "$@" >/dev/null 2>&1; do
     if ! alive "$name" || [ "$(date +%s)" -ge "$deadline" ]; then
       alive "$name" && log "timed out after ${timeout}s waiting for $name: $*" || log "$name exited"
-      log "last lines of $work/logs/$name.log:"
-      tail -n 30 "$work/logs/$name.log" >&2
+      log "last lines of $work/logs/$name$LOG_SUFFIX.log:"
+      tail -n 30 "$work/logs/$name$LOG_SUFFIX.log" >&2
       return 1
     fi
     sleep 0.5
@@ -329,44 +359,60 @@ wait_for() {
 up() {
   local bin=$1 work=$2 apiserver=$3 base=${4:-26400}
   local started=$(date +%s)
+  case "$NODES" in 1 | 2) ;; *) log "SMTPFLEET_E2E_REAL_NODES must be 1 or 2, not $NODES"; return 2 ;; esac
   down
-  rm -f "$RUN/unavailable"
-  mkdir -p "$STATE" "$RUN/pids" "$work/logs"
+  mkdir -p "$work/logs"
+  local images="$work/images"
+  mkdir -p "$images"
+  "$E2E_DIR/images.sh" build "$images" 2>>"$work/logs/images.log" \
+    || { log "building the images failed:"; tail -n 30 "$work/logs/images.log" >&2; return 1; }
+  local n
+  for n in $(seq 1 "$NODES"); do
+    node "$n"
+    up_node "$bin" "$work" "$apiserver" "$base" "$images"
+  done
+  echo "$NODES" >"$FIRST_RUN/nodes"
+  log "$NODES real node(s) ready in $(( $(date +%s) - started ))s"
+}
+
+# up_node BIN WORK APISERVER_PORT BASE_PORT IMAGES: the node selected with `node`.
+up_node() {
+  local bin=$1 work=$2 apiserver=$3 base=$4 images=$5
+  local started=$(date +%s)
+  mkdir -p "$STATE" "$RUN/pids"
   echo "$bin" >"$RUN/bin"
   preflight
-  save_sysctls
-  # The kubelet links container logs into /var/log/containers, making it if need be.
-  [ -d /var/log/containers ] || touch "$STATE/made-var-log-containers"
-  # The shims put their sockets in /run/containerd/s, whatever containerd's state dir.
-  [ -d /run/containerd ] || touch "$STATE/made-run-containerd"
+  if [ "$INDEX" = 1 ]; then
+    save_sysctls
+    # The kubelet links container logs into /var/log/containers, making it if need be.
+    [ -d /var/log/containers ] || touch "$STATE/made-var-log-containers"
+    # The shims put their sockets in /run/containerd/s, whatever containerd's state dir.
+    [ -d /run/containerd ] || touch "$STATE/made-run-containerd"
+    volumes
+  fi
   network "$apiserver"
   cgroups
-  volumes
   write_configs "$bin" "$work" "$apiserver" "$base"
 
   # containerd finds the shim on PATH; the shim finds runc through BinaryName.
   start "$work" containerd env PATH="$bin:$PATH" "$bin/containerd" --config "$STATE/containerd.toml"
   wait_for "$work" containerd 60 "$bin/ctr" --address "$SOCK" version
-  local images="$work/images"
-  mkdir -p "$images"
-  "$E2E_DIR/images.sh" build "$images" 2>>"$work/logs/images.log" \
-    || { log "building the images failed:"; tail -n 30 "$work/logs/images.log" >&2; return 1; }
   local tar
   for tar in "$images"/*.tar; do
     "$bin/ctr" --address "$SOCK" -n k8s.io images import --all-platforms \
       --snapshotter overlayfs "$tar" >>"$work/logs/images.log" 2>&1 \
-      || { log "importing $tar failed:"; tail -n 20 "$work/logs/images.log" >&2; return 1; }
+      || { log "importing $tar into $NODE_NAME failed:"; tail -n 20 "$work/logs/images.log" >&2; return 1; }
   done
 
   start "$work" kubelet env PATH="$bin:$PATH" "$bin/kubelet" --config "$STATE/kubelet.yaml" \
     --kubeconfig "$STATE/kubelet.kubeconfig" --root-dir "$STATE/kubelet" \
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" \
-    --node-labels "smtpfleet.io/e2e-node=real" --v=2
+    --node-labels "smtpfleet.io/e2e-node=real,topology.kubernetes.io/zone=$ZONE" --v=2
   local kc="$work/kubeconfig"
   wait_for "$work" kubelet 120 "$bin/kubectl" --kubeconfig "$kc" wait --for=condition=Ready \
     "node/$NODE_NAME" --timeout=5s
   echo ready >"$RUN/ready"
-  log "$NODE_NAME ready in $(( $(date +%s) - started ))s (logs: $work/logs/kubelet.log, containerd.log)"
+  log "$NODE_NAME ready in $(( $(date +%s) - started ))s (logs: $work/logs/kubelet$LOG_SUFFIX.log, containerd$LOG_SUFFIX.log)"
 }
 
 # stop NAME: SIGTERM, up to 15 s, then SIGKILL.
@@ -398,7 +444,17 @@ cgroup_pids() {
   done | sort -un
 }
 
+# down: every real node this script can make, the second first (the first owns what
+# they share), whatever count the last `up` used.
 down() {
+  local n
+  for n in $(seq "$MAX_NODES" -1 1); do
+    node "$n"
+    down_node
+  done
+}
+
+down_node() {
   local bin=""
   [ -f "$RUN/bin" ] && bin=$(cat "$RUN/bin")
   # The kubelet first, or it starts again what is being removed.
@@ -454,13 +510,21 @@ down() {
 }
 
 status() {
-  if [ -f "$RUN/unavailable" ]; then
-    echo "unavailable: $(cat "$RUN/unavailable")"
-  elif [ -f "$RUN/ready" ] && alive kubelet && alive containerd; then
-    echo ready
-  else
-    echo absent
+  if [ -f "$FIRST_RUN/unavailable" ]; then
+    echo "unavailable: $(cat "$FIRST_RUN/unavailable")"
+    return 0
   fi
+  local n count
+  count=$(cat "$FIRST_RUN/nodes" 2>/dev/null || echo 0)
+  [ "$count" -ge 1 ] || { echo absent; return 0; }
+  for n in $(seq 1 "$count"); do
+    node "$n"
+    if ! { [ -f "$RUN/ready" ] && alive kubelet && alive containerd; }; then
+      echo absent
+      return 0
+    fi
+  done
+  echo ready
 }
 
 case "${1:-}" in

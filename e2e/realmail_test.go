@@ -2,7 +2,18 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"net/smtp"
 	"os"
@@ -93,10 +104,14 @@ func (z dnsZone) answer(query []byte) ([]byte, error) {
 
 // smtpSink accepts every message and records the X-E2E-Seq header of each; while
 // deferring, it answers every recipient with a temporary failure, so mail queues up in
-// the pool's spool.
+// the pool's spool. It offers STARTTLS with a certificate of its own and keeps the first
+// copy of every message as it arrived, with whether it came over TLS.
 type smtpSink struct {
 	mu        sync.Mutex
-	got       map[int]int // sequence number -> deliveries
+	got       map[int]int    // sequence number -> deliveries
+	raw       map[int][]byte // sequence number -> the first copy, as received
+	overTLS   map[int]bool   // sequence number -> the first copy came over TLS
+	tls       *tls.Config
 	deferring atomic.Bool
 	// refusing answers every RCPT with a permanent 550 5.1.1: the mail bounces.
 	refusing atomic.Bool
@@ -109,7 +124,8 @@ func startSink(t *testing.T, addr string) *smtpSink {
 		t.Fatalf("SMTP sink on %s: %v", addr, err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	s := &smtpSink{got: map[int]int{}}
+	s := &smtpSink{got: map[int]int{}, raw: map[int][]byte{}, overTLS: map[int]bool{},
+		tls: &tls.Config{Certificates: []tls.Certificate{selfSignedCert(t, "mx.sink.test")}}}
 	go func() {
 		for {
 			conn, err := ln.Accept()
@@ -123,10 +139,11 @@ func startSink(t *testing.T, addr string) *smtpSink {
 }
 
 func (s *smtpSink) serve(conn net.Conn) {
-	defer conn.Close()
+	defer func() { conn.Close() }()
 	r := bufio.NewReader(conn)
 	say := func(line string) { _, _ = conn.Write([]byte(line + "\r\n")) }
 	say("220 sink.test ESMTP e2e sink")
+	secure := false
 	for {
 		_ = conn.SetDeadline(time.Now().Add(60 * time.Second))
 		line, err := r.ReadString('\n')
@@ -137,7 +154,18 @@ func (s *smtpSink) serve(conn net.Conn) {
 		switch verb {
 		case "EHLO":
 			say("250-sink.test")
+			if !secure {
+				say("250-STARTTLS")
+			}
 			say("250 8BITMIME")
+		case "STARTTLS":
+			say("220 2.0.0 ready to start TLS")
+			tlsConn := tls.Server(conn, s.tls)
+			_ = tlsConn.SetDeadline(time.Now().Add(10 * time.Second))
+			if err := tlsConn.Handshake(); err != nil {
+				return
+			}
+			conn, r, secure = tlsConn, bufio.NewReader(tlsConn), true
 		case "RCPT":
 			if s.refusing.Load() {
 				say("550 5.1.1 the e2e sink knows no such user")
@@ -151,6 +179,7 @@ func (s *smtpSink) serve(conn net.Conn) {
 		case "DATA":
 			say("354 end with .")
 			seq := -1
+			var msg []byte
 			for {
 				l, err := r.ReadString('\n')
 				if err != nil {
@@ -159,11 +188,15 @@ func (s *smtpSink) serve(conn net.Conn) {
 				if l == ".\r\n" || l == ".\n" {
 					break
 				}
+				msg = append(msg, strings.TrimPrefix(l, ".")...)
 				if v, ok := strings.CutPrefix(l, "X-E2E-Seq: "); ok && seq < 0 {
 					seq, _ = strconv.Atoi(strings.TrimSpace(v))
 				}
 			}
 			s.mu.Lock()
+			if s.got[seq] == 0 {
+				s.raw[seq], s.overTLS[seq] = msg, secure
+			}
 			s.got[seq]++
 			s.mu.Unlock()
 			say("250 2.0.0 delivered")
@@ -174,6 +207,37 @@ func (s *smtpSink) serve(conn net.Conn) {
 			say("502 5.5.2 not implemented")
 		}
 	}
+}
+
+// message is the first copy of a message as the sink received it, and whether it came
+// over TLS.
+func (s *smtpSink) message(seq int) ([]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.raw[seq], s.overTLS[seq]
+}
+
+// selfSignedCert is a throwaway certificate for a test server's name.
+func selfSignedCert(t *testing.T, name string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: name},
+		DNSNames:     []string{name},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 func (s *smtpSink) delivered(seq int) int {
@@ -194,37 +258,52 @@ func (s *smtpSink) total() (messages, copies int) {
 
 // sendOne relays one message through addr; nil means the pool answered 250 to DATA.
 func sendOne(addr string, seq int) error {
+	_, err := send(addr, seq, nil)
+	return err
+}
+
+// send relays one message through addr, first switching to TLS with STARTTLS when tlsConf
+// is set (then it returns the certificate chain the pool presented).
+func send(addr string, seq int, tlsConf *tls.Config) ([]*x509.Certificate, error) {
+	var chain []*x509.Certificate
 	conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
 	if err != nil {
-		return err
+		return chain, err
 	}
 	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
 	c, err := smtp.NewClient(conn, "relay.example.com")
 	if err != nil {
 		conn.Close()
-		return err
+		return chain, err
 	}
 	defer c.Close()
 	if err := c.Hello("client.sender.test"); err != nil {
-		return err
+		return chain, err
+	}
+	if tlsConf != nil {
+		if err := c.StartTLS(tlsConf); err != nil {
+			return chain, err
+		}
+		state, _ := c.TLSConnectionState()
+		chain = state.PeerCertificates
 	}
 	if err := c.Mail("app@sender.test"); err != nil {
-		return err
+		return chain, err
 	}
 	if err := c.Rcpt("user@sink.test"); err != nil {
-		return err
+		return chain, err
 	}
 	w, err := c.Data()
 	if err != nil {
-		return err
+		return chain, err
 	}
 	fmt.Fprintf(w, "From: app@sender.test\r\nTo: user@sink.test\r\nSubject: e2e %d\r\n"+
 		"Message-ID: <e2e-%d@sender.test>\r\nX-E2E-Seq: %d\r\n\r\nmessage %d\r\n", seq, seq, seq, seq)
 	if err := w.Close(); err != nil {
-		return err
+		return chain, err
 	}
 	_ = c.Quit()
-	return nil
+	return chain, nil
 }
 
 // TestRealPodsMail sends mail through a pool on the real node to a sink on the host. The
@@ -310,6 +389,59 @@ spec:
 		Eventually(t, 60*time.Second, "the message at the sink", func() (bool, string) {
 			return sink.delivered(0) > 0, "not delivered yet"
 		})
+	})
+
+	t.Run("over STARTTLS with the pool's certificate, DKIM-signed with the domain's key", func(t *testing.T) {
+		// The pool's certificate is the one in its TLS Secret, valid for its hostname.
+		secretPEM, err := base64.StdEncoding.DecodeString(jsonpath(t, ns, "secret/mail-tls", `.data.tls\.crt`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		block, _ := pem.Decode(secretPEM)
+		if block == nil {
+			t.Fatal("no certificate in the Secret mail-tls")
+		}
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(secretPEM)
+		chain, err := send(podAddr(), 1, &tls.Config{ServerName: "relay.example.com", RootCAs: roots, MinVersion: tls.VersionTLS12})
+		if err != nil {
+			t.Fatalf("relaying over STARTTLS, verifying the pool's certificate for relay.example.com: %v", err)
+		}
+		if len(chain) == 0 || !bytes.Equal(chain[0].Raw, block.Bytes) {
+			t.Errorf("the pool presented a certificate other than the one in its Secret")
+		}
+		Eventually(t, 60*time.Second, "the message at the sink", func() (bool, string) {
+			return sink.delivered(1) > 0, "not delivered yet"
+		})
+		msg, overTLS := sink.message(1)
+		if !overTLS {
+			t.Errorf("the pool delivered without STARTTLS although the sink offered it")
+		}
+		// The key the MailDomain asks DNS to publish verifies the signature.
+		var domain struct {
+			Status struct {
+				DNS struct {
+					Records []struct {
+						Name     string `json:"name"`
+						Expected string `json:"expected"`
+					} `json:"records"`
+				} `json:"dns"`
+			} `json:"status"`
+		}
+		if err := json.Unmarshal([]byte(Kubectl(t, "get", "maildomain/sender-test", "-n", ns, "-o", "json")), &domain); err != nil {
+			t.Fatal(err)
+		}
+		records := map[string]string{}
+		for _, r := range domain.Status.DNS.Records {
+			if strings.Contains(r.Name, "._domainkey.") {
+				records[strings.TrimSuffix(r.Name, ".")] = r.Expected
+			}
+		}
+		if len(records) == 0 {
+			t.Fatalf("the MailDomain's status names no DKIM record: %+v", domain.Status.DNS.Records)
+		}
+		verifyDKIM(t, msg, records)
+		t.Logf("delivered over STARTTLS, DKIM signature verified by dkimpy with %v", records)
 	})
 
 	t.Run("the pool's queue in its status comes from the node", func(t *testing.T) {
@@ -416,8 +548,9 @@ spec:
 		case <-done:
 			t.Fatalf("the sender gave up before message %d: %d acknowledged, %d refused", messages/3, len(acked), failed)
 		}
-		before := getPod(t, ns, pod).Status.ContainerStatuses[0]
-		pid := containerPid(t, before.ContainerID)
+		running := getPod(t, ns, pod)
+		before := running.Status.ContainerStatuses[0]
+		pid := containerPid(t, running.Spec.NodeName, before.ContainerID)
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatalf("kill -9 %d: %v", pid, err)
 		}

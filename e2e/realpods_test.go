@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,8 +25,6 @@ const (
 	realNodeTaint = "smtpfleet.io/real-node"
 	// nodeImage is the smtp-node image e2e/images.sh builds and imports into containerd.
 	nodeImage = "localhost/smtpfleet/smtp-node:e2e"
-	// criEndpoint is the socket of the real node's containerd.
-	criEndpoint = "unix:///run/smtpfleet-e2e/containerd.sock"
 )
 
 // ourCluster reports whether KUBECONFIG is the cluster e2e/cluster.sh started.
@@ -62,6 +61,18 @@ func realNode(t *testing.T) string {
 	}
 	t.Fatalf("the cluster has no real node (e2e/node.sh status: %q)", status)
 	return ""
+}
+
+// realNodes returns the names of the cluster's real nodes, skipping the test (saying why)
+// when there are fewer than n.
+func realNodes(t *testing.T, n int) []string {
+	t.Helper()
+	realNode(t)
+	names := strings.Fields(Kubectl(t, "get", "nodes", "-l", realNodeLabel, "-o", "jsonpath={.items[*].metadata.name}"))
+	if len(names) < n {
+		t.Skipf("%d real node(s), the test needs %d (SMTPFLEET_E2E_REAL_NODES)", len(names), n)
+	}
+	return names
 }
 
 // realPool is a one-node pool pinned to the real node.
@@ -158,17 +169,26 @@ func smtpGreeting(addr string) (string, error) {
 	return strings.TrimSpace(line), nil
 }
 
-// containerPid is the host pid of a container's main process, from the runtime.
-func containerPid(t *testing.T, containerID string) int {
+// criEndpoint is the socket of a real node's containerd (e2e/node.sh).
+func criEndpoint(node string) string {
+	if node == "e2e-node-1" {
+		return "unix:///run/smtpfleet-e2e/containerd.sock"
+	}
+	return "unix:///run/smtpfleet-e2e-" + strings.TrimPrefix(node, "e2e-node-") + "/containerd.sock"
+}
+
+// containerPid is the host pid of a container's main process, from the runtime of the
+// real node it runs on.
+func containerPid(t *testing.T, node, containerID string) int {
 	t.Helper()
 	id := strings.TrimPrefix(containerID, "containerd://")
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 	// stdout only: crictl warns on stderr that it has no config file.
-	out, err := exec.CommandContext(ctx, "crictl", "--runtime-endpoint", criEndpoint, "inspect",
+	out, err := exec.CommandContext(ctx, "crictl", "--runtime-endpoint", criEndpoint(node), "inspect",
 		"-o", "go-template", "--template", "{{.info.pid}}", id).Output()
 	if err != nil {
-		t.Fatalf("crictl inspect %s: %v", id, err)
+		t.Fatalf("crictl inspect %s on %s: %v", id, node, err)
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
 	if err != nil || pid <= 1 {
@@ -183,7 +203,7 @@ func containerPid(t *testing.T, containerID string) int {
 // own probes; answering HTTP and SMTP on its pod IP; restarted by the kubelet after
 // kill -9 and Ready again.
 func TestRealPods(t *testing.T) {
-	node := realNode(t)
+	nodes := realNodes(t, 1)
 	root := repo(t)
 	Kubectl(t, "apply", "--server-side", "-f", filepath.Join(root, "crds"))
 	Kubectl(t, "wait", "--for=condition=Established", "--timeout=60s",
@@ -213,8 +233,9 @@ func TestRealPods(t *testing.T) {
 	t.Logf("kubectl get pods -o wide:\n%s", Kubectl(t, "get", "pods", "-n", ns, "-o", "wide"))
 
 	status := getPod(t, ns, pod)
-	if status.Spec.NodeName != node {
-		t.Fatalf("pod runs on %q, want the real node %q", status.Spec.NodeName, node)
+	node := status.Spec.NodeName
+	if !slices.Contains(nodes, node) {
+		t.Fatalf("pod runs on %q, want a real node %q", node, nodes)
 	}
 	if status.Status.Phase != "Running" || len(status.Status.ContainerStatuses) != 1 {
 		t.Fatalf("pod phase %q, %d container statuses", status.Status.Phase, len(status.Status.ContainerStatuses))
@@ -224,8 +245,10 @@ func TestRealPods(t *testing.T) {
 		t.Fatalf("container not running in containerd: %+v", container)
 	}
 	ip := status.Status.PodIP
-	if !strings.HasPrefix(ip, "10.244.0.") {
-		t.Fatalf("pod IP %q is not on the node's pod bridge", ip)
+	// e2e-node-N's pods are on its bridge, 10.244.(N-1).0/24 (e2e/node.sh).
+	n, _ := strconv.Atoi(strings.TrimPrefix(node, "e2e-node-"))
+	if bridge := fmt.Sprintf("10.244.%d.", n-1); !strings.HasPrefix(ip, bridge) {
+		t.Fatalf("pod IP %q on %s is not on the node's pod bridge %s0/24", ip, node, bridge)
 	}
 
 	t.Run("answers on its pod IP", func(t *testing.T) {
@@ -242,7 +265,7 @@ func TestRealPods(t *testing.T) {
 	})
 
 	t.Run("runs confined", func(t *testing.T) {
-		pid := containerPid(t, container.ContainerID)
+		pid := containerPid(t, node, container.ContainerID)
 		procStatus, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 		if err != nil {
 			t.Fatal(err)
@@ -277,7 +300,7 @@ func TestRealPods(t *testing.T) {
 	})
 
 	t.Run("kill -9 restarts the container", func(t *testing.T) {
-		pid := containerPid(t, container.ContainerID)
+		pid := containerPid(t, node, container.ContainerID)
 		killed := time.Now()
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatalf("kill -9 %d: %v", pid, err)

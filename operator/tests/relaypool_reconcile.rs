@@ -355,6 +355,12 @@ async fn deletion_runs_the_cleanup_and_removes_the_finalizer() {
         k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
     ));
     let (mut server, _ctx, task) = start(&pool);
+    // The nodes are asked first (drain, then their queues); this pool has none left.
+    serve_secret(&mut server, NS, "relay-admin", None).await;
+    server
+        .expect(Method::GET, &format!("/api/v1/namespaces/{NS}/pods"))
+        .await
+        .ok(&list("v1", "PodList", vec![]));
     let events = serve_events(&mut server, NS, 1).await;
     assert_eq!(reasons(&events), [("Normal", "Deleting")]);
     let exchange = server.expect(Method::PATCH, &pool_path(NS, "relay")).await;

@@ -62,6 +62,10 @@ pub struct QueueReport {
     pub under_replicated: usize,
     /// Copies this node may no longer act on (it left the view since they were written).
     pub stale: usize,
+    /// Every message in the spool, whatever the node's duty for it: while the pool's view
+    /// changes (a drain, a takeover) a message may briefly be owned by nobody this node
+    /// knows of, but a copy on disk is mail the pool still holds.
+    pub copies: usize,
     pub drain: DrainReport,
 }
 
@@ -95,6 +99,7 @@ pub fn report(
         ..QueueReport::default()
     };
     let mut oldest: Option<UnixMillis> = None;
+    out.copies = listing.len();
     for meta in listing {
         let (owned, needs_me) = match (&meta.ownership.copy, view) {
             (Some(copy), Some(view)) => {
@@ -470,6 +475,7 @@ mod tests {
         assert_eq!(r.depth, 3, "owned, taken over included");
         assert_eq!(r.deferred, 1);
         assert_eq!(r.held_as_replica, 1);
+        assert_eq!(r.copies, 4, "every message on disk");
         assert_eq!(r.under_replicated, 2, "the two that named c");
         assert_eq!(
             r.oldest_received_at.as_deref(),

@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
@@ -337,7 +338,19 @@ async fn ensure_peer_material(
     let ca = secrets.get_opt(&ca_name).await?;
     let peers = secrets.get_opt(&peers_name).await?;
     let stored = peer_secrets::read(ca.as_ref(), peers.as_ref());
-    let nodes = peer_secrets::nodes(&name, namespace, &pool.spec);
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!("{}={name}", meta::POOL_LABEL);
+    let live: BTreeMap<String, i32> = sets
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .filter_map(|set| {
+            let dc = set.labels().get(meta::DATA_CENTRE_LABEL)?;
+            Some((dc.clone(), set.spec.as_ref()?.replicas.unwrap_or(1)))
+        })
+        .collect();
+    let nodes = peer_secrets::nodes(&name, namespace, &pool.spec, &live);
     // CAs are issued with a not-before an hour in the past (clock skew).
     let rotate = match (pool_annotation_time(pool), &stored) {
         (Some(asked), Some(m)) => m.phase() == Phase::Stable && m.active.not_before + 3600 < asked,

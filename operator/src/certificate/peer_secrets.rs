@@ -83,15 +83,28 @@ pub fn data(m: &PeerMaterial) -> (BTreeMap<String, ByteString>, BTreeMap<String,
 }
 
 /// The nodes of a pool as its StatefulSets name them, with the DNS names peers dial
-/// through the headless Service.
-pub fn nodes(pool: &str, namespace: &str, spec: &RelayPoolSpec) -> Vec<PeerNode> {
+/// through the headless Service. `live` is each data centre's replica count in its
+/// StatefulSet as it is now: while a node drains before a scale-down, or a removed data
+/// centre drains, or the autoscaler has added nodes beyond the spec, those nodes still
+/// talk to their peers and need their certificates.
+pub fn nodes(
+    pool: &str,
+    namespace: &str,
+    spec: &RelayPoolSpec,
+    live: &BTreeMap<String, i32>,
+) -> Vec<PeerNode> {
     let service = meta::peer_service_name(pool);
-    spec.data_centres()
-        .iter()
-        .flat_map(|dc| {
-            let sts = meta::statefulset_name(pool, &dc.name);
+    let mut counts: BTreeMap<String, i32> = live.clone();
+    for dc in spec.data_centres() {
+        let count = counts.entry(dc.name.clone()).or_default();
+        *count = (*count).max(dc.replicas);
+    }
+    counts
+        .into_iter()
+        .flat_map(|(dc, replicas)| {
+            let sts = meta::statefulset_name(pool, &dc);
             let service = service.clone();
-            (0..dc.replicas.max(0)).map(move |ordinal| {
+            (0..replicas.max(0)).map(move |ordinal| {
                 let name = format!("{sts}-{ordinal}");
                 PeerNode {
                     dns_names: vec![
@@ -135,10 +148,26 @@ mod tests {
             "hostname: mx.example.com\ndataCentres:\n- {name: east, replicas: 2}\n- {name: west, replicas: 1}\n",
         )
         .unwrap();
-        let names: Vec<String> = nodes("out", "mail", &spec)
-            .into_iter()
-            .map(|n| n.name)
-            .collect();
-        assert_eq!(names, ["out-east-0", "out-east-1", "out-west-0"]);
+        let names = |live: &[(&str, i32)]| -> Vec<String> {
+            let live = live.iter().map(|(dc, n)| (dc.to_string(), *n)).collect();
+            nodes("out", "mail", &spec, &live)
+                .into_iter()
+                .map(|n| n.name)
+                .collect()
+        };
+        assert_eq!(names(&[]), ["out-east-0", "out-east-1", "out-west-0"]);
+        // A node draining before a scale-down to 1, a data centre removed from the spec
+        // that still drains, and nodes the autoscaler added keep their certificates.
+        assert_eq!(
+            names(&[("east", 3), ("gone", 1), ("west", 2)]),
+            [
+                "out-east-0",
+                "out-east-1",
+                "out-east-2",
+                "out-gone-0",
+                "out-west-0",
+                "out-west-1"
+            ]
+        );
     }
 }

@@ -119,6 +119,20 @@ pub fn recommend(
     }
 }
 
+/// When to look again for a recommendation waiting out its stabilization window: the
+/// queue poll writes the status only when the depth changes, so a backlog that stays
+/// at zero would otherwise wait for the periodic resync before the nodes go.
+pub fn recheck_in(status: &AutoscalingStatus, bounds: Bounds, now: Timestamp) -> Option<Duration> {
+    let low_since = status.low_since.as_ref()?;
+    let low_for = Duration::try_from(now.duration_since(low_since.0)).unwrap_or_default();
+    Some(
+        bounds
+            .stabilization
+            .saturating_sub(low_for)
+            .max(Duration::from_secs(1)),
+    )
+}
+
 /// A data centre's queue depth when every one of its nodes answered.
 pub fn depth_of(queue: Option<&QueueStatus>, data_centre: &str) -> Option<i64> {
     let dc = queue?.data_centres.iter().find(|d| d.name == data_centre);
@@ -220,5 +234,30 @@ mod tests {
         assert_eq!(depth_of(Some(&queue), "north"), None);
         assert_eq!(depth_of(Some(&QueueStatus::default()), "north"), Some(0));
         assert_eq!(depth_of(None, "east"), None);
+    }
+
+    #[test]
+    fn a_pending_scale_down_is_looked_at_when_its_window_ends() {
+        let at = |secs: i64| Timestamp::from_second(1_800_000_000 + secs).expect("t");
+        let waiting = AutoscalingStatus {
+            data_centre: "a".into(),
+            replicas: 2,
+            queue_depth: Some(0),
+            low_since: Some(Time(at(0))),
+        };
+        let window = BOUNDS.stabilization;
+        assert_eq!(
+            recheck_in(&waiting, BOUNDS, at(10)),
+            Some(window - Duration::from_secs(10))
+        );
+        assert_eq!(
+            recheck_in(&waiting, BOUNDS, at(100_000)),
+            Some(Duration::from_secs(1))
+        );
+        let steady = AutoscalingStatus {
+            low_since: None,
+            ..waiting
+        };
+        assert_eq!(recheck_in(&steady, BOUNDS, at(10)), None);
     }
 }

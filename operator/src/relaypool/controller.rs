@@ -388,10 +388,19 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     let now = Time(Timestamp::now());
     let not_ready_for = status::not_ready_for(&previous.conditions, &now);
     let computed = status::compute(model, observed, &validated.problems, not_ready_for);
+    let autoscale_recheck = pool.spec.autoscaling.as_ref().and_then(|spec| {
+        let bounds = autoscale::Bounds::of(spec);
+        let now = Timestamp::now();
+        recommendations
+            .iter()
+            .filter_map(|r| autoscale::recheck_in(&r.status, bounds, now))
+            .min()
+    });
     let requeue = computed
         .recheck_in
         .into_iter()
         .chain(scale.requeue)
+        .chain(autoscale_recheck)
         .fold(ctx.settings.requeue_after, Duration::min);
     let mut next = status::to_status(&previous, computed, model.identity.generation, &now);
     next.scale_down = scale.status;

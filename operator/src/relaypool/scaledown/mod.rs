@@ -22,7 +22,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::Event;
 use kube::{Api, ResourceExt};
-use smtp_node::admin::DrainReport;
+use smtp_node::admin::QueueReport;
 
 use super::apply::{FIELD_MANAGER, delete_child, is_controlled_by};
 use super::changes::data_centre_of;
@@ -333,9 +333,8 @@ async fn drain(node: Option<&PoolNode>, token: Option<&str>, method: &str) -> Dr
     let Some(node) = node else {
         return DrainAnswer::Unreachable("its pod does not exist".to_owned());
     };
-    match queue::admin_call::<DrainReport>(node, token, method, "/admin/drain").await {
-        Ok(report) if report.done => DrainAnswer::Done,
-        Ok(report) => DrainAnswer::Needed(report.needed),
+    match queue::admin_call::<QueueReport>(node, token, method, "/admin/drain").await {
+        Ok(report) => DrainAnswer::of(&report),
         Err(why) => DrainAnswer::Unreachable(why),
     }
 }

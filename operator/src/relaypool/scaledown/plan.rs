@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
+use smtp_node::admin::QueueReport;
 
 use crate::api::relay_pool::{ScaleDownPhase, ScaleDownStatus, reasons};
 
@@ -237,6 +238,18 @@ pub enum DrainAnswer {
     Unreachable(String),
 }
 
+impl DrainAnswer {
+    /// Reads the node's answer to `/admin/drain`: its whole queue report, whose `drain`
+    /// part says where the drain stands.
+    pub fn of(report: &QueueReport) -> Self {
+        if report.drain.done {
+            Self::Done
+        } else {
+            Self::Needed(report.drain.needed)
+        }
+    }
+}
+
 /// How a drain stands, for the conditions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
@@ -295,6 +308,25 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
+
+    /// The body a draining node answers, as `smtp-node` sends it: the drain's standing is
+    /// inside its queue report, not at the top.
+    #[test]
+    fn a_drain_answer_is_read_from_the_nodes_queue_report() {
+        let body = |done: bool, needed: usize| {
+            format!(
+                r#"{{"node":"rp-a-1","depth":0,"deferred":0,"oldestReceivedAt":null,"heldAsReplica":41,
+                "underReplicated":0,"stale":0,"drain":{{"requested":true,"leaving":{done},"needed":{needed},"done":{done}}}}}"#
+            )
+        };
+        let parse = |text: String| {
+            let report: QueueReport =
+                serde_json::from_str(&text).expect("the node's report parses");
+            DrainAnswer::of(&report)
+        };
+        assert_eq!(parse(body(true, 0)), DrainAnswer::Done);
+        assert_eq!(parse(body(false, 3)), DrainAnswer::Needed(3));
+    }
 
     fn dc(name: &str, current: i32, wanted: Option<i32>) -> DataCentreNow {
         DataCentreNow {
