@@ -803,6 +803,29 @@ func TestLive(t *testing.T) {
 		}
 	})
 
+	// The operator's per-pool series keep the pool's namespace through the ServiceMonitor
+	// (honorLabels), one per data centre of the pool.
+	t.Run("pool metrics", func(t *testing.T) {
+		var result []struct {
+			Metric map[string]string `json:"metric"`
+		}
+		query := fmt.Sprintf(`smtpfleet_operator_pool_replicas{job="smtpfleet-operator", namespace=%q, pool="relay"}`, ns)
+		if err := api(t, base, "/api/v1/query", url.Values{"query": {query}, "time": {fmt.Sprint(end.Unix())}},
+			&struct {
+				Result any `json:"result"`
+			}{&result}); err != nil {
+			t.Fatal(err)
+		}
+		var dcs []string
+		for _, s := range result {
+			dcs = append(dcs, s.Metric["data_centre"])
+		}
+		sort.Strings(dcs)
+		if strings.Join(dcs, ",") != "east,west" {
+			t.Errorf("%s: data centres %v, want east and west: %v", query, dcs, result)
+		}
+	})
+
 	t.Run("rules", func(t *testing.T) {
 		var groups struct {
 			Groups []struct {

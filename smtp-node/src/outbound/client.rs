@@ -25,6 +25,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -85,10 +87,7 @@ pub struct ClientSettings {
     pub credentials: Option<Credentials>,
     pub connectors: TlsConnectors,
     /// Where TLS attempts are counted (the node's `outbound_tls` family).
-    pub tls_results: prometheus_client::metrics::family::Family<
-        TlsLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
+    pub tls_results: Family<TlsLabels, Counter>,
 }
 
 impl ClientSettings {
