@@ -124,14 +124,28 @@ func env(t *testing.T, name string) string {
 // --- the peers ---------------------------------------------------------------------
 
 // sink starts the project's test destination (aiosmtpd): it defers one recipient and
-// bounces another, so that every delivery result occurs.
-func sink(t *testing.T) int {
+// bounces another, so that every delivery result occurs. It offers STARTTLS with a
+// certificate for 127.0.0.1 from a CA of its own, so that the nodes' deliveries count
+// verified TLS attempts; it returns its port and that CA's file.
+func sink(t *testing.T) (int, string) {
 	t.Helper()
 	port := freePort(t)
 	dir := t.TempDir()
+	must(t, dir, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+		"-subj", "/CN=monitoring test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+		"-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout", "ca.key", "-out", "ca.pem")
+	must(t, dir, "openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+		"-keyout", "sink.key", "-out", "sink.csr")
+	ext := "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+	if err := os.WriteFile(filepath.Join(dir, "sink.ext"), []byte(ext), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	must(t, dir, "openssl", "x509", "-req", "-in", "sink.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+		"-CAcreateserial", "-days", "30", "-extfile", "sink.ext", "-out", "sink.pem")
 	start(t, "sink", "/usr/bin/python3", []string{
 		filepath.Join(repo(t), "smtp-node/tests/common/smtp_server.py"),
 		"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--dir", dir,
+		"--tls", filepath.Join(dir, "sink.pem"), filepath.Join(dir, "sink.key"),
 		"--refuse", "defer@dest.test=451 4.2.0 try again later",
 		"--refuse", "bounce@dest.test=550 5.1.1 no such user",
 	})
@@ -139,7 +153,7 @@ func sink(t *testing.T) int {
 		_, err := os.Stat(filepath.Join(dir, "ready"))
 		return err == nil, fmt.Sprint(err)
 	})
-	return port
+	return port, filepath.Join(dir, "ca.pem")
 }
 
 // node is a standalone smtp-node, started the way smtp-node/tests/common/node.rs starts
@@ -150,10 +164,11 @@ type node struct {
 	dir              string
 }
 
-func startNode(t *testing.T, name, dataCentre string, sinkPort int) node {
+func startNode(t *testing.T, name, dataCentre string, sinkPort int, sinkCA string) node {
 	t.Helper()
 	dir := t.TempDir()
-	must(t, dir, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+	// Valid for longer than SmtpFleetCertificateExpiring's thresholds.
+	must(t, dir, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
 		"-subj", "/CN=relay.test", "-addext", "subjectAltName=DNS:relay.test",
 		"-keyout", "key.pem", "-out", "cert.pem")
 	must(t, dir, "openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "dkim.pem")
@@ -167,10 +182,10 @@ http: {address: "%s"}
 spool: {dir: "%s"}
 tls: {certFile: "%s", keyFile: "%s"}
 relay: {allowedNetworks: [127.0.0.0/8], domains: [example.com]}
-delivery: {smarthost: {host: 127.0.0.1, port: %d, tls: none}, retrySchedule: [2s], maxAge: 1h}
+delivery: {smarthost: {host: 127.0.0.1, port: %d, tls: starttls}, tlsCaFile: "%s", retrySchedule: [2s], maxAge: 1h}
 dkim: [{domain: example.com, selector: s1, privateKeyFile: "%s"}]
 `, name, n.smtp, n.http, filepath.Join(dir, "spool"), filepath.Join(dir, "cert.pem"),
-		filepath.Join(dir, "key.pem"), sinkPort, filepath.Join(dir, "dkim.pem"))
+		filepath.Join(dir, "key.pem"), sinkPort, sinkCA, filepath.Join(dir, "dkim.pem"))
 	path := filepath.Join(dir, "smtp-node.yaml")
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
@@ -543,6 +558,7 @@ func prometheusConfig(t *testing.T, in Installed, nodes []node, pods []pod, oper
 			},
 			{
 				"job_name":        "servicemonitor",
+				"honor_labels":    endpoints(in.ServiceMonitor)[0]["honorLabels"] == true,
 				"metrics_path":    "/metrics",
 				"static_configs":  []map[string]any{operatorTarget},
 				"relabel_configs": append(defaultRelabelings(true), relabelConfigs(t, endpoints(in.ServiceMonitor)[0])...),
@@ -636,13 +652,13 @@ func TestLive(t *testing.T) {
 	work := t.TempDir()
 	rules := writeRules(t, work, in.Rules)
 
-	sinkPort := sink(t)
+	sinkPort, sinkCA := sink(t)
 	operatorAddr, ns, pods := startOperator(t, in)
 	sort.Slice(pods, func(i, j int) bool { return pods[i].Metadata.Name < pods[j].Metadata.Name })
 	var nodes []node
 	for _, p := range pods {
 		dc := p.Metadata.Labels["smtpfleet.io/data-centre"]
-		nodes = append(nodes, startNode(t, p.Metadata.Name, dc, sinkPort))
+		nodes = append(nodes, startNode(t, p.Metadata.Name, dc, sinkPort, sinkCA))
 	}
 	t.Logf("pool %s/relay: pods %s and %s, served by two standalone nodes", ns, nodes[0].name, nodes[1].name)
 
@@ -784,6 +800,29 @@ func TestLive(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(out, "panels.json"), text, 0o644); err != nil {
 				t.Error(err)
 			}
+		}
+	})
+
+	// The operator's per-pool series keep the pool's namespace through the ServiceMonitor
+	// (honorLabels), one per data centre of the pool.
+	t.Run("pool metrics", func(t *testing.T) {
+		var result []struct {
+			Metric map[string]string `json:"metric"`
+		}
+		query := fmt.Sprintf(`smtpfleet_operator_pool_replicas{job="smtpfleet-operator", namespace=%q, pool="relay"}`, ns)
+		if err := api(t, base, "/api/v1/query", url.Values{"query": {query}, "time": {fmt.Sprint(end.Unix())}},
+			&struct {
+				Result any `json:"result"`
+			}{&result}); err != nil {
+			t.Fatal(err)
+		}
+		var dcs []string
+		for _, s := range result {
+			dcs = append(dcs, s.Metric["data_centre"])
+		}
+		sort.Strings(dcs)
+		if strings.Join(dcs, ",") != "east,west" {
+			t.Errorf("%s: data centres %v, want east and west: %v", query, dcs, result)
 		}
 	})
 

@@ -13,7 +13,8 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 )
 
-// query is one PromQL expression the chart installs: an alert's, or a dashboard panel's.
+// query is one PromQL expression the chart installs: an alert's, or a dashboard panel's,
+// annotation's or variable's.
 type query struct {
 	where  string // for messages
 	expr   string // as parseable PromQL (dashboard variables replaced)
@@ -60,6 +61,19 @@ func queries(t *testing.T, in Installed) []query {
 			out = append(out, query{where: fmt.Sprintf("panel %q", title), expr: parseVars.Replace(expr),
 				live: liveVars.Replace(expr), panel: title, unit: unit, legend: fmt.Sprint(target["legendFormat"])})
 		}
+	}
+	// Annotation queries are checked by name only: the one there is marks scale-down
+	// drains, which a healthy run does not have.
+	annotations, _ := in.Dashboard["annotations"].(map[string]any)
+	list, _ := annotations["list"].([]any)
+	for _, a := range list {
+		annotation := a.(map[string]any)
+		expr, ok := annotation["expr"].(string)
+		if !ok {
+			continue
+		}
+		out = append(out, query{where: fmt.Sprintf("annotation %q", annotation["name"]),
+			expr: parseVars.Replace(expr), live: liveVars.Replace(expr)})
 	}
 	for _, v := range variables(t, in) {
 		out = append(out, query{where: "variable " + v.name, expr: v.expr, live: v.live})

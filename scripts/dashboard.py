@@ -20,6 +20,9 @@ OUT = pathlib.Path(__file__).resolve().parent.parent / "charts/smtpfleet/dashboa
 N = 'job="smtp-node", namespace=~"$namespace", pool=~"$pool", data_centre=~"$data_centre"'
 # The operator, as the chart's ServiceMonitor labels it.
 OP = 'job="smtpfleet-operator"'
+# The operator's per-pool series, which carry the pool's namespace and name.
+OPP = OP + ', namespace=~"$namespace", pool=~"$pool"'
+OPPDC = OPP + ', data_centre=~"$data_centre"'
 RATE = "$__rate_interval"
 
 # (title, unit, description, [(expr, legend)]) per panel; a string starts a row.
@@ -45,9 +48,19 @@ PANELS = [
      [(f"sum by (data_centre, pod) (smtpnode_outbound_queued_messages{{{N}}})",
        "{{data_centre}} {{pod}}")]),
     ("Nodes answering scrapes", "short",
-     "Nodes Prometheus scraped, per data centre. The desired replica count is not exported "
-     "as a metric: compare with kubectl get relaypool.",
+     "Nodes Prometheus scraped, per data centre; compare with the desired and ready nodes "
+     "the operator reports (Nodes and operator).",
      [(f"sum by (namespace, pool, data_centre) (up{{{N}}})", "{{pool}} {{data_centre}}")]),
+    ("Spool disk", "percentunit",
+     "Free share of each node's spool volume (statvfs on the spool directory), and where the "
+     "last 6 hours' trend puts it in 4 hours: SmtpFleetSpoolFillingUp fires when that is below "
+     "zero and little is left. A full volume refuses mail (452).",
+     [(f"max by (data_centre, pod) (smtpnode_spool_volume_free_bytes{{{N}}})"
+       f" / max by (data_centre, pod) (smtpnode_spool_volume_size_bytes{{{N}}})",
+       "free {{data_centre}} {{pod}}"),
+      (f"max by (data_centre, pod) (predict_linear(smtpnode_spool_volume_free_bytes{{{N}}}[6h], 4 * 3600))"
+       f" / max by (data_centre, pod) (smtpnode_spool_volume_size_bytes{{{N}}})",
+       "in 4h (predicted) {{data_centre}} {{pod}}")]),
     "Traffic",
     ("Accepted messages", "ops",
      "Messages answered 250 (durable), per second.",
@@ -85,8 +98,18 @@ PANELS = [
     "TLS",
     ("Outbound connections by TLS state", "ops",
      "Outbound SMTP connections: tls, plaintext, or failed (connect, greeting, or a TLS "
-     "handshake the policy required; handshake failures are not counted apart).",
+     "handshake the policy required; TLS attempts are counted apart in Outbound TLS).",
      [(f"sum by (result) (rate(smtpnode_outbound_connections_total{{{N}}}[{RATE}]))", "{{result}}")]),
+    ("Outbound TLS", "ops",
+     "TLS attempts towards receiving servers per second: ok, failed (handshake, certificate "
+     "verification, STARTTLS refused; opportunistic delivery then goes on in plaintext) and "
+     "not_offered (no STARTTLS). Smarthost tls: none attempts none.",
+     [(f"sum by (result) (rate(smtpnode_outbound_tls_total{{{N}}}[{RATE}]))", "{{result}}")]),
+    ("Certificate expiry", "s",
+     "Time left before the listener certificate each node serves expires (notAfter of the "
+     "certificate in use). SmtpFleetCertificateExpiring warns at 14 days, critical at 3.",
+     [(f"min by (data_centre, pod) (smtpnode_tls_certificate_not_after_seconds{{{N}}}) - time()",
+       "{{data_centre}} {{pod}}")]),
     ("Inbound TLS handshakes", "ops",
      "STARTTLS and implicit-TLS handshakes with clients, by result.",
      [(f"sum by (result) (rate(smtpnode_inbound_tls_handshakes_total{{{N}}}[{RATE}]))", "{{result}}")]),
@@ -121,6 +144,22 @@ PANELS = [
      "cannot read the view.",
      [(f"max by (data_centre, pod) (smtpnode_replication_view_epoch{{{N}}})", "{{data_centre}} {{pod}}")]),
     "Nodes and operator",
+    ("Desired and ready nodes", "short",
+     "Nodes each data centre should run and those ready to accept mail, as the operator "
+     "writes them into the RelayPool's status, and the nodes being drained by a scale-down "
+     "(also marked by the Drains annotation at the time each drain started).",
+     [(f"sum by (namespace, pool, data_centre) (smtpfleet_operator_pool_replicas{{{OPPDC}}})",
+       "desired {{pool}} {{data_centre}}"),
+      (f"sum by (namespace, pool, data_centre) (smtpfleet_operator_pool_ready_replicas{{{OPPDC}}})",
+       "ready {{pool}} {{data_centre}}"),
+      (f"count by (namespace, pool, data_centre) (smtpfleet_operator_scale_down_started_timestamp_seconds{{{OPPDC}}})"
+       f" or 0 * sum by (namespace, pool, data_centre) (smtpfleet_operator_pool_replicas{{{OPPDC}}})",
+       "draining {{pool}} {{data_centre}}")]),
+    ("Scale-down conditions", "short",
+     "1 while a pool's ScalingDown or ScaleDownBlocked condition is True. "
+     "SmtpFleetScaleDownBlocked fires after 15 minutes blocked.",
+     [(f'max by (namespace, pool, condition) (smtpfleet_operator_pool_condition{{{OPP}, condition=~"ScalingDown|ScaleDownBlocked"}})',
+       "{{pool}} {{condition}}")]),
     ("Task failures", "short",
      "Essential tasks of a node that failed over the dashboard's time range (0: none). The "
      "node exits right after a failure, so a scrape may miss it: pod restarts are the other trace.",
@@ -213,7 +252,14 @@ def dashboard():
         "time": {"from": "now-6h", "to": "now"},
         "timezone": "",
         "links": [],
-        "annotations": {"list": []},
+        "annotations": {"list": [
+            # A mark where each scale-down's drain started: the value is the start time.
+            {"name": "Drains", "enable": True, "iconColor": "orange",
+             "datasource": {"type": "prometheus", "uid": "${datasource}"},
+             "expr": f"max by (namespace, pool, pod) (smtpfleet_operator_scale_down_started_timestamp_seconds{{{OPP}}}) * 1000",
+             "useValueForTime": True, "step": "60s",
+             "titleFormat": "drain {{pod}}", "textFormat": "scale-down of {{namespace}}/{{pool}} drains {{pod}}"},
+        ]},
         "templating": {"list": [
             {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
              "current": {}, "hide": 0, "includeAll": False, "multi": False},

@@ -11,6 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use http::Method;
 use kube::runtime::controller::Action;
+use prometheus_client::registry::Registry;
 use relaypool_support::reconcile::{
     condition, grouped, pool_path, serve_apply, serve_children, serve_domain_set, serve_events,
     serve_mail_domains, serve_secret, serve_statefulsets, serve_status_patch, settled_status,
@@ -19,6 +20,7 @@ use relaypool_support::reconcile::{
 use relaypool_support::{ApiServer, STEP_TIMEOUT, fixture, list, mock_client};
 use serde_json::{Value, json};
 use smtpfleet_operator::api::RelayPool;
+use smtpfleet_operator::relaypool::metrics::PoolMetrics;
 use smtpfleet_operator::relaypool::{
     Context, Error, NoMetrics, ReconcileObserver, ReconcileSpan, Settings, error_policy, reconcile,
 };
@@ -524,7 +526,11 @@ async fn a_forced_scale_down_deletes_a_removed_data_centre_at_once() {
 async fn removed_data_centre_is_drained_before_its_statefulset_goes() {
     let mut pool = fixture("multi.yaml");
     pool.spec.data_centres.remove(1);
-    let (mut server, _ctx, task) = start(&pool);
+    let (client, mut server) = mock_client();
+    let mut registry = Registry::with_prefix("smtpfleet_operator");
+    let mut ctx = Context::new(client, Arc::new(NoMetrics), settings());
+    ctx.pool_metrics = PoolMetrics::register(&mut registry);
+    let task = tokio::spawn(reconcile(Arc::new(pool.clone()), Arc::new(ctx)));
     let users = json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "submission-users", "namespace": NS},
@@ -637,6 +643,27 @@ async fn removed_data_centre_is_drained_before_its_statefulset_goes() {
         finish(task).await.unwrap(),
         Action::requeue(Duration::from_secs(5))
     );
+    // The status written is what the per-pool gauges say: the drain and its start.
+    let mut page = String::new();
+    prometheus_client::encoding::text::encode(&mut page, &registry).unwrap();
+    let started = patch["status"]["scaleDown"]["startedAt"]
+        .as_str()
+        .unwrap()
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .unwrap()
+        .as_second();
+    for line in [
+        format!(
+            "smtpfleet_operator_scale_down_started_timestamp_seconds{{namespace=\"mail\",pool=\"outbound\",\
+             data_centre=\"eu-west-1b\",pod=\"outbound-eu-west-1b-1\",phase=\"draining\"}} {started}"
+        ),
+        "smtpfleet_operator_pool_condition{namespace=\"mail\",pool=\"outbound\",condition=\"ScalingDown\"} 1"
+            .to_owned(),
+        "smtpfleet_operator_pool_condition{namespace=\"mail\",pool=\"outbound\",condition=\"ScaleDownBlocked\"} 0"
+            .to_owned(),
+    ] {
+        assert!(page.contains(&format!("{line}\n")), "{line}\n{page}");
+    }
 }
 
 #[tokio::test]

@@ -16,3 +16,4 @@ pub mod policy;
 pub mod replication;
 pub mod spool;
 pub mod supervisor;
+pub mod volume;

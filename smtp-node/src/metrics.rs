@@ -24,6 +24,10 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// The label set of a family with one unlabelled series, for a gauge that must have no
+/// series at all until its value is known (a 0 would read as a real value).
+pub type NoLabels = [(&'static str, &'static str); 0];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabel {
     pub task: &'static str,
@@ -53,6 +57,10 @@ pub struct InboundMetrics {
     pub active_sessions: Gauge,
     pub tls_handshakes: Family<ResultLabel, Counter>,
     pub certificate_reloads: Family<ResultLabel, Counter>,
+    /// The served certificate's notAfter (Unix seconds). A family so that a node without
+    /// a certificate (TLS not configured, or its Secret not there yet) exports no series,
+    /// rather than a 0 that an expiry alert would read as long expired.
+    pub certificate_not_after: Family<NoLabels, Gauge>,
     /// From the end of the message data to the 250 reply: the cost of durability.
     pub accept_latency: Histogram,
 }
@@ -68,6 +76,7 @@ impl InboundMetrics {
             active_sessions: Gauge::default(),
             tls_handshakes: Family::default(),
             certificate_reloads: Family::default(),
+            certificate_not_after: Family::default(),
             // 50 µs to ~1.6 s.
             accept_latency: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
         };
@@ -112,6 +121,11 @@ impl InboundMetrics {
             metrics.certificate_reloads.clone(),
         );
         registry.register(
+            "tls_certificate_not_after_seconds",
+            "Expiry (notAfter, Unix time) of the listener certificate served now",
+            metrics.certificate_not_after.clone(),
+        );
+        registry.register(
             "inbound_accept_latency_seconds",
             "Time from the end of message data to the 250 reply",
             metrics.accept_latency.clone(),
@@ -121,6 +135,16 @@ impl InboundMetrics {
 
     pub fn reject(&self, reason: &'static str) {
         self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Records the served certificate's expiry, or that none is served.
+    pub fn set_certificate_not_after(&self, not_after: Option<i64>) {
+        match not_after {
+            Some(seconds) => {
+                self.certificate_not_after.get_or_create(&[]).set(seconds);
+            }
+            None => self.certificate_not_after.clear(),
+        }
     }
 }
 
@@ -133,6 +157,9 @@ pub struct SpoolMetrics {
     pub oldest_message_age_seconds: Gauge,
     /// Messages compaction rewrote at the head of the log.
     pub relocated: Counter,
+    /// Space left on the spool's filesystem, for an alert that predicts it running out.
+    pub volume_free_bytes: Gauge,
+    pub volume_size_bytes: Gauge,
 }
 
 impl SpoolMetrics {
@@ -142,6 +169,8 @@ impl SpoolMetrics {
             messages: Gauge::default(),
             oldest_message_age_seconds: Gauge::default(),
             relocated: Counter::default(),
+            volume_free_bytes: Gauge::default(),
+            volume_size_bytes: Gauge::default(),
         };
         registry.register(
             "spool_fsync_batch_size",
@@ -163,7 +192,25 @@ impl SpoolMetrics {
             "Messages compaction rewrote at the head of the spool so that old segments could go",
             metrics.relocated.clone(),
         );
+        registry.register(
+            "spool_volume_free_bytes",
+            "Bytes the spool can still use on its filesystem (statvfs f_bavail)",
+            metrics.volume_free_bytes.clone(),
+        );
+        registry.register(
+            "spool_volume_size_bytes",
+            "Size of the spool's filesystem in bytes",
+            metrics.volume_size_bytes.clone(),
+        );
         metrics
+    }
+
+    /// Records the spool volume's space; gauges are i64, which holds any real size.
+    pub fn set_volume(&self, space: crate::volume::VolumeSpace) {
+        self.volume_free_bytes
+            .set(i64::try_from(space.free).unwrap_or(i64::MAX));
+        self.volume_size_bytes
+            .set(i64::try_from(space.size).unwrap_or(i64::MAX));
     }
 }
 
@@ -291,5 +338,52 @@ impl DomainMetrics {
             metrics.keys.clone(),
         );
         metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn no_certificate_means_no_expiry_series() {
+        let mut registry = Registry::with_prefix("smtpnode");
+        let metrics = InboundMetrics::register(&mut registry);
+        let sample = "\nsmtpnode_tls_certificate_not_after_seconds";
+        assert!(!exposition(&registry).contains(sample));
+        metrics.set_certificate_not_after(Some(1_900_000_000));
+        // An empty label set is written `{}`, which Prometheus reads as no labels.
+        assert!(
+            exposition(&registry).contains(&format!("{sample}{{}} 1900000000\n")),
+            "{}",
+            exposition(&registry)
+        );
+        metrics.set_certificate_not_after(None);
+        assert!(!exposition(&registry).contains(sample));
+    }
+
+    #[test]
+    fn spool_volume_gauges() {
+        let mut registry = Registry::with_prefix("smtpnode");
+        let metrics = SpoolMetrics::register(&mut registry);
+        metrics.set_volume(crate::volume::VolumeSpace {
+            free: 1024,
+            size: u64::MAX,
+        });
+        let text = exposition(&registry);
+        assert!(
+            text.contains("smtpnode_spool_volume_free_bytes 1024\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("smtpnode_spool_volume_size_bytes {}\n", i64::MAX)),
+            "{text}"
+        );
     }
 }

@@ -192,7 +192,7 @@ impl Node {
             deliveries,
             delivery,
         }));
-        let refresh = spool_gauges(spool.clone(), spool_metrics);
+        let refresh = spool_gauges(spool.clone(), config.spool.dir.clone(), spool_metrics);
 
         // Started in dependency order; the supervisor stops them the other way round.
         let mut tasks = Supervisor::new(task_failures);
@@ -388,9 +388,21 @@ fn open_spool(config: &Config, metrics: &SpoolMetrics) -> Result<Arc<LogSpool>, 
 }
 
 /// The queue gauges are read from the spool at scrape time rather than kept up to date
-/// on every change.
-fn spool_gauges(spool: Arc<LogSpool>, gauges: SpoolMetrics) -> http::Refresh {
+/// on every change; so is the spool volume's space (one `statvfs` per scrape).
+fn spool_gauges(
+    spool: Arc<LogSpool>,
+    dir: std::path::PathBuf,
+    gauges: SpoolMetrics,
+) -> http::Refresh {
     Arc::new(move || {
+        match crate::volume::space(&dir) {
+            Ok(space) => gauges.set_volume(space),
+            // The gauges keep their last values; the spool's own writes report a
+            // volume that is really gone.
+            Err(error) => {
+                tracing::debug!(dir = %dir.display(), %error, "cannot read the spool volume's space");
+            }
+        }
         gauges.messages.set(spool.len() as i64);
         let age = spool
             .oldest_received_at()
@@ -432,6 +444,7 @@ async fn watch_certificate(
 ) -> Result<(), JoinError> {
     let mut tick = tokio::time::interval(CERT_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    record_certificate_expiry(&store, &metrics);
     loop {
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -441,6 +454,7 @@ async fn watch_certificate(
         let polled = store.clone();
         let changed = tokio::task::spawn_blocking(move || polled.reload_if_changed()).await?;
         let result = if changed {
+            record_certificate_expiry(&store, &metrics);
             "ok"
         } else if store.failed_reloads() > before {
             "failed"
@@ -452,6 +466,23 @@ async fn watch_certificate(
             .get_or_create(&ResultLabel { result })
             .inc();
     }
+}
+
+/// Exports the served certificate's notAfter, for the expiry alert. A certificate whose
+/// validity cannot be read (rustls served it, so this should not happen) leaves no
+/// series rather than a wrong one.
+fn record_certificate_expiry(store: &CertStore, metrics: &InboundMetrics) {
+    let not_after = store
+        .current()
+        .and_then(|key| key.cert.first().cloned())
+        .and_then(|leaf| match crate::inbound::tls::not_after(&leaf) {
+            Ok(seconds) => Some(seconds),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the listener certificate's expiry");
+                None
+            }
+        });
+    metrics.set_certificate_not_after(not_after);
 }
 
 #[cfg(test)]

@@ -96,6 +96,7 @@ async fn opportunistic_starttls_accepts_any_certificate() {
         node.metric("outbound_connections_total{result=\"tls\"}"),
         1.0
     );
+    assert_eq!(node.metric("outbound_tls_total{result=\"ok\"}"), 1.0);
     node.stop().await;
 }
 
@@ -120,6 +121,9 @@ async fn opportunistic_tls_falls_back_to_plaintext_when_the_handshake_fails() {
         "delivered in plaintext after the failed handshake"
     );
     assert_eq!(received[0].connection, 2, "on a second connection");
+    // The failed handshake is counted once; the plaintext retry attempts no TLS.
+    assert_eq!(node.metric("outbound_tls_total{result=\"failed\"}"), 1.0);
+    assert_eq!(node.metric("outbound_tls_total{result=\"ok\"}"), 0.0);
     node.stop().await;
 }
 
@@ -188,6 +192,13 @@ async fn require_tls_delivers_only_over_verified_tls() {
     let received = trusted.messages();
     assert_eq!(received.len(), 1);
     assert!(received[0].tls);
+    for (result, count) in [("ok", 1.0), ("failed", 1.0), ("not_offered", 1.0)] {
+        assert_eq!(
+            node.metric(&format!("outbound_tls_total{{result=\"{result}\"}}")),
+            count,
+            "{result}"
+        );
+    }
     node.stop().await;
 }
 

@@ -9,6 +9,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::FailureTracker;
+use super::metrics::PoolMetrics;
 use crate::runtime::metrics::{ReconcileMetrics, ReconcileTimer};
 
 /// Name of this controller in metrics and logs.
@@ -106,6 +107,8 @@ pub struct Context {
     pub reporter: Reporter,
     /// Metrics hook.
     pub observer: Arc<dyn ReconcileObserver>,
+    /// Per-pool gauges, recorded from the status the reconciler writes.
+    pub pool_metrics: PoolMetrics,
     /// Controller settings.
     pub settings: Settings,
     /// Consecutive failures per pool, for the error policy's backoff.
@@ -124,6 +127,7 @@ impl Context {
             reporter: crate::events::reporter(),
             client,
             observer,
+            pool_metrics: PoolMetrics::default(),
             settings,
             failures: FailureTracker::default(),
             shutdown: CancellationToken::new(),
@@ -149,6 +153,7 @@ impl Context {
         Self {
             shutdown: runtime.shutdown.clone(),
             on_synced: Some(Arc::new(move || health.set_ready(true))),
+            pool_metrics: runtime.metrics.register(PoolMetrics::register),
             ..Self::new(
                 runtime.client.clone(),
                 Arc::new(runtime.metrics.reconcile()),

@@ -101,6 +101,8 @@ pub async fn run(ctx: Arc<Context>) -> Result<(), RunError> {
         });
     }
     futures::future::join_all(controllers).await;
+    // Stopped (shutdown or leadership lost): the next leader reports the pools.
+    ctx.pool_metrics.clear();
     Ok(())
 }
 
@@ -429,6 +431,8 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         .await
         .map_err(Error::Status)?;
     }
+    ctx.pool_metrics
+        .record(&model.identity.namespace, &model.identity.name, &next);
 
     let mut all_changes = outcome.changes;
     all_changes.extend(changes::condition_changes(
@@ -507,7 +511,18 @@ async fn cleanup_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
                 )
                 .await
             {
-                Ok(_) => Ok(Action::requeue(DELETION_RECHECK)),
+                Ok(_) => {
+                    let status = crate::api::relay_pool::RelayPoolStatus {
+                        conditions,
+                        ..pool.status.clone().unwrap_or_default()
+                    };
+                    ctx.pool_metrics.record(
+                        &pool.namespace().unwrap_or_default(),
+                        &pool.name_any(),
+                        &status,
+                    );
+                    Ok(Action::requeue(DELETION_RECHECK))
+                }
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     Ok(Action::requeue(Duration::from_secs(1)))
                 }
@@ -515,6 +530,8 @@ async fn cleanup_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
             }
         }
         Verdict::Release => {
+            ctx.pool_metrics
+                .forget(&pool.namespace().unwrap_or_default(), &pool.name_any());
             let event = normal(
                 "Deleting",
                 "Delete",

@@ -35,6 +35,7 @@ pub mod context;
 pub mod controller;
 pub mod dereference;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod scaledown;
 pub mod status;

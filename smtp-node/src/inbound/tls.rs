@@ -34,6 +34,19 @@ pub enum CertError {
     BadKey { path: PathBuf, detail: String },
     #[error("the private key in {key} does not match the certificate in {cert}")]
     KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("cannot read the certificate's validity: {detail}")]
+    Validity { detail: String },
+}
+
+/// The certificate's notAfter, in Unix seconds: what the expiry alert compares with
+/// the time. Read from the certificate served rather than the file, so that a file
+/// that failed to load does not hide the expiry of the one still in use.
+pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64, CertError> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| CertError::Validity {
+            detail: e.to_string(),
+        })?;
+    Ok(parsed.validity().not_after.timestamp())
 }
 
 /// Loads a certificate chain and its key, and checks that they belong together.
@@ -210,5 +223,25 @@ struct Resolver(Arc<CertStore>);
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.0.current()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_expiry_of_a_certificate() {
+        let mut params = rcgen::CertificateParams::new(vec!["relay.test".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2030, 1, 2);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(not_after(cert.der()).unwrap(), 1_893_542_400);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        let der = CertificateDer::from(vec![0x30, 0x03, 0x01, 0x01, 0xff]);
+        assert!(matches!(not_after(&der), Err(CertError::Validity { .. })));
     }
 }

@@ -25,11 +25,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 
+use super::metrics::{TlsLabels, TlsResult};
 use super::mx::Target;
 use super::outcome::{Outcome, local_reply};
 use super::tls::{TlsConnectors, server_name};
@@ -83,6 +86,25 @@ pub struct ClientSettings {
     pub tls: TlsPolicy,
     pub credentials: Option<Credentials>,
     pub connectors: TlsConnectors,
+    /// Where TLS attempts are counted (the node's `outbound_tls` family).
+    pub tls_results: Family<TlsLabels, Counter>,
+}
+
+impl ClientSettings {
+    fn count_tls(&self, result: TlsResult) {
+        self.tls_results.get_or_create(&TlsLabels { result }).inc();
+    }
+}
+
+/// What one TLS attempt counts as: `offered` is whether the server offered TLS at all
+/// (STARTTLS in its EHLO reply; always for implicit TLS), `completed` whether the
+/// STARTTLS command and the handshake succeeded.
+fn tls_result(offered: bool, completed: bool) -> TlsResult {
+    match (offered, completed) {
+        (false, _) => TlsResult::NotOffered,
+        (true, true) => TlsResult::Ok,
+        (true, false) => TlsResult::Failed,
+    }
 }
 
 /// What the server offered in its EHLO reply.
@@ -476,7 +498,9 @@ impl SmtpSession {
         let mut encrypted = false;
         let stream = if policy == TlsPolicy::Implicit {
             encrypted = true;
-            tls_handshake(Stream::Plain(tcp), target, settings, true).await?
+            let handshake = tls_handshake(Stream::Plain(tcp), target, settings, true).await;
+            settings.count_tls(tls_result(true, handshake.is_ok()));
+            handshake?
         } else {
             Stream::Plain(tcp)
         };
@@ -501,6 +525,9 @@ impl SmtpSession {
             policy,
             TlsPolicy::Opportunistic | TlsPolicy::RequireVerified
         );
+        if wants_tls && !session.capabilities.starttls {
+            settings.count_tls(tls_result(false, false));
+        }
         if wants_tls && session.capabilities.starttls {
             session.write(b"STARTTLS\r\n").await?;
             let (reply, _) = session
@@ -508,22 +535,26 @@ impl SmtpSession {
                 .await?;
             if reply.code == 220 {
                 if !session.io.buffer().is_empty() {
+                    settings.count_tls(tls_result(true, false));
                     return Err(ClientError::Protocol(
                         "server sent data before the TLS handshake".into(),
                     ));
                 }
                 let verify = policy == TlsPolicy::RequireVerified;
-                let stream =
-                    tls_handshake(session.io.into_inner(), target, settings, verify).await?;
-                session.io = BufReader::new(stream);
+                let handshake =
+                    tls_handshake(session.io.into_inner(), target, settings, verify).await;
+                settings.count_tls(tls_result(true, handshake.is_ok()));
+                session.io = BufReader::new(handshake?);
                 session.encrypted = true;
                 session.hello(&settings.helo_name).await?;
             } else if policy == TlsPolicy::RequireVerified {
+                settings.count_tls(tls_result(true, false));
                 return Err(ClientError::Rejected {
                     stage: "STARTTLS",
                     reply,
                 });
             } else {
+                settings.count_tls(tls_result(true, false));
                 tracing::info!(host = %target.host, code = reply.code,
                     "STARTTLS refused; continuing in plaintext");
             }
@@ -956,6 +987,13 @@ mod tests {
         assert_eq!(dot_stuff(b"a\n.\nb"), b"a\r\n..\r\nb\r\n.\r\n");
         assert_eq!(dot_stuff(b"a\r.\rb\r\n"), b"a\r\n..\r\nb\r\n.\r\n");
         assert_eq!(dot_stuff(b"mid.dot\r\n"), b"mid.dot\r\n.\r\n");
+    }
+
+    #[test]
+    fn tls_attempts_are_classified() {
+        assert_eq!(tls_result(false, false), TlsResult::NotOffered);
+        assert_eq!(tls_result(true, true), TlsResult::Ok);
+        assert_eq!(tls_result(true, false), TlsResult::Failed);
     }
 
     #[test]

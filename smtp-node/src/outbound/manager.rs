@@ -136,6 +136,7 @@ impl<S: Spool> QueueManager<S> {
                 tls,
                 credentials,
                 connectors,
+                tls_results: metrics.tls.clone(),
             },
             retry: RetryPolicy {
                 schedule: config.retry_schedule.clone(),

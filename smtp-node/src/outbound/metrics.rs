@@ -58,6 +58,26 @@ pub struct ConnectionLabels {
     pub result: ConnectionResult,
 }
 
+/// How an attempt at TLS towards a receiving server ended. Counted only where the TLS
+/// policy asks for TLS (not with smarthost `tls: none`), once per attempt: an
+/// opportunistic connection whose handshake failed counts `Failed` and then goes on in
+/// plaintext without counting again.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum TlsResult {
+    /// The handshake completed (STARTTLS or implicit TLS).
+    Ok,
+    /// The handshake failed (including a certificate that did not verify), or the
+    /// server offered STARTTLS and then refused it.
+    Failed,
+    /// The server did not offer STARTTLS.
+    NotOffered,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsLabels {
+    pub result: TlsResult,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum ConnectionUse {
     /// First transaction on a connection.
@@ -107,6 +127,7 @@ label_values!(DsnResult {
     Failed => "failed",
 });
 label_values!(ConnectionResult { Tls => "tls", Plaintext => "plaintext", Failed => "failed" });
+label_values!(TlsResult { Ok => "ok", Failed => "failed", NotOffered => "not_offered" });
 label_values!(ConnectionUse { New => "new", Reused => "reused" });
 label_values!(DkimResult { Signed => "signed", NoKey => "no_key", Failed => "failed" });
 
@@ -116,6 +137,9 @@ pub struct OutboundMetrics {
     pub recipients: Family<RecipientLabels, Counter>,
     pub dsn: Family<DsnLabels, Counter>,
     pub connections: Family<ConnectionLabels, Counter>,
+    /// TLS attempts by result: handshake failures apart from connection failures, which
+    /// `connections` cannot tell (an opportunistic connection falls back to plaintext).
+    pub tls: Family<TlsLabels, Counter>,
     pub transactions: Family<TransactionLabels, Counter>,
     pub dkim: Family<DkimLabels, Counter>,
     pub active_connections: Gauge,
@@ -145,6 +169,11 @@ impl OutboundMetrics {
             "outbound_connections",
             "Outbound SMTP connections opened, by TLS state or failure",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "outbound_tls",
+            "TLS attempts towards receiving servers, by result (ok, failed, not_offered)",
+            metrics.tls.clone(),
         );
         registry.register(
             "outbound_transactions",
@@ -185,6 +214,10 @@ impl OutboundMetrics {
             .inc();
     }
 
+    pub fn tls(&self, result: TlsResult) {
+        self.tls.get_or_create(&TlsLabels { result }).inc();
+    }
+
     pub fn transaction(&self, connection: ConnectionUse) {
         self.transactions
             .get_or_create(&TransactionLabels { connection })
@@ -206,6 +239,7 @@ mod tests {
         let metrics = OutboundMetrics::register(registry.sub_registry_with_prefix("smtp"));
         metrics.recipient(RecipientResult::Delivered, Route::Mx);
         metrics.dsn(DsnResult::SuppressedNullSender);
+        metrics.tls(TlsResult::NotOffered);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
@@ -214,6 +248,10 @@ mod tests {
         );
         assert!(
             text.contains("smtp_outbound_dsn_total{result=\"suppressed_null_sender\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("smtp_outbound_tls_total{result=\"not_offered\"} 1"),
             "{text}"
         );
     }
