@@ -107,8 +107,12 @@ func TestRealPodsReplicated(t *testing.T) {
 				out, _ := KubectlErr("logs", "-n", ns, pod, "--tail=40")
 				t.Logf("%s log:\n%s", pod, out)
 			}
-			out, _ := KubectlErr("get", "events", "-n", ns, "--sort-by=.lastTimestamp")
-			t.Logf("events:\n%s", tail(out, 40))
+			out, _ := KubectlErr("get", "relaypool/"+pool, "-n", ns, "-o",
+				`jsonpath={.metadata.deletionTimestamp}{"\n"}{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}`)
+			t.Logf("pool:\n%s", out)
+			out, _ = KubectlErr("get", "events", "-n", ns, "--field-selector", "involvedObject.name="+pool, "--sort-by=.eventTime",
+				"-o", `jsonpath={range .items[*]}{.eventTime} {.type} {.reason}: {.note}{.message}{"\n"}{end}`)
+			t.Logf("events of the pool:\n%s", tail(out, 40))
 		}
 	})
 	started := time.Now()

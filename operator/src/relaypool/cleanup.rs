@@ -147,7 +147,10 @@ pub async fn verdict(pool: &RelayPool, ctx: &Context) -> Result<Verdict> {
         }
         Err(error) => tracing::warn!(pool = %name, %error, "cannot list the pool's nodes"),
     }
-    Ok(decide(pool, &answers))
+    let verdict = decide(pool, &answers);
+    tracing::info!(pool = %name, answered = answers.answered, unanswered = answers.unanswered,
+        queued = answers.depth, copies = answers.copies, ?verdict, "deletion: the nodes' queues");
+    Ok(verdict)
 }
 
 #[cfg(test)]
