@@ -35,6 +35,7 @@ use super::model::Pool;
 use super::scaledown;
 use super::status;
 use super::validate;
+use crate::api::conditions;
 use crate::api::relay_pool::{condition_types, reasons};
 use crate::api::{MailDomain, RelayPool};
 use crate::events::{normal, publish_all, warning};
@@ -397,13 +398,16 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     next.scale_down = scale.status;
     next.autoscaling = recommendations.iter().map(|r| r.status.clone()).collect();
     for (type_, status, reason, message) in &scale.conditions {
-        next.conditions = crate::queue::with_condition(
-            &next.conditions,
-            type_,
-            status,
-            reason,
-            message,
-            model.identity.generation,
+        conditions::upsert(
+            &mut next.conditions,
+            conditions::new(
+                type_,
+                status,
+                reason,
+                message.as_str(),
+                model.identity.generation,
+                now.clone(),
+            ),
         );
     }
     if next != previous {
@@ -470,17 +474,21 @@ async fn cleanup_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         Verdict::Hold(reason) => {
             let event = warning("DeletionBlocked", "Delete", reason.clone());
             publish_all(&ctx.recorder(), &pool.object_ref(&()), &[event]).await;
-            let conditions = crate::queue::with_condition(
-                &pool
-                    .status
-                    .as_ref()
-                    .map(|s| s.conditions.clone())
-                    .unwrap_or_default(),
-                condition_types::DELETION_BLOCKED,
-                "True",
-                reasons::MAIL_QUEUED,
-                &reason,
-                pool.meta().generation,
+            let mut conditions = pool
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            conditions::upsert(
+                &mut conditions,
+                conditions::new(
+                    condition_types::DELETION_BLOCKED,
+                    conditions::TRUE,
+                    reasons::MAIL_QUEUED,
+                    reason.as_str(),
+                    pool.meta().generation,
+                    Time(Timestamp::now()),
+                ),
             );
             let api: Api<RelayPool> =
                 Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
