@@ -19,6 +19,10 @@ use relaypool_support::reconcile::{
 use relaypool_support::{ApiServer, STEP_TIMEOUT, fixture, list, mock_client};
 use serde_json::{Value, json};
 use smtpfleet_operator::api::RelayPool;
+use smtpfleet_operator::relaypool::build::build;
+use smtpfleet_operator::relaypool::build::meta::TEMPLATE_HASH_ANNOTATION;
+use smtpfleet_operator::relaypool::dereference::Dereferenced;
+use smtpfleet_operator::relaypool::validate::validate;
 use smtpfleet_operator::relaypool::{
     Context, Error, NoMetrics, ReconcileObserver, ReconcileSpan, Settings, error_policy, reconcile,
 };
@@ -53,8 +57,35 @@ fn json_of(pool: &RelayPool) -> Value {
     serde_json::to_value(pool).unwrap()
 }
 
-/// A StatefulSet of `pool` as the API server would list it.
+/// The pod-template digest the operator puts on the StatefulSet of `dc`, when the pool
+/// still has that data centre: a StatefulSet carrying it runs the current template.
+fn template_hash(pool: &RelayPool, dc: &str) -> Option<String> {
+    let validated = validate(pool, &Dereferenced::default(), &settings().default_image).ok()?;
+    let children = build(&validated.pool).ok()?;
+    let name = format!("{}-{dc}", pool.metadata.name.clone()?);
+    children
+        .statefulsets
+        .into_iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))?
+        .metadata
+        .annotations?
+        .get(TEMPLATE_HASH_ANNOTATION)
+        .cloned()
+}
+
+/// A StatefulSet of `pool` as the API server would list it, applied by the operator
+/// from the pool's current spec (nothing to roll).
 fn existing_sts(pool: &RelayPool, dc: &str, replicas: i32, status: Value) -> Value {
+    let mut sts = any_sts(pool, dc, replicas, status);
+    if let Some(hash) = template_hash(pool, dc) {
+        sts["metadata"]["annotations"] = json!({ TEMPLATE_HASH_ANNOTATION: hash });
+    }
+    sts
+}
+
+/// A StatefulSet of `pool` as the API server would list it, without the operator's
+/// template digest.
+fn any_sts(pool: &RelayPool, dc: &str, replicas: i32, status: Value) -> Value {
     let name = pool.metadata.name.clone().unwrap();
     json!({
         "apiVersion": "apps/v1",

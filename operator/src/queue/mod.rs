@@ -35,6 +35,8 @@ use summary::{NodeResult, WRITE_EVERY, replicated_condition, should_write, summa
 
 /// Nodes asked at the same time, per pool.
 const AT_ONCE: usize = 8;
+/// Pod label the StatefulSet controller sets to the revision a pod was made from.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
 /// How long one node may take to answer.
 const NODE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -112,13 +114,7 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
     {
         tracing::warn!(pool = %name, %error, "updating the MailDomains' delivery status failed");
     }
-    let results: Vec<NodeResult> = futures::stream::iter(nodes)
-        .map(|node| ask(node, token.clone()))
-        .buffer_unordered(AT_ONCE)
-        .collect()
-        .await;
-    let mut results = results;
-    results.sort_by(|a, b| a.pod.cmp(&b.pod));
+    let results = ask_all(nodes, token).await;
     for node in &results {
         if let Err(reason) = &node.report {
             tracing::debug!(pool = %name, pod = %node.pod, %reason, "no queue report");
@@ -193,6 +189,8 @@ pub struct PoolNode {
     pub ready: bool,
     /// Its admin API, once the pod has an address.
     pub admin: Option<SocketAddr>,
+    /// Its `controller-revision-hash` label: the StatefulSet revision it runs.
+    pub revision: Option<String>,
 }
 
 /// The pool's admin token (once the operator has made it) and its nodes.
@@ -237,6 +235,7 @@ pub async fn pool_nodes(
                 .and_then(|s| s.pod_ip.as_deref())
                 .and_then(|ip| ip.parse::<IpAddr>().ok())
                 .map(|ip| SocketAddr::new(ip, HTTP_PORT)),
+            revision: pod.labels().get(REVISION_LABEL).cloned(),
             pod: pod.name_any(),
         })
         .collect();
@@ -258,6 +257,18 @@ pub async fn admin_call<T: serde::de::DeserializeOwned>(
             .map(|(_, report)| report)
             .map_err(|e| e.to_string()),
     }
+}
+
+/// Every node's queue report, or why there is none, sorted by pod. Asked now: the
+/// rolling-update gate must not trust a summary older than the last restart.
+pub async fn ask_all(nodes: Vec<PoolNode>, token: Option<String>) -> Vec<NodeResult> {
+    let mut results: Vec<NodeResult> = futures::stream::iter(nodes)
+        .map(|node| ask(node, token.clone()))
+        .buffer_unordered(AT_ONCE)
+        .collect()
+        .await;
+    results.sort_by(|a, b| a.pod.cmp(&b.pod));
+    results
 }
 
 /// One node's report, or why there is none.

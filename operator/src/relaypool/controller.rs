@@ -32,6 +32,7 @@ use super::context::Context;
 use super::dereference;
 use super::error::{Error, Result};
 use super::model::Pool;
+use super::rollout;
 use super::scaledown;
 use super::status;
 use super::validate;
@@ -375,6 +376,15 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
             spec.replicas = Some(replicas);
         }
     }
+    // After the replicas are final: the partitions follow from what this pass applies.
+    let roll = rollout::gate::round(
+        &ctx.client,
+        model,
+        &mut children.statefulsets,
+        &before,
+        scale.status.is_some(),
+    )
+    .await?;
     let outcome = apply::apply_children(
         &ctx.client,
         &model.identity,
@@ -393,11 +403,12 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         .recheck_in
         .into_iter()
         .chain(scale.requeue)
+        .chain(roll.requeue)
         .fold(ctx.settings.requeue_after, Duration::min);
     let mut next = status::to_status(&previous, computed, model.identity.generation, &now);
     next.scale_down = scale.status;
     next.autoscaling = recommendations.iter().map(|r| r.status.clone()).collect();
-    for (type_, status, reason, message) in &scale.conditions {
+    for (type_, status, reason, message) in scale.conditions.iter().chain(&roll.conditions) {
         conditions::upsert(
             &mut next.conditions,
             conditions::new(
@@ -437,6 +448,7 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         .map(|message| normal("Autoscaled", "Scale", message))
         .collect();
     events.extend(scale.events);
+    events.extend(roll.events);
     if !events.is_empty() {
         publish_all(&ctx.recorder(), &pool.object_ref(&()), &events).await;
     }

@@ -36,6 +36,7 @@ pub mod controller;
 pub mod dereference;
 pub mod error;
 pub mod model;
+pub mod rollout;
 pub mod scaledown;
 pub mod status;
 pub mod validate;
