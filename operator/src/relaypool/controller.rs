@@ -368,8 +368,15 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     }
     let before = apply::list_statefulsets(&ctx.client, &model.identity).await?;
     let mut children = children;
-    let scale =
-        scaledown::reconcile(&ctx.client, pool, model, &children.statefulsets, &before).await?;
+    let scale = scaledown::reconcile(
+        &ctx.client,
+        pool,
+        model,
+        &children.statefulsets,
+        &before,
+        rollout::gate::in_progress(&before),
+    )
+    .await?;
     for sts in &mut children.statefulsets {
         let replicas = scale.replicas.get(&sts.name_any()).copied();
         if let (Some(spec), Some(replicas)) = (sts.spec.as_mut(), replicas) {

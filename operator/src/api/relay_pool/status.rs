@@ -302,6 +302,8 @@ pub mod reasons {
     /// The drain passed its timeout with messages still needing the node
     /// (ScaleDownBlocked).
     pub const DRAIN_TIMEOUT: &str = "DrainTimeout";
+    /// A rolling update is in progress; no node is drained meanwhile (ScaleDownBlocked).
+    pub const ROLLING_UPDATE_IN_PROGRESS: &str = "RollingUpdateInProgress";
     /// The pod template changed; every node keeps its revision until it is released
     /// (RollingUpdate).
     pub const TEMPLATE_CHANGED: &str = "TemplateChanged";

@@ -115,6 +115,12 @@ pub async fn round(
     Ok(out)
 }
 
+/// Whether a roll is in progress: some StatefulSet of the pool holds nodes back. A
+/// scale-down starts no drain meanwhile.
+pub fn in_progress(existing: &[StatefulSet]) -> bool {
+    existing.iter().any(|sts| existing_of(sts).partition > 0)
+}
+
 fn rolling(reason: &'static str, message: String) -> Vec<ConditionUpdate> {
     vec![(condition_types::ROLLING_UPDATE, "True", reason, message)]
 }
