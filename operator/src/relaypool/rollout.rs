@@ -46,10 +46,8 @@ pub struct Existing {
     /// `status.observedGeneration` has caught up with `metadata.generation`: until then
     /// the revisions below may describe an older template.
     pub observed: bool,
-    /// `status.updateRevision`.
+    /// `status.updateRevision`: the revision of the template last applied.
     pub update_revision: Option<String>,
-    /// `status.currentRevision`.
-    pub current_revision: Option<String>,
     /// `status.updatedReplicas`.
     pub updated_replicas: i32,
 }
@@ -275,7 +273,7 @@ pub fn decide(
         );
     }
     for (dc, existing, update, _, updated) in &rolling {
-        if i64::from(existing.updated_replicas) != i64::try_from(*updated).unwrap_or(i64::MAX) {
+        if usize::try_from(existing.updated_replicas).ok() != Some(*updated) {
             return waiting(
                 reasons::WAITING_FOR_STATEFUL_SET,
                 format!(
@@ -311,17 +309,15 @@ pub fn decide(
 
     // The gate is open: the highest outdated ordinal of the first data centre (spec
     // order) that still has one. Every ordinal above it already runs the new revision.
-    let Some((dc, _, update, outdated, _)) = rolling
-        .iter()
-        .find(|(_, _, _, outdated, _)| !outdated.is_empty())
-    else {
+    let next = rolling.iter().find_map(|(dc, _, update, outdated, _)| {
+        let pod = outdated.iter().max_by_key(|p| p.ordinal)?;
+        Some((dc, update, pod))
+    });
+    let Some((dc, update, pod)) = next else {
         return Decision {
             partitions: zero(data_centres),
             phase: Phase::Complete,
         };
-    };
-    let Some(pod) = outdated.iter().max_by_key(|p| p.ordinal) else {
-        return waiting(reasons::UPDATING_NODE, String::new());
     };
     let mut partitions = partitions;
     partitions.insert(dc.statefulset.clone(), pod.ordinal);

@@ -95,7 +95,8 @@ pub async fn round(
             out.requeue = Some(RECHECK);
         }
         Phase::Waiting { reason, message } => {
-            tracing::info!(%pool, %reason, "rolling update paused: {message}");
+            // Said every pass while it lasts: the condition carries it for people.
+            tracing::debug!(%pool, %reason, "rolling update waits: {message}");
             out.conditions = rolling(reason, message);
             out.requeue = Some(RECHECK);
         }
@@ -159,7 +160,6 @@ fn existing_of(sts: &StatefulSet) -> Existing {
             .unwrap_or(0),
         observed,
         update_revision: status.and_then(|s| s.update_revision.clone()),
-        current_revision: status.and_then(|s| s.current_revision.clone()),
         updated_replicas: status.and_then(|s| s.updated_replicas).unwrap_or(0),
     }
 }

@@ -3,6 +3,7 @@
 
 use super::*;
 
+/// The revision the pods ran before the change.
 const R1: &str = "r1";
 const R2: &str = "r2";
 
@@ -19,7 +20,6 @@ fn dc(name: &str, replicas: i32, partition: i32, updated: i32) -> DataCentreNow 
             partition,
             observed: true,
             update_revision: Some(R2.to_owned()),
-            current_revision: Some(R1.to_owned()),
             updated_replicas: updated,
         }),
     }
