@@ -374,7 +374,7 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         model,
         &children.statefulsets,
         &before,
-        rollout::gate::in_progress(&before),
+        rollout::gate::in_progress(&before, &children.statefulsets),
     )
     .await?;
     for sts in &mut children.statefulsets {
@@ -390,6 +390,8 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         &mut children.statefulsets,
         &before,
         scale.status.is_some(),
+        pool.annotations()
+            .contains_key(rollout::gate::FORCE_ROLLOUT_ANNOTATION),
     )
     .await?;
     let outcome = apply::apply_children(

@@ -110,6 +110,9 @@ pub enum Phase {
     },
     /// Every node runs the new revision; the partitions go back to 0.
     Complete,
+    /// `smtpfleet.io/force-rollout` let go of the nodes held: the partitions go to 0 and
+    /// the StatefulSet controller replaces the pods on its own.
+    Forced,
 }
 
 /// What a pass decided.
@@ -330,6 +333,21 @@ pub fn decide(
             ordinal: pod.ordinal,
             revision: (*update).to_owned(),
         }),
+    }
+}
+
+/// The decision when `smtpfleet.io/force-rollout` is set: no node is held. For a node
+/// that never becomes ready on its old template (the gate would wait for it forever,
+/// and a pod below the partition is recreated on the old revision even when deleted).
+pub fn forced(data_centres: &[DataCentreNow]) -> Decision {
+    let held = data_centres.iter().any(|dc| {
+        dc.existing
+            .as_ref()
+            .is_some_and(|e| dc.template_changed || e.partition > 0)
+    });
+    Decision {
+        partitions: zero(data_centres),
+        phase: if held { Phase::Forced } else { Phase::Idle },
     }
 }
 

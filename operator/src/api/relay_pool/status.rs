@@ -321,4 +321,7 @@ pub mod reasons {
     pub const WAITING_FOR_SCALE_DOWN: &str = "WaitingForScaleDown";
     /// Every node runs the latest template (RollingUpdate = False).
     pub const ROLLED_OUT: &str = "RolledOut";
+    /// `smtpfleet.io/force-rollout` is set: the StatefulSet controller replaces pods
+    /// without the gate (RollingUpdate = False).
+    pub const FORCED: &str = "Forced";
 }

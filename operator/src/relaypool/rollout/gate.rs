@@ -15,7 +15,7 @@ use kube::runtime::events::Event;
 
 use super::{DataCentreNow, Existing, Phase, PodNow, QueueHealth, decide, needs_nodes, ordinal_of};
 use crate::api::relay_pool::{condition_types, reasons};
-use crate::events::normal;
+use crate::events::{normal, warning};
 use crate::queue;
 use crate::relaypool::build::meta::TEMPLATE_HASH_ANNOTATION;
 use crate::relaypool::changes::data_centre_of;
@@ -38,25 +38,35 @@ pub struct Outcome {
     pub requeue: Option<Duration>,
 }
 
+/// Set (to any value) on a RelayPool to let the StatefulSet controller replace pods on
+/// its own, without the gate: for a node that never becomes ready on its old template.
+pub const FORCE_ROLLOUT_ANNOTATION: &str = "smtpfleet.io/force-rollout";
+
 /// One round: sets the partition of each of `desired` (about to be applied), given the
-/// StatefulSets as they are (`existing`) and whether a scale-down drain is in progress.
+/// StatefulSets as they are (`existing`), whether a scale-down drain is in progress and
+/// whether [`FORCE_ROLLOUT_ANNOTATION`] is set.
 pub async fn round(
     client: &kube::Client,
     model: &Pool,
     desired: &mut [StatefulSet],
     existing: &[StatefulSet],
     scaling_down: bool,
+    force: bool,
 ) -> Result<Outcome> {
     let data_centres: Vec<DataCentreNow> = desired
         .iter()
         .map(|sts| data_centre_now(sts, existing))
         .collect();
-    let (pods, queue_health) = if needs_nodes(&data_centres) {
-        observe_nodes(client, model, &data_centres).await?
+    let decision = if force {
+        super::forced(&data_centres)
     } else {
-        (Vec::new(), QueueHealth::Standalone)
+        let (pods, queue_health) = if needs_nodes(&data_centres) {
+            observe_nodes(client, model, &data_centres).await?
+        } else {
+            (Vec::new(), QueueHealth::Standalone)
+        };
+        decide(&data_centres, &pods, &queue_health, scaling_down)
     };
-    let decision = decide(&data_centres, &pods, &queue_health, scaling_down);
     for sts in desired.iter_mut() {
         let partition = decision.partitions.get(&sts.name_any()).copied();
         if let Some(strategy) = sts.spec.as_mut().and_then(|s| s.update_strategy.as_mut()) {
@@ -100,6 +110,22 @@ pub async fn round(
             out.conditions = rolling(reason, message);
             out.requeue = Some(RECHECK);
         }
+        Phase::Forced => {
+            let message = format!(
+                "{FORCE_ROLLOUT_ANNOTATION} is set: no node is held; the StatefulSet \
+                 controller replaces pods on its own, gated only by readiness, without waiting \
+                 for replication."
+            );
+            tracing::warn!(%pool, "rolling update forced");
+            out.events
+                .push(warning("RollingUpdateForced", ACTION, message.clone()));
+            out.conditions = vec![(
+                condition_types::ROLLING_UPDATE,
+                "False",
+                reasons::FORCED,
+                message,
+            )];
+        }
         Phase::Complete => {
             let message = "Every node runs the latest pod template.".to_owned();
             tracing::info!(%pool, "rolling update complete");
@@ -116,10 +142,15 @@ pub async fn round(
     Ok(out)
 }
 
-/// Whether a roll is in progress: some StatefulSet of the pool holds nodes back. A
-/// scale-down starts no drain meanwhile.
-pub fn in_progress(existing: &[StatefulSet]) -> bool {
-    existing.iter().any(|sts| existing_of(sts).partition > 0)
+/// Whether a roll is in progress: some StatefulSet the pool still wants (`desired`)
+/// holds nodes back. A scale-down starts no drain meanwhile. A removed data centre's
+/// StatefulSet does not count: the roll no longer looks after it, and only its drains
+/// let it go.
+pub fn in_progress(existing: &[StatefulSet], desired: &[StatefulSet]) -> bool {
+    existing
+        .iter()
+        .filter(|sts| desired.iter().any(|d| d.name_any() == sts.name_any()))
+        .any(|sts| existing_of(sts).partition > 0)
 }
 
 fn rolling(reason: &'static str, message: String) -> Vec<ConditionUpdate> {
@@ -206,4 +237,54 @@ async fn observe_nodes(
         QueueHealth::Replicated
     };
     Ok((pods, health))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{StatefulSetSpec, StatefulSetUpdateStrategy};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use std::collections::BTreeMap;
+
+    fn sts(name: &str, partition: i32, hash: Option<&str>) -> StatefulSet {
+        StatefulSet {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                annotations: hash
+                    .map(|h| BTreeMap::from([(TEMPLATE_HASH_ANNOTATION.to_owned(), h.to_owned())])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(StatefulSetSpec {
+                replicas: Some(2),
+                update_strategy: Some(StatefulSetUpdateStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                        partition: Some(partition),
+                        max_unavailable: None,
+                    }),
+                }),
+                ..StatefulSetSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn a_removed_data_centre_held_mid_roll_does_not_block_its_own_drains() {
+        let existing = [sts("p-a", 0, Some("h")), sts("p-gone", 2, Some("h"))];
+        assert!(!in_progress(&existing, &[sts("p-a", 0, Some("h"))]));
+        let existing = [sts("p-a", 1, Some("h"))];
+        assert!(in_progress(&existing, &[sts("p-a", 0, Some("h"))]));
+    }
+
+    #[test]
+    fn a_missing_or_other_digest_is_a_template_change() {
+        let desired = sts("p-a", 0, Some("new"));
+        assert!(data_centre_now(&desired, &[sts("p-a", 0, None)]).template_changed);
+        assert!(data_centre_now(&desired, &[sts("p-a", 0, Some("old"))]).template_changed);
+        let same = data_centre_now(&desired, &[sts("p-a", 2, Some("new"))]);
+        assert!(!same.template_changed);
+        assert_eq!(same.existing.map(|e| e.partition), Some(2));
+        assert!(data_centre_now(&desired, &[]).existing.is_none());
+    }
 }

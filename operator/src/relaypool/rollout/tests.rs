@@ -298,3 +298,18 @@ fn pods_map_to_their_statefulset_and_ordinal() {
     assert_eq!(ordinal_of("pool-eu-0", &sts), Some(("pool-eu", 0)));
     assert_eq!(ordinal_of("pool-us-0", &sts), None);
 }
+
+#[test]
+fn forcing_lets_go_of_every_held_node() {
+    let dcs = [dc("a", 2, 2, 0), dc("b", 1, 0, 1)];
+    let decision = forced(&dcs);
+    assert_eq!(decision.phase, Phase::Forced);
+    assert_eq!(
+        decision.partitions,
+        partitions(&[("pool-a", 0), ("pool-b", 0)])
+    );
+    let mut changed = dc("a", 2, 0, 2);
+    changed.template_changed = true;
+    assert_eq!(forced(&[changed]).phase, Phase::Forced);
+    assert_eq!(forced(&[dc("a", 2, 0, 2)]).phase, Phase::Idle);
+}
