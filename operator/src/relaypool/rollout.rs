@@ -168,10 +168,16 @@ pub fn decide(
             phase: Phase::Idle,
         };
     }
+    // A partition above the replicas (the StatefulSet shrank mid-roll) holds no pod;
+    // lowered to the replicas, it lets nodes a later scale-up adds start on the new
+    // revision instead of being made on the old one and rolled again.
     let keep: BTreeMap<String, i32> = data_centres
         .iter()
         .map(|dc| {
-            let partition = dc.existing.as_ref().map_or(0, |e| e.partition);
+            let partition = dc
+                .existing
+                .as_ref()
+                .map_or(0, |e| e.partition.min(e.replicas.max(0)));
             (dc.statefulset.clone(), partition)
         })
         .collect();

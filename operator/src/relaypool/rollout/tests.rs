@@ -313,3 +313,13 @@ fn forcing_lets_go_of_every_held_node() {
     assert_eq!(forced(&[changed]).phase, Phase::Forced);
     assert_eq!(forced(&[dc("a", 2, 0, 2)]).phase, Phase::Idle);
 }
+
+#[test]
+fn a_partition_above_the_replicas_comes_down_to_them_while_waiting() {
+    // Partition 3 held three nodes; a drain took the third away and is still removing it.
+    let mut a = dc("a", 2, 3, 0);
+    a.existing.as_mut().unwrap().replicas = 2;
+    let decision = decide(&[a], &pods("a", 2, 2), &QueueHealth::Replicated, true);
+    assert_eq!(reason(&decision), reasons::WAITING_FOR_SCALE_DOWN);
+    assert_eq!(decision.partitions, partitions(&[("pool-a", 2)]));
+}
