@@ -1251,3 +1251,29 @@ async fn the_roll_completes_with_every_partition_back_at_zero() {
     assert_eq!(reasons(&events), [("Normal", "RolledOut")]);
     finish(task).await.unwrap();
 }
+
+#[tokio::test]
+async fn force_rollout_lets_go_of_held_nodes_without_reading_them() {
+    let mut pool = fixture("single.yaml");
+    pool.metadata.annotations =
+        Some([("smtpfleet.io/force-rollout".to_owned(), "true".to_owned())].into());
+    let (mut server, _ctx, task) = start(&pool);
+    serve_until_statefulsets(&mut server, held_sts(&pool, 2, 1)).await;
+    let applied = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &rolling_status(3, 1),
+    )
+    .await;
+    assert_eq!(*partition_of(&applied), 0);
+    let patch = serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    let rolling = condition(&patch, "RollingUpdate");
+    assert_eq!(rolling["status"], "False");
+    assert_eq!(rolling["reason"], "Forced");
+    let events = serve_events(&mut server, NS, 1).await;
+    assert_eq!(reasons(&events), [("Warning", "RollingUpdateForced")]);
+    finish(task).await.unwrap();
+}
