@@ -217,13 +217,16 @@ pub fn decide(
             .filter(|p| p.statefulset == dc.statefulset)
             .filter(|p| p.revision.as_deref() == Some(update))
             .count();
-        rolling.push((dc, existing, update, outdated, updated));
+        rolling.push(Rolling {
+            dc,
+            existing,
+            update,
+            outdated,
+            updated,
+        });
     }
 
-    if rolling
-        .iter()
-        .all(|(_, _, _, outdated, _)| outdated.is_empty())
-    {
+    if rolling.iter().all(|r| r.outdated.is_empty()) {
         // Pods missing from the list are not outdated: readiness is not asked here, the
         // StatefulSet controller creates missing pods at the update revision.
         return Decision {
@@ -236,7 +239,7 @@ pub fn decide(
         .map(|(name, partition)| {
             let done = rolling
                 .iter()
-                .any(|(dc, _, _, outdated, _)| dc.statefulset == *name && outdated.is_empty());
+                .any(|r| r.dc.statefulset == *name && r.outdated.is_empty());
             (name.clone(), if done { 0 } else { *partition })
         })
         .collect();
@@ -246,11 +249,18 @@ pub fn decide(
     };
 
     // A released node still on its old revision is being replaced right now.
-    for (_, existing, update, outdated, _) in &rolling {
-        if let Some(pod) = outdated.iter().find(|p| p.ordinal >= existing.partition) {
+    for r in &rolling {
+        if let Some(pod) = r
+            .outdated
+            .iter()
+            .find(|p| p.ordinal >= r.existing.partition)
+        {
             return waiting(
                 reasons::UPDATING_NODE,
-                format!("Waiting for {} to restart on revision {update}.", pod.name),
+                format!(
+                    "Waiting for {} to restart on revision {}.",
+                    pod.name, r.update
+                ),
             );
         }
     }
@@ -281,14 +291,14 @@ pub fn decide(
             ),
         );
     }
-    for (dc, existing, update, _, updated) in &rolling {
-        if usize::try_from(existing.updated_replicas).ok() != Some(*updated) {
+    for r in &rolling {
+        if usize::try_from(r.existing.updated_replicas).ok() != Some(r.updated) {
             return waiting(
                 reasons::WAITING_FOR_STATEFUL_SET,
                 format!(
-                    "{} reports {} pods on revision {update} but {updated} carry it; waiting \
-                     for its status to catch up.",
-                    dc.statefulset, existing.updated_replicas
+                    "{} reports {} pods on revision {} but {} carry it; waiting for its \
+                     status to catch up.",
+                    r.dc.statefulset, r.existing.updated_replicas, r.update, r.updated
                 ),
             );
         }
@@ -318,9 +328,9 @@ pub fn decide(
 
     // The gate is open: the highest outdated ordinal of the first data centre (spec
     // order) that still has one. Every ordinal above it already runs the new revision.
-    let next = rolling.iter().find_map(|(dc, _, update, outdated, _)| {
-        let pod = outdated.iter().max_by_key(|p| p.ordinal)?;
-        Some((dc, update, pod))
+    let next = rolling.iter().find_map(|r| {
+        let pod = r.outdated.iter().max_by_key(|p| p.ordinal)?;
+        Some((r.dc, r.update, pod))
     });
     let Some((dc, update, pod)) = next else {
         return Decision {
@@ -337,7 +347,7 @@ pub fn decide(
             data_centre: dc.data_centre.clone(),
             statefulset: dc.statefulset.clone(),
             ordinal: pod.ordinal,
-            revision: (*update).to_owned(),
+            revision: update.to_owned(),
         }),
     }
 }
@@ -355,6 +365,18 @@ pub fn forced(data_centres: &[DataCentreNow]) -> Decision {
         partitions: zero(data_centres),
         phase: if held { Phase::Forced } else { Phase::Idle },
     }
+}
+
+/// An existing StatefulSet during a roll, with its pods sorted out.
+struct Rolling<'a> {
+    dc: &'a DataCentreNow,
+    existing: &'a Existing,
+    /// Its update revision.
+    update: &'a str,
+    /// Its pods below its replicas not on the update revision.
+    outdated: Vec<&'a PodNow>,
+    /// Its pods on the update revision.
+    updated: usize,
 }
 
 /// The partition that holds every existing pod of a StatefulSet whose template changes:
