@@ -215,6 +215,7 @@ async fn bounces_sampled_from_the_nodes_turn_the_domain_unhealthy_and_back() {
             data_centre: "east".into(),
             ready: true,
             admin: Some(fake_node(counters.clone()).await),
+            revision: None,
         },
         // Not scheduled yet: no address, counted as missing.
         PoolNode {
@@ -222,6 +223,7 @@ async fn bounces_sampled_from_the_nodes_turn_the_domain_unhealthy_and_back() {
             data_centre: "east".into(),
             ready: false,
             admin: None,
+            revision: None,
         },
     ];
     let sampler = Arc::new(Sampler::default());

@@ -268,7 +268,8 @@ fn scaling_changes_replicas_but_not_the_pod_template() {
             ("outbound-on-prem".to_owned(), 0),
         ]
     );
-    // Scaling must not roll every pod: the template (with its config hash) is unchanged.
+    // Scaling must not roll every pod: the template (with its config hash) is unchanged,
+    // and so is the digest the rollout gate compares.
     for (b, a) in before.statefulsets.iter().zip(&after.statefulsets) {
         assert_eq!(
             b.spec.as_ref().unwrap().template,
@@ -276,6 +277,7 @@ fn scaling_changes_replicas_but_not_the_pod_template() {
             "{}",
             a.name_any()
         );
+        assert_eq!(template_digest(b), template_digest(a), "{}", a.name_any());
     }
     // Scaling down from the single-data-centre form works the same way.
     let mut single = fixture("single.yaml");
@@ -309,6 +311,16 @@ fn configuration_changes_roll_the_pods() {
     };
     assert_ne!(hash(&before), hash(&after));
     assert_eq!(hash(&before).len(), 64, "hex SHA-256");
+    // The StatefulSets say their template changed: the operator holds their nodes and
+    // releases them one at a time.
+    for (b, a) in before.statefulsets.iter().zip(&after.statefulsets) {
+        assert_ne!(template_digest(b), template_digest(a), "{}", a.name_any());
+    }
+}
+
+/// The operator's digest of a StatefulSet's pod template.
+fn template_digest(sts: &StatefulSet) -> String {
+    sts.annotations()["smtpfleet.io/template-hash"].clone()
 }
 
 #[test]

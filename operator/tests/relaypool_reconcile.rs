@@ -20,7 +20,11 @@ use relaypool_support::reconcile::{
 use relaypool_support::{ApiServer, STEP_TIMEOUT, fixture, list, mock_client};
 use serde_json::{Value, json};
 use smtpfleet_operator::api::RelayPool;
+use smtpfleet_operator::relaypool::build::build;
+use smtpfleet_operator::relaypool::build::meta::TEMPLATE_HASH_ANNOTATION;
+use smtpfleet_operator::relaypool::dereference::Dereferenced;
 use smtpfleet_operator::relaypool::metrics::PoolMetrics;
+use smtpfleet_operator::relaypool::validate::validate;
 use smtpfleet_operator::relaypool::{
     Context, Error, NoMetrics, ReconcileObserver, ReconcileSpan, Settings, error_policy, reconcile,
 };
@@ -55,8 +59,35 @@ fn json_of(pool: &RelayPool) -> Value {
     serde_json::to_value(pool).unwrap()
 }
 
-/// A StatefulSet of `pool` as the API server would list it.
+/// The pod-template digest the operator puts on the StatefulSet of `dc`, when the pool
+/// still has that data centre: a StatefulSet carrying it runs the current template.
+fn template_hash(pool: &RelayPool, dc: &str) -> Option<String> {
+    let validated = validate(pool, &Dereferenced::default(), &settings().default_image).ok()?;
+    let children = build(&validated.pool).ok()?;
+    let name = format!("{}-{dc}", pool.metadata.name.clone()?);
+    children
+        .statefulsets
+        .into_iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))?
+        .metadata
+        .annotations?
+        .get(TEMPLATE_HASH_ANNOTATION)
+        .cloned()
+}
+
+/// A StatefulSet of `pool` as the API server would list it, applied by the operator
+/// from the pool's current spec (nothing to roll).
 fn existing_sts(pool: &RelayPool, dc: &str, replicas: i32, status: Value) -> Value {
+    let mut sts = any_sts(pool, dc, replicas, status);
+    if let Some(hash) = template_hash(pool, dc) {
+        sts["metadata"]["annotations"] = json!({ TEMPLATE_HASH_ANNOTATION: hash });
+    }
+    sts
+}
+
+/// A StatefulSet of `pool` as the API server would list it, without the operator's
+/// template digest.
+fn any_sts(pool: &RelayPool, dc: &str, replicas: i32, status: Value) -> Value {
     let name = pool.metadata.name.clone().unwrap();
     json!({
         "apiVersion": "apps/v1",
@@ -950,4 +981,332 @@ async fn a_stale_cache_on_adding_the_finalizer_is_retried_at_once() {
     );
     assert_eq!(ctx.failures.failures("mail/relay"), 0);
     assert!(observer.0.lock().unwrap().errors.is_empty());
+}
+
+/// A StatefulSet status mid-roll: the controller caught up with the held template
+/// (revision `relay-default-new`), `updated` pods on it.
+fn rolling_status(replicas: i32, updated: i32) -> Value {
+    json!({
+        "observedGeneration": 1,
+        "replicas": replicas,
+        "readyReplicas": replicas,
+        "updatedReplicas": updated,
+        "currentRevision": "relay-default-old",
+        "updateRevision": "relay-default-new",
+    })
+}
+
+/// The StatefulSet of single.yaml's data centre with the current template, held at
+/// `partition`.
+fn held_sts(pool: &RelayPool, partition: i32, updated: i32) -> Value {
+    let mut sts = existing_sts(pool, "default", 3, rolling_status(3, updated));
+    sts["spec"]["updateStrategy"] =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"partition": partition}});
+    sts
+}
+
+const TOKEN: &str = "admin-token";
+
+/// A node's admin API on `ip`:8080 answering `GET /admin/queue` with `under` held
+/// copies lacking a copy (whatever the shared value is when asked).
+async fn fake_node(ip: &str, under: Arc<Mutex<usize>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((ip, 8080))
+        .await
+        .expect("bind a loopback address");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let under = *under.lock().unwrap();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                let answer = if text.starts_with("GET /admin/queue ")
+                    && text.contains(&format!("Authorization: Bearer {TOKEN}"))
+                {
+                    let body = json!({"node": "n", "depth": 10, "underReplicated": under});
+                    format!("HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{body}")
+                } else {
+                    "HTTP/1.0 401 Unauthorized\r\n\r\n".to_owned()
+                };
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+}
+
+/// single.yaml's three pods, ready; those at or above `from` on the new revision; pod
+/// `i` at `ips[i]` when given.
+fn pool_pods(from: i32, ips: &[Option<&str>]) -> Vec<Value> {
+    (0..3)
+        .map(|i| {
+            let revision = if i >= from {
+                "relay-default-new"
+            } else {
+                "relay-default-old"
+            };
+            let mut pod = json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("relay-default-{i}"), "namespace": NS,
+                             "labels": {"smtpfleet.io/pool": "relay",
+                                        "smtpfleet.io/data-centre": "default",
+                                        "controller-revision-hash": revision}},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+            });
+            if let Some(Some(ip)) = ips.get(i as usize) {
+                pod["status"]["podIP"] = json!(ip);
+            }
+            pod
+        })
+        .collect()
+}
+
+/// Serves what the rollout gate reads: the pool's admin token, then its pods.
+async fn serve_nodes(server: &mut ApiServer, pods: Vec<Value>) {
+    let token = base64::engine::general_purpose::STANDARD.encode(TOKEN);
+    let admin = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "relay-admin", "namespace": NS},
+        "data": {"token": token},
+    });
+    serve_secret(server, NS, "relay-admin", Some(admin)).await;
+    server
+        .expect(Method::GET, &format!("/api/v1/namespaces/{NS}/pods"))
+        .await
+        .ok(&list("v1", "PodList", pods));
+}
+
+fn partition_of(applied: &relaypool_support::reconcile::Applied) -> &Value {
+    &applied.statefulsets[0].1["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
+}
+
+/// The first passes of a reconciliation of single.yaml, up to the StatefulSets list.
+async fn serve_until_statefulsets(server: &mut ApiServer, sts: Value) {
+    serve_secret(server, NS, "smtp-tls", Some(tls_secret(NS, "smtp-tls"))).await;
+    serve_mail_domains(server, NS, "relay", vec![]).await;
+    serve_statefulsets(server, NS, "relay", vec![sts]).await;
+}
+
+#[tokio::test]
+async fn a_template_change_is_applied_with_every_node_held() {
+    let pool = fixture("single.yaml");
+    let (mut server, _ctx, task) = start(&pool);
+    // Applied from an older spec: another digest, no partition.
+    let mut sts = any_sts(&pool, "default", 3, settled_status(3, 3));
+    sts["metadata"]["annotations"] = json!({ TEMPLATE_HASH_ANNOTATION: "an-older-template" });
+    serve_until_statefulsets(&mut server, sts).await;
+    // No pod is read: nothing is released in the pass that changes the template.
+    let applied = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &settled_status(3, 3),
+    )
+    .await;
+    assert_eq!(*partition_of(&applied), 3);
+    assert_eq!(
+        applied.statefulsets[0].1["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION],
+        template_hash(&pool, "default").unwrap()
+    );
+    let patch = serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    assert_eq!(condition(&patch, "RollingUpdate")["status"], "True");
+    assert_eq!(
+        condition(&patch, "RollingUpdate")["reason"],
+        "TemplateChanged"
+    );
+    let events = serve_events(&mut server, NS, 2).await;
+    assert_eq!(
+        reasons(&events),
+        [
+            ("Normal", "AllReplicasReady"),
+            ("Normal", "RollingUpdateStarted")
+        ]
+    );
+    assert_eq!(
+        finish(task).await.unwrap(),
+        Action::requeue(Duration::from_secs(5))
+    );
+}
+
+#[tokio::test]
+async fn a_held_roll_releases_one_node_per_pass_and_none_while_under_replicated() {
+    let pool = fixture("single.yaml");
+    let under = Arc::new(Mutex::new(0));
+    let ips = ["127.77.1.1", "127.77.1.2", "127.77.1.3"];
+    for ip in ips {
+        fake_node(ip, under.clone()).await;
+    }
+    let ips: Vec<Option<&str>> = ips.iter().copied().map(Some).collect();
+
+    // Every node ready and on the old revision, the queue replicated: the highest
+    // ordinal is released.
+    let (mut server, _ctx, task) = start(&pool);
+    serve_until_statefulsets(&mut server, held_sts(&pool, 3, 0)).await;
+    serve_nodes(&mut server, pool_pods(3, &ips)).await;
+    let applied = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &rolling_status(3, 0),
+    )
+    .await;
+    assert_eq!(*partition_of(&applied), 2);
+    let patch = serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    let rolling = condition(&patch, "RollingUpdate");
+    assert_eq!(rolling["status"], "True");
+    assert_eq!(rolling["reason"], "UpdatingNode");
+    assert!(
+        rolling["message"]
+            .as_str()
+            .unwrap()
+            .contains("relay-default-2"),
+        "{rolling}"
+    );
+    // Mid-roll the pool is not Ready (its StatefulSet is not rolled out): one Event.
+    let events = serve_events(&mut server, NS, 1).await;
+    assert_eq!(reasons(&events), [("Normal", "NodeReleased")]);
+    assert_eq!(
+        finish(task).await.unwrap(),
+        Action::requeue(Duration::from_secs(5))
+    );
+
+    // Node 2 restarted on the new revision and is ready, but each node holds 4 copies
+    // lacking a copy (12 summed over the pool, as status.queue counts them): the
+    // partition stays.
+    *under.lock().unwrap() = 4;
+    let (mut server, _ctx, task) = start(&pool);
+    serve_until_statefulsets(&mut server, held_sts(&pool, 2, 1)).await;
+    serve_nodes(&mut server, pool_pods(2, &ips)).await;
+    let applied = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &rolling_status(3, 1),
+    )
+    .await;
+    assert_eq!(*partition_of(&applied), 2);
+    let patch = serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    let rolling = condition(&patch, "RollingUpdate");
+    assert_eq!(rolling["reason"], "WaitingForReplication");
+    assert!(
+        rolling["message"].as_str().unwrap().contains("12 held"),
+        "{rolling}"
+    );
+    // Waiting is said by the condition, without an Event each pass.
+    finish(task).await.unwrap();
+    server.expect_silence(Duration::from_millis(100)).await;
+
+    // Replicated again: the next node.
+    *under.lock().unwrap() = 0;
+    let (mut server, _ctx, task) = start(&pool);
+    serve_until_statefulsets(&mut server, held_sts(&pool, 2, 1)).await;
+    serve_nodes(&mut server, pool_pods(2, &ips)).await;
+    let applied = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &rolling_status(3, 1),
+    )
+    .await;
+    assert_eq!(*partition_of(&applied), 1);
+    serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    let events = serve_events(&mut server, NS, 1).await;
+    assert!(events[0].2.contains("relay-default-1"), "{}", events[0].2);
+    finish(task).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_answer_holds_the_roll() {
+    let pool = fixture("single.yaml");
+    let (mut server, _ctx, task) = start(&pool);
+    serve_until_statefulsets(&mut server, held_sts(&pool, 2, 1)).await;
+    // No pod has an address yet: no node answers.
+    serve_nodes(&mut server, pool_pods(2, &[])).await;
+    let applied = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &rolling_status(3, 1),
+    )
+    .await;
+    assert_eq!(*partition_of(&applied), 2);
+    let patch = serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    let rolling = condition(&patch, "RollingUpdate");
+    assert_eq!(rolling["reason"], "NodeNotAnswering");
+    assert!(
+        rolling["message"]
+            .as_str()
+            .unwrap()
+            .contains("relay-default-0"),
+        "{rolling}"
+    );
+    finish(task).await.unwrap();
+    server.expect_silence(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn the_roll_completes_with_every_partition_back_at_zero() {
+    let pool = fixture("single.yaml");
+    let (mut server, _ctx, task) = start(&pool);
+    serve_until_statefulsets(&mut server, held_sts(&pool, 1, 3)).await;
+    serve_nodes(&mut server, pool_pods(0, &[])).await;
+    let applied = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &rolling_status(3, 3),
+    )
+    .await;
+    assert_eq!(*partition_of(&applied), 0);
+    let patch = serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    let rolling = condition(&patch, "RollingUpdate");
+    assert_eq!(rolling["status"], "False");
+    assert_eq!(rolling["reason"], "RolledOut");
+    let events = serve_events(&mut server, NS, 1).await;
+    assert_eq!(reasons(&events), [("Normal", "RolledOut")]);
+    finish(task).await.unwrap();
+}
+
+#[tokio::test]
+async fn force_rollout_lets_go_of_held_nodes_without_reading_them() {
+    let mut pool = fixture("single.yaml");
+    pool.metadata.annotations =
+        Some([("smtpfleet.io/force-rollout".to_owned(), "true".to_owned())].into());
+    let (mut server, _ctx, task) = start(&pool);
+    serve_until_statefulsets(&mut server, held_sts(&pool, 2, 1)).await;
+    let applied = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &rolling_status(3, 1),
+    )
+    .await;
+    assert_eq!(*partition_of(&applied), 0);
+    let patch = serve_status_patch(&mut server, NS, &json_of(&pool)).await;
+    let rolling = condition(&patch, "RollingUpdate");
+    assert_eq!(rolling["status"], "False");
+    assert_eq!(rolling["reason"], "Forced");
+    let events = serve_events(&mut server, NS, 1).await;
+    assert_eq!(reasons(&events), [("Warning", "RollingUpdateForced")]);
+    finish(task).await.unwrap();
 }

@@ -59,7 +59,8 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["services", "configmaps", "secrets", "serviceaccounts"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-# Pods: the queue status and the drains find nodes here; a node being removed is
+# Pods: the queue status, the drains and the rolling-update gate (readiness and
+# controller-revision-hash) find nodes here; a node being removed is
 # labelled smtpfleet.io/leaving.
 - apiGroups: [""]
   resources: ["pods"]

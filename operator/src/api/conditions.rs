@@ -4,7 +4,7 @@
 //! `mail_domain::condition_types`); the helpers here are the pure pieces both
 //! reconcilers need when they compute a status.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::Schema;
 
 use super::schema;
@@ -26,18 +26,49 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     find(conditions, type_).is_some_and(|c| c.status == TRUE)
 }
 
-/// Replaces or adds `condition`, keeping `lastTransitionTime` of an existing condition of
-/// the same type whose status did not change, as Kubernetes conventions ask: the time
-/// says when the status flipped, not when the operator last looked.
-pub fn upsert(conditions: &mut Vec<Condition>, mut condition: Condition) {
+/// `condition` with the `lastTransitionTime` of `previous` when that is the same type
+/// with the same status, as Kubernetes conventions ask: the time says when the status
+/// flipped, not when the operator last looked. Every place that sets a condition goes
+/// through here (directly, or via [`upsert`]), so the rule lives once.
+pub fn carry_transition(previous: Option<&Condition>, mut condition: Condition) -> Condition {
+    if let Some(previous) = previous
+        && previous.type_ == condition.type_
+        && previous.status == condition.status
+    {
+        condition
+            .last_transition_time
+            .clone_from(&previous.last_transition_time);
+    }
+    condition
+}
+
+/// Replaces or adds `condition` in place (the order of the others is kept, so two
+/// controllers writing the same list never reorder it back and forth), keeping the
+/// transition time of an existing condition of the same type whose status did not change.
+pub fn upsert(conditions: &mut Vec<Condition>, condition: Condition) {
     match conditions.iter_mut().find(|c| c.type_ == condition.type_) {
-        Some(existing) => {
-            if existing.status == condition.status {
-                condition.last_transition_time = existing.last_transition_time.clone();
-            }
-            *existing = condition;
-        }
+        Some(existing) => *existing = carry_transition(Some(existing), condition),
         None => conditions.push(condition),
+    }
+}
+
+/// A condition stamped `now`; pass it through [`upsert`] or [`carry_transition`] so the
+/// stamp only sticks when the status flipped.
+pub fn new(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.into(),
+        observed_generation,
+        last_transition_time: now,
     }
 }
 
@@ -50,7 +81,6 @@ pub(crate) fn conditions_list_schema(schema: &mut Schema) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
     fn condition(type_: &str, status: &str, reason: &str, at: i64) -> Condition {
@@ -105,5 +135,16 @@ mod tests {
             list.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(),
             ["Ready", "Degraded"]
         );
+    }
+
+    #[test]
+    fn carry_transition_only_from_the_same_type_and_status() {
+        let was = condition("Ready", TRUE, "AllGood", 10);
+        let same = carry_transition(Some(&was), condition("Ready", TRUE, "Still", 20));
+        assert_eq!(same.last_transition_time.0.as_second(), 10);
+        let other_type = carry_transition(Some(&was), condition("Degraded", TRUE, "X", 20));
+        assert_eq!(other_type.last_transition_time.0.as_second(), 20);
+        let none = carry_transition(None, condition("Ready", TRUE, "Still", 20));
+        assert_eq!(none.last_transition_time.0.as_second(), 20);
     }
 }

@@ -29,6 +29,7 @@ use super::inspect::{self, CertInfo, CertProblem};
 use super::peer_ca::{self, Phase};
 use super::peer_secrets;
 use crate::api::RelayPool;
+use crate::api::conditions;
 use crate::api::relay_pool::{CertificateStatus, condition_types, reasons};
 use crate::api::relay_pool::{IssuerKind, IssuerRef, TlsSource};
 use crate::events::{self, normal, publish_all, warning};
@@ -300,7 +301,12 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
             ));
         }
     }
-    let conditions = with_condition(&previous.conditions, &verdict, pool.meta().generation);
+    let conditions = with_certificate_condition(
+        &previous.conditions,
+        &verdict,
+        pool.meta().generation,
+        Time(Timestamp::now()),
+    );
     let certificate = verdict
         .certificate
         .clone()
@@ -450,34 +456,26 @@ fn pool_annotation_time(pool: &RelayPool) -> Option<i64> {
     value.parse::<Timestamp>().ok().map(|t| t.as_second())
 }
 
-/// The conditions with `CertificateReady` set from the verdict, in place (the order of
-/// the others is kept, so two controllers never reorder the list back and forth).
-fn with_condition(
+/// The conditions with `CertificateReady` set from the verdict, in place (see
+/// [`conditions::upsert`]: the others keep their order, the time its status flipped).
+fn with_certificate_condition(
     previous: &[Condition],
     verdict: &Verdict,
     generation: Option<i64>,
+    now: Time,
 ) -> Vec<Condition> {
     let mut out = previous.to_vec();
-    let old = out
-        .iter()
-        .position(|c| c.type_ == condition_types::CERTIFICATE_READY);
-    let last_transition_time = old
-        .map(|i| &out[i])
-        .filter(|c| c.status == verdict.status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(Timestamp::now()));
-    let condition = Condition {
-        type_: condition_types::CERTIFICATE_READY.to_owned(),
-        status: verdict.status.to_owned(),
-        reason: verdict.reason.to_owned(),
-        message: verdict.message.clone(),
-        observed_generation: generation,
-        last_transition_time,
-    };
-    match old {
-        Some(i) => out[i] = condition,
-        None => out.push(condition),
-    }
+    conditions::upsert(
+        &mut out,
+        conditions::new(
+            condition_types::CERTIFICATE_READY,
+            verdict.status,
+            verdict.reason,
+            verdict.message.clone(),
+            generation,
+            now,
+        ),
+    );
     out
 }
 
@@ -674,11 +672,16 @@ mod tests {
             c("Degraded", "False"),
         ];
         let v = judge("x", Ok(info(i64::MAX / 2)), 0);
-        let out = with_condition(&previous, &v, Some(2));
+        let later = Time(Timestamp::from_second(2).unwrap());
+        let out = with_certificate_condition(&previous, &v, Some(2), later.clone());
         let types: Vec<&str> = out.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Ready", "CertificateReady", "Degraded"]);
         assert_eq!(out[1].last_transition_time, t, "same status keeps its time");
-        let appended = with_condition(&previous[..1], &v, Some(2));
+        let appended = with_certificate_condition(&previous[..1], &v, Some(2), later.clone());
         assert_eq!(appended[1].type_, "CertificateReady");
+        assert_eq!(
+            appended[1].last_transition_time, later,
+            "a new one is stamped now"
+        );
     }
 }

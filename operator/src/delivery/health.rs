@@ -4,7 +4,7 @@ use chrono::{DateTime, Duration, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::window::{DomainWindow, PoolHistory};
-use crate::api::conditions::{FALSE, TRUE, UNKNOWN};
+use crate::api::conditions::{self, FALSE, TRUE, UNKNOWN};
 use crate::api::mail_domain::{
     DeliveryRefusal, DeliverySpec, DeliveryStatus, DeliveryWindow, condition_types, reasons,
 };
@@ -161,18 +161,17 @@ pub fn condition(
     generation: Option<i64>,
     now: DateTime<Utc>,
 ) -> Condition {
-    let last_transition_time = previous
-        .filter(|c| c.status == verdict.status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| k8s_time(now));
-    Condition {
-        type_: condition_types::DELIVERY_HEALTHY.to_owned(),
-        status: verdict.status.to_owned(),
-        reason: verdict.reason.to_owned(),
-        message: verdict.message.chars().take(1024).collect(),
-        observed_generation: generation,
-        last_transition_time,
-    }
+    conditions::carry_transition(
+        previous,
+        conditions::new(
+            condition_types::DELIVERY_HEALTHY,
+            verdict.status,
+            verdict.reason,
+            verdict.message.chars().take(1024).collect::<String>(),
+            generation,
+            k8s_time(now),
+        ),
+    )
 }
 
 /// The Event a change of the condition deserves: a Warning when it turns False, a

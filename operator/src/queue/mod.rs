@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -26,6 +26,7 @@ use serde_json::json;
 use smtp_node::admin::QueueReport;
 
 use crate::api::RelayPool;
+use crate::api::conditions;
 use crate::api::relay_pool::{QueueStatus, condition_types};
 use crate::relaypool::build::layout::{ADMIN_TOKEN_KEY, HTTP_PORT};
 use crate::relaypool::build::meta;
@@ -34,6 +35,8 @@ use summary::{NodeResult, WRITE_EVERY, replicated_condition, should_write, summa
 
 /// Nodes asked at the same time, per pool.
 const AT_ONCE: usize = 8;
+/// Pod label the StatefulSet controller sets to the revision a pod was made from.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
 /// How long one node may take to answer.
 const NODE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -111,13 +114,7 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
     {
         tracing::warn!(pool = %name, %error, "updating the MailDomains' delivery status failed");
     }
-    let results: Vec<NodeResult> = futures::stream::iter(nodes)
-        .map(|node| ask(node, token.clone()))
-        .buffer_unordered(AT_ONCE)
-        .collect()
-        .await;
-    let mut results = results;
-    results.sort_by(|a, b| a.pod.cmp(&b.pod));
+    let results = ask_all(nodes, token).await;
     for node in &results {
         if let Err(reason) = &node.report {
             tracing::debug!(pool = %name, pod = %node.pod, %reason, "no queue report");
@@ -137,13 +134,17 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
     });
     let since_write = ctx.seen(&key).written.map(|w| w.elapsed());
     if should_write(previous, &next, since_write) || condition_changed {
-        let conditions = with_condition(
-            &conditions,
-            condition_types::QUEUE_REPLICATED,
-            status,
-            reason,
-            &message,
-            pool.metadata.generation,
+        let mut conditions = conditions;
+        conditions::upsert(
+            &mut conditions,
+            conditions::new(
+                condition_types::QUEUE_REPLICATED,
+                status,
+                reason,
+                message,
+                pool.metadata.generation,
+                Time(Timestamp::now()),
+            ),
         );
         let api: Api<RelayPool> = Api::namespaced(ctx.client.clone(), &namespace);
         let body = json!({
@@ -188,6 +189,8 @@ pub struct PoolNode {
     pub ready: bool,
     /// Its admin API, once the pod has an address.
     pub admin: Option<SocketAddr>,
+    /// Its `controller-revision-hash` label: the StatefulSet revision it runs.
+    pub revision: Option<String>,
 }
 
 /// The pool's admin token (once the operator has made it) and its nodes.
@@ -232,6 +235,7 @@ pub async fn pool_nodes(
                 .and_then(|s| s.pod_ip.as_deref())
                 .and_then(|ip| ip.parse::<IpAddr>().ok())
                 .map(|ip| SocketAddr::new(ip, HTTP_PORT)),
+            revision: pod.labels().get(REVISION_LABEL).cloned(),
             pod: pod.name_any(),
         })
         .collect();
@@ -255,6 +259,18 @@ pub async fn admin_call<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Every node's queue report, or why there is none, sorted by pod. Asked now: the
+/// rolling-update gate must not trust a summary older than the last restart.
+pub async fn ask_all(nodes: Vec<PoolNode>, token: Option<String>) -> Vec<NodeResult> {
+    let mut results: Vec<NodeResult> = futures::stream::iter(nodes)
+        .map(|node| ask(node, token.clone()))
+        .buffer_unordered(AT_ONCE)
+        .collect()
+        .await;
+    results.sort_by(|a, b| a.pod.cmp(&b.pod));
+    results
+}
+
 /// One node's report, or why there is none.
 async fn ask(node: PoolNode, token: Option<String>) -> NodeResult {
     let report = admin_call::<QueueReport>(&node, token.as_deref(), "GET", "/admin/queue").await;
@@ -263,38 +279,6 @@ async fn ask(node: PoolNode, token: Option<String>) -> NodeResult {
         data_centre: node.data_centre,
         report,
     }
-}
-
-/// The conditions with `type_` set, in place (the order of the others kept; the
-/// transition time kept while the status stays).
-pub fn with_condition(
-    previous: &[Condition],
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-) -> Vec<Condition> {
-    let mut out = previous.to_vec();
-    let old = out.iter().position(|c| c.type_ == type_);
-    let last_transition_time = old
-        .map(|i| &out[i])
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(Timestamp::now()));
-    let condition = Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message: message.to_owned(),
-        observed_generation: generation,
-        last_transition_time,
-    };
-    match old {
-        Some(i) => out[i] = condition,
-        None => out.push(condition),
-    }
-    out
 }
 
 pub fn error_policy(pool: Arc<RelayPool>, error: &Error, _ctx: Arc<Context>) -> Action {
@@ -336,46 +320,5 @@ mod tests {
                 "{key} sent"
             );
         }
-    }
-
-    #[test]
-    fn the_condition_is_set_in_place_and_keeps_its_transition_time() {
-        let t0 = Time(Timestamp::from_second(100).expect("time"));
-        let other = Condition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            reason: "AllReplicasReady".into(),
-            message: String::new(),
-            observed_generation: Some(1),
-            last_transition_time: t0.clone(),
-        };
-        let first = with_condition(
-            std::slice::from_ref(&other),
-            "Q",
-            "True",
-            "FullyReplicated",
-            "ok",
-            Some(1),
-        );
-        assert_eq!(first.len(), 2);
-        assert_eq!(first[0], other);
-        let stamped = Condition {
-            last_transition_time: t0.clone(),
-            ..first[1].clone()
-        };
-        let again = with_condition(
-            &[other.clone(), stamped],
-            "Q",
-            "True",
-            "FullyReplicated",
-            "still ok",
-            Some(2),
-        );
-        assert_eq!(
-            again[1].last_transition_time, t0,
-            "same status keeps its time"
-        );
-        let flipped = with_condition(&again, "Q", "False", "UnderReplicated", "2 held", Some(2));
-        assert_ne!(flipped[1].last_transition_time, t0);
     }
 }

@@ -4,9 +4,12 @@
 //! `lastTransitionTime` must only move when a condition's status flips: tools and people
 //! read it as "how long has this been true/false". Recomputing conditions from scratch
 //! on every reconciliation would reset it each time, so every computed condition goes
-//! through [`merge`].
+//! through [`merge`], which applies the crate's one rule
+//! ([`crate::api::conditions::carry_transition`]).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::conditions;
 
 /// The three condition statuses Kubernetes knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,19 +85,15 @@ pub fn merge(
     let mut merged: Vec<Condition> = computed
         .into_iter()
         .map(|c| {
-            let status = c.status.as_str();
-            let last_transition_time = previous
-                .iter()
-                .find(|p| p.type_ == c.type_ && p.status == status)
-                .map_or_else(|| now.clone(), |p| p.last_transition_time.clone());
-            Condition {
-                type_: c.type_.to_owned(),
-                status: status.to_owned(),
-                reason: c.reason.to_owned(),
-                message: c.message,
+            let fresh = conditions::new(
+                c.type_,
+                c.status.as_str(),
+                c.reason,
+                c.message,
                 observed_generation,
-                last_transition_time,
-            }
+                now.clone(),
+            );
+            conditions::carry_transition(conditions::find(previous, c.type_), fresh)
         })
         .collect();
     let others: Vec<Condition> = previous
@@ -104,16 +103,6 @@ pub fn merge(
         .collect();
     merged.extend(others);
     merged
-}
-
-/// The condition of type `type_`, if present.
-pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
-}
-
-/// Whether the condition of type `type_` is present with status `True`.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    find(conditions, type_).is_some_and(|c| c.status == "True")
 }
 
 #[cfg(test)]
@@ -217,8 +206,8 @@ mod tests {
         let first = merge(&[], computed.clone(), Some(4), &time(100));
         let second = merge(&first, computed, Some(4), &time(999));
         assert_eq!(first, second);
-        assert!(is_true(&second, "Ready"));
-        assert!(!is_true(&second, "Degraded"));
-        assert!(find(&second, "Available").is_none());
+        assert!(conditions::is_true(&second, "Ready"));
+        assert!(!conditions::is_true(&second, "Degraded"));
+        assert!(conditions::find(&second, "Available").is_none());
     }
 }

@@ -32,9 +32,11 @@ use super::context::Context;
 use super::dereference;
 use super::error::{Error, Result};
 use super::model::Pool;
+use super::rollout;
 use super::scaledown;
 use super::status;
 use super::validate;
+use crate::api::conditions;
 use crate::api::relay_pool::{condition_types, reasons};
 use crate::api::{MailDomain, RelayPool};
 use crate::events::{normal, publish_all, warning};
@@ -368,14 +370,32 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     }
     let before = apply::list_statefulsets(&ctx.client, &model.identity).await?;
     let mut children = children;
-    let scale =
-        scaledown::reconcile(&ctx.client, pool, model, &children.statefulsets, &before).await?;
+    let scale = scaledown::reconcile(
+        &ctx.client,
+        pool,
+        model,
+        &children.statefulsets,
+        &before,
+        rollout::gate::in_progress(&before, &children.statefulsets),
+    )
+    .await?;
     for sts in &mut children.statefulsets {
         let replicas = scale.replicas.get(&sts.name_any()).copied();
         if let (Some(spec), Some(replicas)) = (sts.spec.as_mut(), replicas) {
             spec.replicas = Some(replicas);
         }
     }
+    // After the replicas are final: the partitions follow from what this pass applies.
+    let roll = rollout::gate::round(
+        &ctx.client,
+        model,
+        &mut children.statefulsets,
+        &before,
+        scale.status.is_some(),
+        pool.annotations()
+            .contains_key(rollout::gate::FORCE_ROLLOUT_ANNOTATION),
+    )
+    .await?;
     let outcome = apply::apply_children(
         &ctx.client,
         &model.identity,
@@ -403,18 +423,22 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         .into_iter()
         .chain(scale.requeue)
         .chain(autoscale_recheck)
+        .chain(roll.requeue)
         .fold(ctx.settings.requeue_after, Duration::min);
     let mut next = status::to_status(&previous, computed, model.identity.generation, &now);
     next.scale_down = scale.status;
     next.autoscaling = recommendations.iter().map(|r| r.status.clone()).collect();
-    for (type_, status, reason, message) in &scale.conditions {
-        next.conditions = crate::queue::with_condition(
-            &next.conditions,
-            type_,
-            status,
-            reason,
-            message,
-            model.identity.generation,
+    for (type_, status, reason, message) in scale.conditions.iter().chain(&roll.conditions) {
+        conditions::upsert(
+            &mut next.conditions,
+            conditions::new(
+                type_,
+                status,
+                reason,
+                message.as_str(),
+                model.identity.generation,
+                now.clone(),
+            ),
         );
     }
     if next != previous {
@@ -446,6 +470,7 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         .map(|message| normal("Autoscaled", "Scale", message))
         .collect();
     events.extend(scale.events);
+    events.extend(roll.events);
     if !events.is_empty() {
         publish_all(&ctx.recorder(), &pool.object_ref(&()), &events).await;
     }
@@ -483,17 +508,21 @@ async fn cleanup_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         Verdict::Hold(reason) => {
             let event = warning("DeletionBlocked", "Delete", reason.clone());
             publish_all(&ctx.recorder(), &pool.object_ref(&()), &[event]).await;
-            let conditions = crate::queue::with_condition(
-                &pool
-                    .status
-                    .as_ref()
-                    .map(|s| s.conditions.clone())
-                    .unwrap_or_default(),
-                condition_types::DELETION_BLOCKED,
-                "True",
-                reasons::MAIL_QUEUED,
-                &reason,
-                pool.meta().generation,
+            let mut conditions = pool
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            conditions::upsert(
+                &mut conditions,
+                conditions::new(
+                    condition_types::DELETION_BLOCKED,
+                    conditions::TRUE,
+                    reasons::MAIL_QUEUED,
+                    reason.as_str(),
+                    pool.meta().generation,
+                    Time(Timestamp::now()),
+                ),
             );
             let api: Api<RelayPool> =
                 Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());

@@ -37,6 +37,7 @@ pub mod dereference;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod rollout;
 pub mod scaledown;
 pub mod status;
 pub mod validate;

@@ -100,7 +100,7 @@ pub const NOT_READY_GRACE: Duration = Duration::from_secs(10 * 60);
 /// zero when it was ready (or had no status yet), otherwise the time since `Ready`
 /// turned false.
 pub fn not_ready_for(previous: &[Condition], now: &Time) -> Duration {
-    conditions::find(previous, READY)
+    crate::api::conditions::find(previous, READY)
         .filter(|c| c.status != Status::True.as_str())
         .map(|c| {
             let elapsed = now.0.duration_since(c.last_transition_time.0);

@@ -49,7 +49,8 @@ pub struct RelayPoolStatus {
     pub scale_down: Option<ScaleDownStatus>,
 
     /// Current state of the pool: `Ready`, `Available`, `Progressing`, `Degraded`,
-    /// `CertificateReady` and `QueueReplicated`.
+    /// `CertificateReady` and `QueueReplicated`; `ScalingDown`, `ScaleDownBlocked` and
+    /// `RollingUpdate` once the pool was scaled down or rolled.
     #[serde(default)]
     #[schemars(transform = conditions_list_schema)]
     pub conditions: Vec<Condition>,
@@ -223,6 +224,9 @@ pub mod condition_types {
     /// A scale-down cannot go on without risking mail: a pre-check failed, the node
     /// does not answer, or its drain is taking longer than the timeout.
     pub const SCALE_DOWN_BLOCKED: &str = "ScaleDownBlocked";
+    /// A pod-template change (image, configuration, placement) is being rolled through
+    /// the pool one node at a time; the reason says what the next node waits for.
+    pub const ROLLING_UPDATE: &str = "RollingUpdate";
 
     /// All types, in the order they are listed in a status.
     pub const ALL: [&str; 6] = [
@@ -298,4 +302,26 @@ pub mod reasons {
     /// The drain passed its timeout with messages still needing the node
     /// (ScaleDownBlocked).
     pub const DRAIN_TIMEOUT: &str = "DrainTimeout";
+    /// A rolling update is in progress; no node is drained meanwhile (ScaleDownBlocked).
+    pub const ROLLING_UPDATE_IN_PROGRESS: &str = "RollingUpdateInProgress";
+    /// The pod template changed; every node keeps its revision until it is released
+    /// (RollingUpdate).
+    pub const TEMPLATE_CHANGED: &str = "TemplateChanged";
+    /// A node was released and is restarting on the new revision (RollingUpdate).
+    pub const UPDATING_NODE: &str = "UpdatingNode";
+    /// The StatefulSet controller has not reported the new revision yet (RollingUpdate).
+    pub const WAITING_FOR_STATEFUL_SET: &str = "WaitingForStatefulSet";
+    /// Some node of the pool is not ready (RollingUpdate).
+    pub const WAITING_FOR_READINESS: &str = "WaitingForReadiness";
+    /// Some queued messages lack copies (RollingUpdate).
+    pub const WAITING_FOR_REPLICATION: &str = "WaitingForReplication";
+    /// A node did not report its queue, so its copies are unknown (RollingUpdate).
+    pub const NODE_NOT_ANSWERING: &str = "NodeNotAnswering";
+    /// A scale-down drain is in progress (RollingUpdate).
+    pub const WAITING_FOR_SCALE_DOWN: &str = "WaitingForScaleDown";
+    /// Every node runs the latest template (RollingUpdate = False).
+    pub const ROLLED_OUT: &str = "RolledOut";
+    /// `smtpfleet.io/force-rollout` is set: the StatefulSet controller replaces pods
+    /// without the gate (RollingUpdate = False).
+    pub const FORCED: &str = "Forced";
 }

@@ -22,6 +22,11 @@ pub const POOL_LABEL: &str = "smtpfleet.io/pool";
 pub const DATA_CENTRE_LABEL: &str = "smtpfleet.io/data-centre";
 /// Pod-template annotation with the hash of the rendered node configuration.
 pub const CONFIG_HASH_ANNOTATION: &str = "smtpfleet.io/config-hash";
+/// StatefulSet annotation with the hash of the pod template the operator applied. The
+/// StatefulSet controller only reports a new revision after the apply, but the partition
+/// that holds the nodes must go out in the same apply as the template: comparing this
+/// hash with the desired one is how the operator knows beforehand.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "smtpfleet.io/template-hash";
 
 /// Name of the StatefulSet of data centre `dc`.
 pub fn statefulset_name(pool: &str, dc: &str) -> String {

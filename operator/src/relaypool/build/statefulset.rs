@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
-    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
-    StatefulSetUpdateStrategy,
+    RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
+    StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
@@ -22,7 +22,7 @@ use super::layout::{
     self, ADMIN_DIR, AUTH_DIR, CONFIG_DIR, HTTP_PORT, HTTP_PORT_NAME, PEER_PORT, PEER_PORT_NAME,
     PEER_TLS_DIR, RUN_AS, SPOOL_DIR, TLS_DIR, TMP_DIR,
 };
-use super::meta::{self, CONFIG_HASH_ANNOTATION};
+use super::meta::{self, CONFIG_HASH_ANNOTATION, TEMPLATE_HASH_ANNOTATION};
 use crate::relaypool::model::{DataCentre, Pool};
 
 /// Name of the node container.
@@ -60,15 +60,35 @@ const TERMINATION_GRACE_SECONDS: i64 = 60;
 /// Nothing here depends on the pool's domains (the volumes have a fixed shape): nodes
 /// read domains and DKIM keys from the API server while they run, so MailDomains never
 /// change the pod template.
+///
+/// The partition is 0 here (nothing held): the controller sets it from
+/// [`crate::relaypool::rollout::decide`] before applying, so that a template change
+/// reaches one node at a time.
 pub fn statefulset(pool: &Pool, dc: &DataCentre, config_hash: &str) -> StatefulSet {
     let name = &pool.identity.name;
     let labels = meta::data_centre_labels(name, &dc.name);
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(
+                CONFIG_HASH_ANNOTATION.to_owned(),
+                config_hash.to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod_spec(pool, dc)),
+    };
+    let mut metadata = meta::child_meta(
+        &pool.identity,
+        meta::statefulset_name(name, &dc.name),
+        labels,
+    );
+    metadata.annotations = Some(BTreeMap::from([(
+        TEMPLATE_HASH_ANNOTATION.to_owned(),
+        template_hash(&template),
+    )]));
     StatefulSet {
-        metadata: meta::child_meta(
-            &pool.identity,
-            meta::statefulset_name(name, &dc.name),
-            labels.clone(),
-        ),
+        metadata,
         spec: Some(StatefulSetSpec {
             replicas: Some(dc.replicas),
             selector: LabelSelector {
@@ -79,9 +99,16 @@ pub fn statefulset(pool: &Pool, dc: &DataCentre, config_hash: &str) -> StatefulS
             // Nodes find each other through the pool's view, not through start order:
             // starting them together halves the time a new data centre takes to come up.
             pod_management_policy: Some("Parallel".into()),
+            // The operator moves the partition itself, one node of the whole pool at a
+            // time, once the queue is replicated (see `relaypool::rollout`); the
+            // StatefulSet controller alone would replace every data centre's pods at once,
+            // gated only by readiness.
             update_strategy: Some(StatefulSetUpdateStrategy {
                 type_: Some("RollingUpdate".into()),
-                rolling_update: None,
+                rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                    partition: Some(0),
+                    max_unavailable: None,
+                }),
             }),
             // Spools hold mail: never delete a claim automatically. A data centre that
             // is removed and added back finds its old spool, and replication sorts out
@@ -92,22 +119,19 @@ pub fn statefulset(pool: &Pool, dc: &DataCentre, config_hash: &str) -> StatefulS
                     when_scaled: Some("Retain".into()),
                 },
             ),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_owned(),
-                        config_hash.to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod_spec(pool, dc)),
-            },
+            template,
             volume_claim_templates: Some(vec![spool_claim(pool)]),
             ..StatefulSetSpec::default()
         }),
         status: None,
     }
+}
+
+/// A digest of the pod template as the operator builds it (before the API server adds
+/// defaults), so two builds of the same spec compare equal.
+pub fn template_hash(template: &PodTemplateSpec) -> String {
+    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    super::config::sha256_hex(&bytes)
 }
 
 fn pod_spec(pool: &Pool, dc: &DataCentre) -> PodSpec {

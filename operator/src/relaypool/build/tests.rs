@@ -93,6 +93,17 @@ fn config_hash_change_changes_only_the_template_annotation() {
     let one = statefulset(&pool, &pool.data_centres[0], "h1");
     let mut two = statefulset(&pool, &pool.data_centres[0], "h2");
     assert_ne!(one, two);
+    // The StatefulSet's digest of its template follows (the rollout gate compares it).
+    let template_hash = |sts: &StatefulSet| {
+        sts.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(meta::TEMPLATE_HASH_ANNOTATION))
+            .cloned()
+    };
+    assert!(template_hash(&one).is_some());
+    assert_ne!(template_hash(&one), template_hash(&two));
+    two.metadata.annotations = one.metadata.annotations.clone();
     two.spec
         .as_mut()
         .unwrap()
@@ -111,6 +122,20 @@ fn config_hash_change_changes_only_the_template_annotation() {
         .annotations
         .clone();
     assert_eq!(one, two);
+}
+
+#[test]
+fn the_same_spec_gives_the_same_template_hash_and_partition_zero() {
+    let pool = pool(&[("a", 2)]);
+    let one = statefulset(&pool, &pool.data_centres[0], "h1");
+    let again = statefulset(&pool, &pool.data_centres[0], "h1");
+    assert_eq!(one.metadata.annotations, again.metadata.annotations);
+    let strategy = one.spec.as_ref().unwrap().update_strategy.as_ref().unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    assert_eq!(
+        strategy.rolling_update.as_ref().and_then(|r| r.partition),
+        Some(0)
+    );
 }
 
 #[test]

@@ -66,13 +66,15 @@ pub struct Outcome {
 }
 
 /// One round of scale-down for `pool`, whose desired StatefulSets are `desired` and
-/// whose existing ones are `existing`.
+/// whose existing ones are `existing`; `rolling`: a rolling update is in progress, so no
+/// new drain starts.
 pub async fn reconcile(
     client: &kube::Client,
     pool: &RelayPool,
     model: &Pool,
     desired: &[StatefulSet],
     existing: &[StatefulSet],
+    rolling: bool,
 ) -> Result<Outcome> {
     let data_centres = data_centres(model, desired, existing);
     let previous = pool.status.as_ref();
@@ -104,7 +106,10 @@ pub async fn reconcile(
         factor: model.queue.replication_factor.max(1) as usize,
         min_data_centres: model.queue.min_data_centres.max(1) as usize,
     };
-    let plan = plan::plan(&data_centres, &nodes, guarantee, in_progress, force);
+    let plan = plan::wait_for_roll(
+        plan::plan(&data_centres, &nodes, guarantee, in_progress, force),
+        rolling,
+    );
     let mut out = Outcome {
         replicas: plan.replicas,
         ..Outcome::default()

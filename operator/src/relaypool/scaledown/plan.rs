@@ -174,6 +174,27 @@ pub fn plan(
     Plan { replicas, step }
 }
 
+/// `plan` with a drain that would start held back while a rolling update is in progress
+/// (`rolling`): a node released for update may restart at any moment, and draining
+/// another meanwhile would take two nodes of the pool away at once. A drain already
+/// started goes on (the roll waits for it instead).
+pub fn wait_for_roll(plan: Plan, rolling: bool) -> Plan {
+    match plan.step {
+        Step::Start(target) if rolling => Plan {
+            step: Step::Blocked {
+                reason: reasons::ROLLING_UPDATE_IN_PROGRESS,
+                message: format!(
+                    "{} is not drained while a rolling update is in progress: one node of the \
+                     pool away at a time.",
+                    target.pod
+                ),
+            },
+            ..plan
+        },
+        step => Plan { step, ..plan },
+    }
+}
+
 /// Whether `target` may start draining: every other node exists and is ready, and the
 /// nodes left still place `factor` copies over `min_data_centres` data centres.
 fn pre_check(
@@ -568,5 +589,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn no_drain_starts_while_a_roll_is_in_progress() {
+        let dcs = [dc("west", 3, Some(2)), dc("east", 2, Some(2))];
+        let planned = plan(&dcs, &nodes(&dcs, &[]), TWO_IN_TWO, None, false);
+        assert!(matches!(planned.step, Step::Start(_)));
+        let held = wait_for_roll(planned.clone(), true);
+        assert_eq!(held.replicas, planned.replicas);
+        assert!(matches!(
+            held.step,
+            Step::Blocked { reason, .. } if reason == reasons::ROLLING_UPDATE_IN_PROGRESS
+        ));
+        assert_eq!(wait_for_roll(planned.clone(), false), planned);
     }
 }
