@@ -300,10 +300,17 @@ async fn reconcile_inner(pool: Arc<RelayPool>, ctx: &Context) -> Result<Action> 
         .namespace()
         .ok_or(Error::MissingObjectKey("namespace"))?;
     let api: Api<RelayPool> = Api::namespaced(ctx.client.clone(), &namespace);
+    // kube-runtime's finalizer helper removes the finalizer whenever the clean-up
+    // succeeds, whatever it asks for next: a pool that must wait is held here, before it.
+    let deleting = pool.meta().deletion_timestamp.is_some()
+        && pool.finalizers().iter().any(|f| f == FINALIZER);
+    if deleting && let Verdict::Hold(reason) = cleanup::verdict(&pool, ctx).await? {
+        return hold_deletion(&pool, ctx, reason).await;
+    }
     finalizer(&api, FINALIZER, pool, |event| async {
         match event {
             FinalizerEvent::Apply(pool) => apply_pool(&pool, ctx).await,
-            FinalizerEvent::Cleanup(pool) => cleanup_pool(&pool, ctx).await,
+            FinalizerEvent::Cleanup(pool) => release_pool(&pool, ctx).await,
         }
     })
     .await
@@ -502,75 +509,72 @@ fn autoscale_pool(pool: &RelayPool, model: &mut Pool) -> Vec<autoscale::Recommen
         .collect()
 }
 
-/// The clean-up for a pool being deleted.
-async fn cleanup_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
-    match cleanup::verdict(pool, ctx).await? {
-        Verdict::Hold(reason) => {
-            let event = warning("DeletionBlocked", "Delete", reason.clone());
-            publish_all(&ctx.recorder(), &pool.object_ref(&()), &[event]).await;
-            let mut conditions = pool
-                .status
-                .as_ref()
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default();
-            conditions::upsert(
-                &mut conditions,
-                conditions::new(
-                    condition_types::DELETION_BLOCKED,
-                    conditions::TRUE,
-                    reasons::MAIL_QUEUED,
-                    reason.as_str(),
-                    pool.meta().generation,
-                    Time(Timestamp::now()),
-                ),
+/// Keeps a deleted pool while its nodes hold mail: says why (a Warning Event and the
+/// `DeletionBlocked` condition) and looks again.
+async fn hold_deletion(pool: &RelayPool, ctx: &Context, reason: String) -> Result<Action> {
+    let event = warning("DeletionBlocked", "Delete", reason.clone());
+    publish_all(&ctx.recorder(), &pool.object_ref(&()), &[event]).await;
+    let mut conditions = pool
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    conditions::upsert(
+        &mut conditions,
+        conditions::new(
+            condition_types::DELETION_BLOCKED,
+            conditions::TRUE,
+            reasons::MAIL_QUEUED,
+            reason.as_str(),
+            pool.meta().generation,
+            Time(Timestamp::now()),
+        ),
+    );
+    let api: Api<RelayPool> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    // Guarded by the resourceVersion: the queue controller writes the same
+    // conditions list, and a merge patch replaces it whole.
+    let body = serde_json::json!({
+        "metadata": { "resourceVersion": pool.resource_version() },
+        "status": { "conditions": conditions },
+    });
+    match api
+        .patch_status(
+            &pool.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&body),
+        )
+        .await
+    {
+        Ok(_) => {
+            let status = crate::api::relay_pool::RelayPoolStatus {
+                conditions,
+                ..pool.status.clone().unwrap_or_default()
+            };
+            ctx.pool_metrics.record(
+                &pool.namespace().unwrap_or_default(),
+                &pool.name_any(),
+                &status,
             );
-            let api: Api<RelayPool> =
-                Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
-            // Guarded by the resourceVersion: the queue controller writes the same
-            // conditions list, and a merge patch replaces it whole.
-            let body = serde_json::json!({
-                "metadata": { "resourceVersion": pool.resource_version() },
-                "status": { "conditions": conditions },
-            });
-            match api
-                .patch_status(
-                    &pool.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&body),
-                )
-                .await
-            {
-                Ok(_) => {
-                    let status = crate::api::relay_pool::RelayPoolStatus {
-                        conditions,
-                        ..pool.status.clone().unwrap_or_default()
-                    };
-                    ctx.pool_metrics.record(
-                        &pool.namespace().unwrap_or_default(),
-                        &pool.name_any(),
-                        &status,
-                    );
-                    Ok(Action::requeue(DELETION_RECHECK))
-                }
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    Ok(Action::requeue(Duration::from_secs(1)))
-                }
-                Err(e) => Err(Error::Status(e)),
-            }
+            Ok(Action::requeue(DELETION_RECHECK))
         }
-        Verdict::Release => {
-            ctx.pool_metrics
-                .forget(&pool.namespace().unwrap_or_default(), &pool.name_any());
-            let event = normal(
-                "Deleting",
-                "Delete",
-                "Releasing the RelayPool; its StatefulSets, Services, ConfigMap, PodDisruptionBudget and \
-                 ServiceAccount are garbage-collected, spool volumes are kept.",
-            );
-            publish_all(&ctx.recorder(), &pool.object_ref(&()), &[event]).await;
-            Ok(Action::await_change())
-        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Action::requeue(Duration::from_secs(1))),
+        Err(e) => Err(Error::Status(e)),
     }
+}
+
+/// The clean-up once nothing holds the pool: the finalizer goes after it.
+async fn release_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
+    ctx.pool_metrics
+        .forget(&pool.namespace().unwrap_or_default(), &pool.name_any());
+    let event = normal(
+        "Deleting",
+        "Delete",
+        "Releasing the RelayPool; its StatefulSets, Services, ConfigMap, PodDisruptionBudget and \
+         ServiceAccount are garbage-collected, spool volumes are kept.",
+    );
+    publish_all(&ctx.recorder(), &pool.object_ref(&()), &[event]).await;
+    Ok(Action::await_change())
 }
 
 async fn publish(ctx: &Context, pool: &RelayPool, changes: &[Change]) {
