@@ -1007,8 +1007,9 @@ fn held_sts(pool: &RelayPool, partition: i32, updated: i32) -> Value {
 
 const TOKEN: &str = "admin-token";
 
-/// A node's admin API on `ip`:8080 answering `GET /admin/queue` with `under` held
-/// copies lacking a copy (whatever the shared value is when asked).
+/// A node's admin API on `ip`:8080 answering `GET /admin/queue` (and `POST /admin/drain`,
+/// with the same report) with ten owned messages and `under` held copies lacking a copy
+/// (whatever the shared value is when asked).
 async fn fake_node(ip: &str, under: Arc<Mutex<usize>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind((ip, 8080))
@@ -1027,10 +1028,11 @@ async fn fake_node(ip: &str, under: Arc<Mutex<usize>>) {
                     }
                 }
                 let text = String::from_utf8_lossy(&request);
-                let answer = if text.starts_with("GET /admin/queue ")
-                    && text.contains(&format!("Authorization: Bearer {TOKEN}"))
-                {
-                    let body = json!({"node": "n", "depth": 10, "underReplicated": under});
+                let asked =
+                    text.starts_with("GET /admin/queue ") || text.starts_with("POST /admin/drain ");
+                let answer = if asked && text.contains(&format!("Authorization: Bearer {TOKEN}")) {
+                    let body =
+                        json!({"node": "n", "depth": 10, "copies": 20, "underReplicated": under});
                     format!("HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{body}")
                 } else {
                     "HTTP/1.0 401 Unauthorized\r\n\r\n".to_owned()
@@ -1309,4 +1311,41 @@ async fn force_rollout_lets_go_of_held_nodes_without_reading_them() {
     let events = serve_events(&mut server, NS, 1).await;
     assert_eq!(reasons(&events), [("Warning", "RollingUpdateForced")]);
     finish(task).await.unwrap();
+}
+
+/// A deleted pool whose nodes hold mail keeps its finalizer: kube-runtime's finalizer
+/// helper removes it after any successful clean-up, so the hold must come before it.
+#[tokio::test]
+async fn a_deleted_pool_with_queued_mail_keeps_its_finalizer() {
+    let mut pool = fixture("single.yaml");
+    pool.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let ips = ["127.77.2.1", "127.77.2.2", "127.77.2.3"];
+    for ip in ips {
+        fake_node(ip, Arc::new(Mutex::new(0))).await;
+    }
+    let (mut server, _ctx, task) = start(&pool);
+    serve_nodes(&mut server, pool_pods(0, &ips.map(Some))).await;
+    let events = serve_events(&mut server, NS, 1).await;
+    assert_eq!(reasons(&events), [("Warning", "DeletionBlocked")]);
+    let patch = server
+        .expect(Method::PATCH, &format!("{}/status", pool_path(NS, "relay")))
+        .await;
+    let blocked = condition(&patch.body, "DeletionBlocked");
+    assert_eq!(blocked["status"], "True");
+    assert!(
+        blocked["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("30 messages are still queued (60 copies"),
+        "{blocked}"
+    );
+    patch.ok(&json_of(&pool));
+    assert_eq!(
+        finish(task).await.unwrap(),
+        Action::requeue(Duration::from_secs(30))
+    );
+    // No finalizer patch: the pool stays.
+    server.expect_silence(Duration::from_millis(100)).await;
 }
