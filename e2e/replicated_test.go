@@ -240,6 +240,54 @@ func TestRealPodsReplicated(t *testing.T) {
 		t.Logf("checker: %s", book.report(sink))
 	})
 
+	t.Run("a rolling change restarts one node at a time and loses nothing", func(t *testing.T) {
+		// Deliveries wait, so every restarted node holds mail the others must cover.
+		sink.deferring.Store(true)
+		ld := startLoad(book, 4, 20*time.Millisecond, targets.get)
+		defer ld.halt()
+		started := time.Now()
+		Kubectl(t, "patch", "relaypool/"+pool, "-n", ns, "--type=merge", "-p",
+			`{"spec":{"resources":{"requests":{"cpu":"20m"}}}}`)
+		mostDown, lastDown := 0, ""
+		Eventually(t, 300*time.Second, "the change rolled out to every node", func() (bool, string) {
+			down := []string{}
+			for _, pod := range pods {
+				ready, _ := KubectlErr("get", "pod/"+pod, "-n", ns, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+				if ready != "True" {
+					down = append(down, pod)
+				}
+			}
+			if len(down) > mostDown {
+				mostDown, lastDown = len(down), strings.Join(down, ", ")
+			}
+			cpu := 0
+			for _, pod := range pods {
+				if jsonpath(t, ns, "pod/"+pod, ".spec.containers[0].resources.requests.cpu") == "20m" {
+					cpu++
+				}
+			}
+			reason := jsonpath(t, ns, "relaypool/"+pool, `.status.conditions[?(@.type=="RollingUpdate")].reason`)
+			return cpu == len(pods) && len(down) == 0 && reason == "RolledOut",
+				fmt.Sprintf("%d of %d pods on the new template, not ready now %v, RollingUpdate %s", cpu, len(pods), down, reason)
+		})
+		t.Logf("rolled out to %d nodes in %s; at most %d node(s) not ready at once (%s)", len(pods),
+			time.Since(started).Round(time.Second), mostDown, lastDown)
+		if mostDown > 1 {
+			t.Errorf("%d nodes were down at once during the roll (%s): the roll must restart one at a time", mostDown, lastDown)
+		}
+		reasons := eventReasons(t, ns, "RelayPool", pool)
+		if want := []string{"RollingUpdateStarted", "NodeReleased", "NodeReleased", "NodeReleased", "RolledOut"}; !inOrder(reasons, want) {
+			t.Errorf("events %v, want %v in this order", reasons, want)
+		}
+		ld.halt()
+		sink.deferring.Store(false)
+		Eventually(t, 150*time.Second, "every acknowledged message at the sink", func() (bool, string) {
+			missing, _ := book.check(sink)
+			return len(missing) == 0, book.report(sink)
+		})
+		t.Logf("checker: %s", book.report(sink))
+	})
+
 	t.Run("scale-down drains the leaving node before it goes", func(t *testing.T) {
 		leaving, claim := pool+"-a-1", "spool-"+pool+"-a-1"
 		// Deliveries wait, so the leaving node owns mail when it is asked to drain.
