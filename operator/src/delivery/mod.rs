@@ -110,7 +110,9 @@ pub async fn observe(
             })
             .collect()
     };
-    let recorder = crate::events::recorder(client.clone());
+    // One per round: Events only mark transitions, there are no repeats across rounds
+    // to fold, and nothing outlives the round.
+    let events = crate::events::Publisher::new(client.clone(), crate::events::reporter());
     for (md, update) in updates {
         let patch = serde_json::json!({
             "apiVersion": crate::api::API_VERSION,
@@ -135,7 +137,7 @@ pub async fn observe(
             } else {
                 crate::events::normal(reason, "SampleDelivery", note)
             };
-            crate::events::publish_all(&recorder, &reference(&md), &[event]).await;
+            crate::events::publish_all(&events, &reference(&md), &[event]).await;
         }
     }
     Ok(())

@@ -434,7 +434,7 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         .collect();
     events.extend(scale.events);
     if !events.is_empty() {
-        publish_all(&ctx.recorder(), &pool.object_ref(&()), &events).await;
+        publish_all(&ctx.events, &pool.object_ref(&()), &events).await;
     }
     Ok(Action::requeue(requeue))
 }
@@ -469,7 +469,7 @@ async fn cleanup_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     match cleanup::verdict(pool, ctx).await? {
         Verdict::Hold(reason) => {
             let event = warning("DeletionBlocked", "Delete", reason.clone());
-            publish_all(&ctx.recorder(), &pool.object_ref(&()), &[event]).await;
+            publish_all(&ctx.events, &pool.object_ref(&()), &[event]).await;
             let conditions = crate::queue::with_condition(
                 &pool
                     .status
@@ -512,7 +512,7 @@ async fn cleanup_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
                 "Releasing the RelayPool; its StatefulSets, Services, ConfigMap, PodDisruptionBudget and \
                  ServiceAccount are garbage-collected, spool volumes are kept.",
             );
-            publish_all(&ctx.recorder(), &pool.object_ref(&()), &[event]).await;
+            publish_all(&ctx.events, &pool.object_ref(&()), &[event]).await;
             Ok(Action::await_change())
         }
     }
@@ -524,7 +524,7 @@ async fn publish(ctx: &Context, pool: &RelayPool, changes: &[Change]) {
     }
     let namespace = pool.namespace().unwrap_or_default();
     let events: Vec<_> = changes.iter().map(|c| c.event(&namespace)).collect();
-    publish_all(&ctx.recorder(), &pool.object_ref(&()), &events).await;
+    publish_all(&ctx.events, &pool.object_ref(&()), &events).await;
 }
 
 #[cfg(test)]
