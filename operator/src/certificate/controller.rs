@@ -19,7 +19,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -60,14 +59,14 @@ pub enum Error {
 
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub events: events::Publisher,
     pub namespaces: Vec<String>,
 }
 
 impl Context {
     pub fn new(client: Client, namespaces: Vec<String>) -> Self {
         Self {
-            recorder: events::recorder(client.clone()),
+            events: events::Publisher::new(client.clone(), events::reporter()),
             client,
             namespaces,
         }
@@ -324,7 +323,7 @@ pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>) -> Result<Action
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
             .await?;
     }
-    publish_all(&ctx.recorder, &pool.object_ref(&()), &events).await;
+    publish_all(&ctx.events, &pool.object_ref(&()), &events).await;
     Ok(Action::requeue(verdict.recheck.min(peer_recheck)))
 }
 

@@ -92,50 +92,38 @@ pub async fn observe(
     let missing = u32::try_from(nodes.len() - answered.len()).unwrap_or(u32::MAX);
     let pods: Vec<String> = nodes.iter().map(|n| n.pod.clone()).collect();
     let api: Api<MailDomain> = Api::namespaced(client.clone(), namespace);
-    let domains = bound_domains(&api, pool).await?;
     let now = Utc::now();
-    let updates: Vec<(MailDomain, Update)> = {
+    let key = (namespace.to_owned(), pool.to_owned());
+    {
         let mut histories = sampler.lock();
         // A pool not sampled for a day is gone (or its windows are empty anyway).
         histories.retain(|_, h| h.last_sampled().is_some_and(|at| now - at < window::KEPT));
-        let history = histories
-            .entry((namespace.to_owned(), pool.to_owned()))
-            .or_default();
-        history.absorb(now, &answered, &pods);
-        domains
-            .into_iter()
-            .filter_map(|md| {
-                let update = judge(&md, history, now, reporting, missing)?;
-                Some((md, update))
-            })
-            .collect()
-    };
-    let recorder = crate::events::recorder(client.clone());
-    for (md, update) in updates {
-        let patch = serde_json::json!({
-            "apiVersion": crate::api::API_VERSION,
-            "kind": "MailDomain",
-            "status": {
-                "delivery": update.status,
-                "conditions": [update.condition],
-            },
-        });
-        api.patch_status(
-            &md.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        if let Some((warning, reason, note)) = update.event {
-            if warning {
-                tracing::warn!(maildomain = %md.name_any(), %namespace, %note, "delivery unhealthy");
-            }
-            let event = if warning {
-                crate::events::warning(reason, "SampleDelivery", note)
-            } else {
-                crate::events::normal(reason, "SampleDelivery", note)
-            };
-            crate::events::publish_all(&recorder, &reference(&md), &[event]).await;
+        histories
+            .entry(key.clone())
+            .or_default()
+            .absorb(now, &answered, &pods);
+    }
+    // One per round: Events only mark transitions, there are no repeats across rounds
+    // to fold, and nothing outlives the round.
+    let events = crate::events::Publisher::new(client.clone(), crate::events::reporter());
+    // Page by page: each domain is judged on its own, and a pool's whole list held at
+    // once was the operator's largest allocation at 1,000 domains (about 20 MiB, with
+    // every domain's status and managed fields).
+    let mut pages = BoundPages::new(pool);
+    while let Some(domains) = pages.next(&api).await? {
+        let updates: Vec<(MailDomain, Update)> = {
+            let mut histories = sampler.lock();
+            let history = histories.entry(key.clone()).or_default();
+            domains
+                .into_iter()
+                .filter_map(|md| {
+                    let update = judge(&md, history, now, reporting, missing)?;
+                    Some((md, update))
+                })
+                .collect()
+        };
+        for (md, update) in updates {
+            write(&api, &events, &md, update).await?;
         }
     }
     Ok(())
@@ -186,24 +174,140 @@ fn judge(
     })
 }
 
-/// The MailDomains whose `spec.relayPoolRef` names `pool`.
-async fn bound_domains(api: &Api<MailDomain>, pool: &str) -> Result<Vec<MailDomain>, kube::Error> {
-    // `spec.relayPoolRef.name` is a selectable field; without support for those the
-    // whole list is filtered here.
-    let listed = match api
-        .list(&ListParams::default().fields(&format!("spec.relayPoolRef.name={pool}")))
-        .await
-    {
-        Ok(list) => list.items,
-        Err(kube::Error::Api(e)) if e.code == 400 => api.list(&ListParams::default()).await?.items,
-        Err(e) => return Err(e),
-    };
-    Ok(listed
-        .into_iter()
-        .filter(|md| md.spec.relay_pool_ref.name == pool && md.meta().deletion_timestamp.is_none())
-        .collect())
+/// The MailDomains whose `spec.relayPoolRef` names `pool`, read
+/// [`LIST_PAGE`](crate::relaypool::dereference::LIST_PAGE) at a time.
+struct BoundPages {
+    pool: String,
+    /// Whether the API server filters on the selectable field `spec.relayPoolRef.name`;
+    /// without support for those the whole list is filtered here.
+    selectable: bool,
+    /// The next page to read; `None` once the last was read.
+    next: Option<ListParams>,
+}
+
+impl BoundPages {
+    fn new(pool: &str) -> Self {
+        Self {
+            pool: pool.to_owned(),
+            selectable: true,
+            next: Some(Self::first(pool, true)),
+        }
+    }
+
+    fn first(pool: &str, selectable: bool) -> ListParams {
+        let params = ListParams::default().limit(crate::relaypool::dereference::LIST_PAGE);
+        if selectable {
+            params.fields(&format!("spec.relayPoolRef.name={pool}"))
+        } else {
+            params
+        }
+    }
+
+    /// The next page of bound domains not being deleted, `None` after the last.
+    async fn next(
+        &mut self,
+        api: &Api<MailDomain>,
+    ) -> Result<Option<Vec<MailDomain>>, kube::Error> {
+        let Some(params) = self.next.take() else {
+            return Ok(None);
+        };
+        let page = match api.list(&params).await {
+            Ok(page) => page,
+            // Only the first page can meet an unsupported selector.
+            Err(kube::Error::Api(e))
+                if e.code == 400 && self.selectable && params.continue_token.is_none() =>
+            {
+                self.selectable = false;
+                let params = Self::first(&self.pool, false);
+                let page = api.list(&params).await?;
+                self.next = Self::continued(params, page.metadata.continue_.clone());
+                return Ok(Some(self.bound(page.items)));
+            }
+            Err(e) => return Err(e),
+        };
+        self.next = Self::continued(params, page.metadata.continue_.clone());
+        Ok(Some(self.bound(page.items)))
+    }
+
+    fn continued(params: ListParams, token: Option<String>) -> Option<ListParams> {
+        token
+            .filter(|t| !t.is_empty())
+            .map(|t| params.continue_token(&t))
+    }
+
+    fn bound(&self, items: Vec<MailDomain>) -> Vec<MailDomain> {
+        items
+            .into_iter()
+            .filter(|md| {
+                md.spec.relay_pool_ref.name == self.pool && md.meta().deletion_timestamp.is_none()
+            })
+            .collect()
+    }
+}
+
+/// Writes `update` to `md`'s status and publishes its Event, if any.
+async fn write(
+    api: &Api<MailDomain>,
+    events: &crate::events::Publisher,
+    md: &MailDomain,
+    update: Update,
+) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": "MailDomain",
+        "status": {
+            "delivery": update.status,
+            "conditions": [update.condition],
+        },
+    });
+    api.patch_status(
+        &md.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    if let Some((warning, reason, note)) = update.event {
+        if warning {
+            let namespace = md.namespace().unwrap_or_default();
+            tracing::warn!(maildomain = %md.name_any(), %namespace, %note, "delivery unhealthy");
+        }
+        let event = if warning {
+            crate::events::warning(reason, "SampleDelivery", note)
+        } else {
+            crate::events::normal(reason, "SampleDelivery", note)
+        };
+        crate::events::publish_all(events, &reference(md), &[event]).await;
+    }
+    Ok(())
 }
 
 fn reference(md: &MailDomain) -> ObjectReference {
     md.object_ref(&())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_ask_for_the_pool_and_follow_the_continuation() {
+        let first = BoundPages::first("bench", true);
+        assert_eq!(
+            first.field_selector.as_deref(),
+            Some("spec.relayPoolRef.name=bench")
+        );
+        assert_eq!(first.limit, Some(crate::relaypool::dereference::LIST_PAGE));
+        assert_eq!(BoundPages::first("bench", false).field_selector, None);
+        let next = BoundPages::continued(first.clone(), Some("page-2".into()));
+        assert_eq!(
+            next.as_ref().and_then(|p| p.continue_token.as_deref()),
+            Some("page-2")
+        );
+        assert_eq!(
+            next.and_then(|p| p.field_selector),
+            Some("spec.relayPoolRef.name=bench".into())
+        );
+        assert!(BoundPages::continued(first.clone(), Some(String::new())).is_none());
+        assert!(BoundPages::continued(first, None).is_none());
+    }
 }

@@ -34,7 +34,6 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use kube::ResourceExt as _;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::events::{Recorder, Reporter};
 
 use crate::api::mail_domain::{MailDomain, MailDomainStatus};
 use crate::api::relay_pool::RelayPool;
@@ -84,7 +83,8 @@ pub struct Context {
     /// Shared by all domains; carries the global query-rate limit.
     pub resolver: DnsResolver,
     pub schedule: CheckSchedule,
-    pub recorder: Recorder,
+    /// Shared by all domains, so that its memory is bounded once (see [`crate::events`]).
+    pub events: crate::events::Publisher,
     pub clock: Clock,
     /// Namespaces to watch; empty means all.
     pub namespaces: Vec<String>,
@@ -112,18 +112,12 @@ impl Context {
     }
 
     pub fn new(client: kube::Client, resolver: DnsResolver, namespaces: Vec<String>) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.to_string(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        );
+        let events = crate::events::Publisher::new(client.clone(), crate::events::reporter());
         Self {
             client,
             resolver,
             schedule: CheckSchedule::default(),
-            recorder,
+            events,
             clock: Arc::new(Utc::now),
             namespaces,
             checks: Mutex::new(HashMap::new()),

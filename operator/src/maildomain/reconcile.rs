@@ -986,7 +986,7 @@ async fn publish_events(ctx: &Context, view: &MailDomainView, events: &[EventSpe
             secondary: None,
         };
         // Events are best effort: a failure must not fail the reconciliation.
-        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(err) = ctx.events.publish(&event, &reference).await {
             tracing::warn!(error = %err, reason = %e.reason, "publishing an event failed");
         }
     }

@@ -1,11 +1,10 @@
-//! What the RelayPool reconciler needs from the process: a client, an event recorder,
+//! What the RelayPool reconciler needs from the process: a client, an event publisher,
 //! a metrics hook and its settings.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::FailureTracker;
@@ -103,8 +102,8 @@ pub fn default_image() -> String {
 pub struct Context {
     /// Client for the API server.
     pub client: Client,
-    /// Who publishes the Events (see [`Context::recorder`]).
-    pub reporter: Reporter,
+    /// Publishes the Events of all pools (see [`crate::events`]).
+    pub events: crate::events::Publisher,
     /// Metrics hook.
     pub observer: Arc<dyn ReconcileObserver>,
     /// Per-pool gauges, recorded from the status the reconciler writes.
@@ -120,11 +119,11 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context with the operator's event reporter, no failures recorded, a fresh
+    /// A context with the operator's event publisher, no failures recorded, a fresh
     /// shutdown token and no sync hook.
     pub fn new(client: Client, observer: Arc<dyn ReconcileObserver>, settings: Settings) -> Self {
         Self {
-            reporter: crate::events::reporter(),
+            events: crate::events::Publisher::new(client.clone(), crate::events::reporter()),
             client,
             observer,
             pool_metrics: PoolMetrics::default(),
@@ -133,11 +132,6 @@ impl Context {
             shutdown: CancellationToken::new(),
             on_synced: None,
         }
-    }
-
-    /// A fresh Event recorder for one reconciliation (see [`crate::events::recorder`]).
-    pub fn recorder(&self) -> Recorder {
-        Recorder::new(self.client.clone(), self.reporter.clone())
     }
 
     /// The context for a controller started by the process runtime: its client,

@@ -479,7 +479,7 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
     events.extend(scale.events);
     events.extend(roll.events);
     if !events.is_empty() {
-        publish_all(&ctx.recorder(), &pool.object_ref(&()), &events).await;
+        publish_all(&ctx.events, &pool.object_ref(&()), &events).await;
     }
     Ok(Action::requeue(requeue))
 }
@@ -513,7 +513,7 @@ fn autoscale_pool(pool: &RelayPool, model: &mut Pool) -> Vec<autoscale::Recommen
 /// `DeletionBlocked` condition) and looks again.
 async fn hold_deletion(pool: &RelayPool, ctx: &Context, reason: String) -> Result<Action> {
     let event = warning("DeletionBlocked", "Delete", reason.clone());
-    publish_all(&ctx.recorder(), &pool.object_ref(&()), &[event]).await;
+    publish_all(&ctx.events, &pool.object_ref(&()), &[event]).await;
     let mut conditions = pool
         .status
         .as_ref()
@@ -573,7 +573,7 @@ async fn release_pool(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         "Releasing the RelayPool; its StatefulSets, Services, ConfigMap, PodDisruptionBudget and \
          ServiceAccount are garbage-collected, spool volumes are kept.",
     );
-    publish_all(&ctx.recorder(), &pool.object_ref(&()), &[event]).await;
+    publish_all(&ctx.events, &pool.object_ref(&()), &[event]).await;
     Ok(Action::await_change())
 }
 
@@ -583,7 +583,7 @@ async fn publish(ctx: &Context, pool: &RelayPool, changes: &[Change]) {
     }
     let namespace = pool.namespace().unwrap_or_default();
     let events: Vec<_> = changes.iter().map(|c| c.event(&namespace)).collect();
-    publish_all(&ctx.recorder(), &pool.object_ref(&()), &events).await;
+    publish_all(&ctx.events, &pool.object_ref(&()), &events).await;
 }
 
 #[cfg(test)]
