@@ -401,6 +401,9 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         scale.status.is_some(),
         pool.annotations()
             .contains_key(rollout::gate::FORCE_ROLLOUT_ANNOTATION),
+        pool.status.as_ref().is_some_and(|s| {
+            crate::api::conditions::is_true(&s.conditions, condition_types::ROLLING_UPDATE)
+        }),
     )
     .await?;
     let outcome = apply::apply_children(

@@ -162,7 +162,11 @@ pub fn decide(
             },
         };
     }
-    if !needs_nodes(data_centres) {
+    // With every partition at 0 nothing is held; but right after the last node was
+    // released the roll is not over until that node runs the new revision: the caller
+    // then passes the pods (it knows the pool is still rolling) and the roll completes
+    // below.
+    if !needs_nodes(data_centres) && pods.is_empty() {
         return Decision {
             partitions: zero(data_centres),
             phase: Phase::Idle,

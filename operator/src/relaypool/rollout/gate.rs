@@ -43,8 +43,10 @@ pub struct Outcome {
 pub const FORCE_ROLLOUT_ANNOTATION: &str = "smtpfleet.io/force-rollout";
 
 /// One round: sets the partition of each of `desired` (about to be applied), given the
-/// StatefulSets as they are (`existing`), whether a scale-down drain is in progress and
-/// whether [`FORCE_ROLLOUT_ANNOTATION`] is set.
+/// StatefulSets as they are (`existing`), whether a scale-down drain is in progress,
+/// whether [`FORCE_ROLLOUT_ANNOTATION`] is set and whether the pool's `RollingUpdate`
+/// condition says a roll is under way (`under_way`: its last node may still be
+/// restarting although no partition holds anything any more).
 pub async fn round(
     client: &kube::Client,
     model: &Pool,
@@ -52,6 +54,7 @@ pub async fn round(
     existing: &[StatefulSet],
     scaling_down: bool,
     force: bool,
+    under_way: bool,
 ) -> Result<Outcome> {
     let data_centres: Vec<DataCentreNow> = desired
         .iter()
@@ -60,7 +63,7 @@ pub async fn round(
     let decision = if force {
         super::forced(&data_centres)
     } else {
-        let (pods, queue_health) = if needs_nodes(&data_centres) {
+        let (pods, queue_health) = if needs_nodes(&data_centres) || under_way {
             observe_nodes(client, model, &data_centres).await?
         } else {
             (Vec::new(), QueueHealth::Standalone)

@@ -288,6 +288,25 @@ fn the_roll_completes_when_every_node_runs_the_new_revision() {
     );
 }
 
+/// Releasing the last node lowers the last partition to 0: nothing is held any more, but
+/// the roll completes only once that node runs the new revision (the caller, seeing the
+/// pool still rolling, passes the pods).
+#[test]
+fn the_roll_completes_after_the_last_release_brings_every_partition_to_zero() {
+    let dcs = [dc("a", 2, 0, 2), dc("b", 1, 0, 0)];
+    let restarting = [pods("a", 2, 0), pods("b", 1, 1)].concat();
+    let decision = decide(&dcs, &restarting, &QueueHealth::Replicated, false);
+    assert_ne!(decision.phase, Phase::Complete);
+    assert_ne!(decision.phase, Phase::Idle);
+    let b = dc("b", 1, 0, 1);
+    let all = [pods("a", 2, 0), pods("b", 1, 0)].concat();
+    let decision = decide(&[dcs[0].clone(), b], &all, &QueueHealth::Replicated, false);
+    assert_eq!(decision.phase, Phase::Complete);
+    // Not rolling (no pods passed): idle.
+    let decision = decide(&dcs, &[], &QueueHealth::Standalone, false);
+    assert_eq!(decision.phase, Phase::Idle);
+}
+
 #[test]
 fn pods_map_to_their_statefulset_and_ordinal() {
     let sts = vec!["pool-eu".to_owned(), "pool-eu-west".to_owned()];
