@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -64,7 +66,7 @@ func (l *ledger) check(sink *smtpSink, pods ...string) (missing []int, duplicate
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for seq, pod := range l.acked {
-		if len(pods) > 0 && !contains(pods, pod) {
+		if len(pods) > 0 && !slices.Contains(pods, pod) {
 			continue
 		}
 		switch n := sink.delivered(seq); {
@@ -87,13 +89,15 @@ func (l *ledger) report(sink *smtpSink) string {
 		acked, refused, delivered, copies, len(missing), duplicates)
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
+// expectDelivered waits until every acknowledged message is at the sink and logs the
+// checker's line.
+func (l *ledger) expectDelivered(t *testing.T, sink *smtpSink) {
+	t.Helper()
+	Eventually(t, 150*time.Second, "every acknowledged message at the sink", func() (bool, string) {
+		missing, _ := l.check(sink)
+		return len(missing) == 0, l.report(sink)
+	})
+	t.Logf("checker: %s", l.report(sink))
 }
 
 // load sends messages through a pool from a few workers, one connection per message, each

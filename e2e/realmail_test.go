@@ -306,6 +306,26 @@ func send(addr string, seq int, tlsConf *tls.Config) ([]*x509.Certificate, error
 	return chain, nil
 }
 
+// mailWorld is what a pool on the real nodes delivers into: the test's DNS server on the
+// pods' nameserver address (MX sink.test -> mx.sink.test -> 10.244.0.1) and the SMTP sink
+// there, the CRDs, a namespace, and the operator for it. The operator's MailDomain checks
+// ask the test's DNS server too: nothing off the machine.
+func mailWorld(t *testing.T, prefix string) (*smtpSink, string) {
+	t.Helper()
+	startDNS(t, net.JoinHostPort(podGateway, "53"), dnsZone{
+		mx: map[string]string{"sink.test.": "mx.sink.test."},
+		a:  map[string][4]byte{"mx.sink.test.": {10, 244, 0, 1}},
+	})
+	sink := startSink(t, net.JoinHostPort(podGateway, "25"))
+	Kubectl(t, "apply", "--server-side", "-f", filepath.Join(repo(t), "crds"))
+	Kubectl(t, "wait", "--for=condition=Established", "--timeout=60s",
+		"crd/relaypools.smtpfleet.io", "crd/maildomains.smtpfleet.io")
+	ns := Namespace(t, prefix)
+	StartOperator(t, os.Getenv("KUBECONFIG"), "--namespace="+ns, "--leader-election=false",
+		"--node-image="+nodeImage, "--dns-nameserver="+net.JoinHostPort(podGateway, "53"))
+	return sink, ns
+}
+
 // TestRealPodsMail sends mail through a pool on the real node to a sink on the host. The
 // pool delivers by MX: the pods' nameserver is the bridge address, where the test answers
 // MX sink.test -> mx.sink.test -> 10.244.0.1, and the sink listens on port 25 there. Then
@@ -314,19 +334,7 @@ func send(addr string, seq int, tlsConf *tls.Config) ([]*x509.Certificate, error
 // sink accepts again.
 func TestRealPodsMail(t *testing.T) {
 	realNode(t)
-	startDNS(t, net.JoinHostPort(podGateway, "53"), dnsZone{
-		mx: map[string]string{"sink.test.": "mx.sink.test."},
-		a:  map[string][4]byte{"mx.sink.test.": {10, 244, 0, 1}},
-	})
-	sink := startSink(t, net.JoinHostPort(podGateway, "25"))
-	root := repo(t)
-	Kubectl(t, "apply", "--server-side", "-f", filepath.Join(root, "crds"))
-	Kubectl(t, "wait", "--for=condition=Established", "--timeout=60s",
-		"crd/relaypools.smtpfleet.io", "crd/maildomains.smtpfleet.io")
-	ns := Namespace(t, "real-mail")
-	// The operator's MailDomain checks ask the test's DNS server too: nothing off the machine.
-	StartOperator(t, os.Getenv("KUBECONFIG"), "--namespace="+ns, "--leader-election=false",
-		"--node-image="+nodeImage, "--dns-nameserver="+net.JoinHostPort(podGateway, "53"))
+	sink, ns := mailWorld(t, "real-mail")
 	t.Cleanup(func() {
 		if t.Failed() {
 			out, _ := KubectlErr("logs", "-n", ns, "mail-local-0", "--tail=60")

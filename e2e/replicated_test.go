@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -87,18 +88,7 @@ func realNodePid(t *testing.T, node, process string) int {
 // acknowledged message missing at the sink.
 func TestRealPodsReplicated(t *testing.T) {
 	realNodes(t, 2)
-	startDNS(t, net.JoinHostPort(podGateway, "53"), dnsZone{
-		mx: map[string]string{"sink.test.": "mx.sink.test."},
-		a:  map[string][4]byte{"mx.sink.test.": {10, 244, 0, 1}},
-	})
-	sink := startSink(t, net.JoinHostPort(podGateway, "25"))
-	root := repo(t)
-	Kubectl(t, "apply", "--server-side", "-f", filepath.Join(root, "crds"))
-	Kubectl(t, "wait", "--for=condition=Established", "--timeout=60s",
-		"crd/relaypools.smtpfleet.io", "crd/maildomains.smtpfleet.io")
-	ns := Namespace(t, "replicated")
-	StartOperator(t, os.Getenv("KUBECONFIG"), "--namespace="+ns, "--leader-election=false",
-		"--node-image="+nodeImage, "--dns-nameserver="+net.JoinHostPort(podGateway, "53"))
+	sink, ns := mailWorld(t, "replicated")
 	const pool = "rp"
 	pods := []string{pool + "-a-0", pool + "-a-1", pool + "-b-0"}
 	t.Cleanup(func() {
@@ -198,11 +188,7 @@ func TestRealPodsReplicated(t *testing.T) {
 		ld.halt()
 		resume()
 		targets.leaveOut(victim, false)
-		Eventually(t, 150*time.Second, "every acknowledged message at the sink", func() (bool, string) {
-			missing, _ := book.check(sink)
-			return len(missing) == 0, book.report(sink)
-		})
-		t.Logf("checker: %s", book.report(sink))
+		book.expectDelivered(t, sink)
 		Kubectl(t, "wait", "-n", ns, "--for=condition=Ready", "pod/"+victim, "--timeout=180s")
 		eventuallyField(t, 120*time.Second, ns, "relaypool/"+pool, `.status.conditions[?(@.type=="QueueReplicated")].status`, "True")
 		t.Logf("%s back and Ready %s after it died:\n%s", victim, time.Since(killed).Round(time.Second),
@@ -233,11 +219,7 @@ func TestRealPodsReplicated(t *testing.T) {
 		}
 		ld.halt()
 		sink.deferring.Store(false)
-		Eventually(t, 150*time.Second, "every acknowledged message at the sink", func() (bool, string) {
-			missing, _ := book.check(sink)
-			return len(missing) == 0, book.report(sink)
-		})
-		t.Logf("checker: %s", book.report(sink))
+		book.expectDelivered(t, sink)
 	})
 
 	t.Run("a rolling change restarts one node at a time and loses nothing", func(t *testing.T) {
@@ -284,11 +266,7 @@ func TestRealPodsReplicated(t *testing.T) {
 		}
 		ld.halt()
 		sink.deferring.Store(false)
-		Eventually(t, 150*time.Second, "every acknowledged message at the sink", func() (bool, string) {
-			missing, _ := book.check(sink)
-			return len(missing) == 0, book.report(sink)
-		})
-		t.Logf("checker: %s", book.report(sink))
+		book.expectDelivered(t, sink)
 	})
 
 	t.Run("scale-down drains the leaving node before it goes", func(t *testing.T) {
@@ -344,11 +322,7 @@ func TestRealPodsReplicated(t *testing.T) {
 		eventuallyField(t, 60*time.Second, ns, "relaypool/"+pool, `.status.conditions[?(@.type=="ScalingDown")].status`, "False")
 		ld.halt()
 		sink.deferring.Store(false)
-		Eventually(t, 150*time.Second, "every acknowledged message at the sink", func() (bool, string) {
-			missing, _ := book.check(sink)
-			return len(missing) == 0, book.report(sink)
-		})
-		t.Logf("checker: %s", book.report(sink))
+		book.expectDelivered(t, sink)
 	})
 
 	t.Run("an autoscaled pool grows under a backlog and shrinks back through drains", func(t *testing.T) {
@@ -388,11 +362,7 @@ func TestRealPodsReplicated(t *testing.T) {
 		}
 		t.Logf("shrunk back through drains %s after the backlog cleared", time.Since(shrunk).Round(time.Second))
 		Kubectl(t, "patch", "relaypool/"+pool, "-n", ns, "--type=merge", "-p", `{"spec":{"autoscaling":null}}`)
-		Eventually(t, 150*time.Second, "every acknowledged message at the sink", func() (bool, string) {
-			missing, _ := book.check(sink)
-			return len(missing) == 0, book.report(sink)
-		})
-		t.Logf("checker: %s", book.report(sink))
+		book.expectDelivered(t, sink)
 	})
 
 	t.Run("deleting the pool waits for its queued mail", func(t *testing.T) {
@@ -409,7 +379,7 @@ func TestRealPodsReplicated(t *testing.T) {
 		t.Logf("DeletionBlocked: %s", jsonpath(t, ns, "relaypool/"+pool, `.status.conditions[?(@.type=="DeletionBlocked")].message`))
 		Eventually(t, 30*time.Second, "a Warning event DeletionBlocked", func() (bool, string) {
 			reasons := eventReasons(t, ns, "RelayPool", pool)
-			return contains(reasons, "DeletionBlocked"), fmt.Sprintf("events %v", reasons)
+			return slices.Contains(reasons, "DeletionBlocked"), fmt.Sprintf("events %v", reasons)
 		})
 		time.Sleep(5 * time.Second)
 		if !exists(ns, "relaypool/"+pool) {
