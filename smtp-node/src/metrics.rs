@@ -214,8 +214,9 @@ impl SpoolMetrics {
     }
 }
 
-/// The replicated queue (see `docs/replication.md`).
-#[derive(Clone, Debug)]
+/// The replicated queue (see `docs/replication.md`). `Default` is unregistered: for
+/// code driven directly in tests.
+#[derive(Clone, Debug, Default)]
 pub struct ReplicationMetrics {
     /// Messages this node took over from a holder that left the view.
     pub takeovers: Counter,
@@ -233,7 +234,8 @@ pub struct ReplicationMetrics {
     pub under_replicated: Gauge,
     /// 1 while this node is fenced.
     pub fenced: Gauge,
-    /// The pool's view epoch as this node last read it.
+    /// The epoch of the pool's view this node has counted its copies under: published
+    /// with `under_replicated`, so the two always describe the same view.
     pub view_epoch: Gauge,
 }
 
@@ -293,7 +295,7 @@ impl ReplicationMetrics {
         );
         sub.register(
             "view_epoch",
-            "The pool view's epoch as this node last read it",
+            "The epoch of the pool's view this node has counted its copies under",
             m.view_epoch.clone(),
         );
         m

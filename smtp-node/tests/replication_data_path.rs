@@ -347,9 +347,15 @@ async fn stale_copies_go_once_a_holder_that_never_left_is_done_with_them() {
         .expect("removed at east-0");
 
     let (queue, _announced) = tokio::sync::mpsc::unbounded_channel();
-    let done = takeover::pass(&west0.replicated, &rejoined, false, &queue)
-        .await
-        .expect("pass");
+    let done = takeover::pass(
+        &west0.replicated,
+        &rejoined,
+        false,
+        &queue,
+        &Default::default(),
+    )
+    .await
+    .expect("pass");
     assert_eq!(
         (done.stale_dropped, done.stale, done.orphaned),
         (1, 1, 0),
@@ -363,9 +369,15 @@ async fn stale_copies_go_once_a_holder_that_never_left_is_done_with_them() {
         .remove(std::slice::from_ref(&east0.holder.node))
         .expect("member");
     west0.standing.send_replace(standing(&alone));
-    let done = takeover::pass(&west0.replicated, &alone, false, &queue)
-        .await
-        .expect("pass");
+    let done = takeover::pass(
+        &west0.replicated,
+        &alone,
+        false,
+        &queue,
+        &Default::default(),
+    )
+    .await
+    .expect("pass");
     assert_eq!(
         (done.stale_dropped, done.stale, done.orphaned),
         (0, 1, 1),
@@ -625,9 +637,15 @@ async fn the_survivor_takes_over_and_restores_the_factor() {
         node.standing.send_replace(standing(&after));
     }
     let (queue, mut announced) = tokio::sync::mpsc::unbounded_channel();
-    let done = takeover::pass(&west0.replicated, &after, false, &queue)
-        .await
-        .expect("pass");
+    let done = takeover::pass(
+        &west0.replicated,
+        &after,
+        false,
+        &queue,
+        &Default::default(),
+    )
+    .await
+    .expect("pass");
     assert_eq!(done.taken_over, 1, "{done:?}");
     assert_eq!(announced.try_recv().ok(), Some(meta.id));
 
@@ -666,13 +684,25 @@ async fn the_survivor_takes_over_and_restores_the_factor() {
     assert!(!old.may_deliver(&old_copy));
 
     // Nothing more to do on either survivor.
-    let again = takeover::pass(&west0.replicated, &after, false, &queue)
-        .await
-        .expect("pass");
+    let again = takeover::pass(
+        &west0.replicated,
+        &after,
+        false,
+        &queue,
+        &Default::default(),
+    )
+    .await
+    .expect("pass");
     assert_eq!(again, takeover::Pass::default());
-    let at_east = takeover::pass(&east1.replicated, &after, false, &queue)
-        .await
-        .expect("pass");
+    let at_east = takeover::pass(
+        &east1.replicated,
+        &after,
+        false,
+        &queue,
+        &Default::default(),
+    )
+    .await
+    .expect("pass");
     assert_eq!(at_east, takeover::Pass::default());
 }
 
@@ -692,9 +722,15 @@ async fn an_uncommitted_copy_whose_writer_left_is_dropped() {
         .await
         .expect("prepared copy");
     let (queue, _announced) = tokio::sync::mpsc::unbounded_channel();
-    let held_while_writer_lives = takeover::pass(&west0.replicated, &pool.view, true, &queue)
-        .await
-        .expect("pass");
+    let held_while_writer_lives = takeover::pass(
+        &west0.replicated,
+        &pool.view,
+        true,
+        &queue,
+        &Default::default(),
+    )
+    .await
+    .expect("pass");
     assert_eq!(held_while_writer_lives.discarded, 0);
     assert!(held(west0, &meta).await.is_some());
 
@@ -702,9 +738,15 @@ async fn an_uncommitted_copy_whose_writer_left_is_dropped() {
         .view
         .remove(std::slice::from_ref(&east0.holder.node))
         .expect("member");
-    let done = takeover::pass(&west0.replicated, &after, false, &queue)
-        .await
-        .expect("pass");
+    let done = takeover::pass(
+        &west0.replicated,
+        &after,
+        false,
+        &queue,
+        &Default::default(),
+    )
+    .await
+    .expect("pass");
     assert_eq!(done.discarded, 1);
     assert!(held(west0, &meta).await.is_none());
 }

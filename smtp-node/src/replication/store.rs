@@ -35,6 +35,13 @@ pub struct Settings {
     pub timeout: Duration,
 }
 
+/// What [`ReplicatedSpool::copy_to`] achieved.
+#[derive(Debug, Default)]
+pub struct Copied {
+    pub added: Vec<Holder>,
+    pub unreachable: Vec<Holder>,
+}
+
 pub struct ReplicatedSpool<S: Spool> {
     local: Arc<S>,
     settings: Settings,
@@ -112,30 +119,37 @@ impl<S: Spool> ReplicatedSpool<S> {
         &self.settings
     }
 
-    /// Puts committed copies of a message on new holders (restoring the factor), and
-    /// returns those that confirmed.
+    /// Puts committed copies of a message on new holders (restoring the factor). Returns
+    /// those that confirmed, and those that could not be reached at all (no connection,
+    /// no answer in time): a refusal says something about this message, an unreachable
+    /// node about every message.
     pub async fn copy_to(
         &self,
         view: &View,
         holders: &[Holder],
         meta: &MessageMeta,
         body: Bytes,
-    ) -> Vec<Holder> {
+    ) -> Copied {
         let id = meta.id;
-        self.broadcast(view, holders, || Request::Prepare {
-            meta: Box::new(meta.clone()),
-            body: body.clone(),
-        })
-        .await
-        .into_iter()
-        .filter_map(|(holder, result)| match result {
-            Ok(()) => Some(holder),
-            Err(error) => {
-                tracing::warn!(%id, holder = %holder.node, %error, "could not add a copy");
-                None
+        let mut copied = Copied::default();
+        for (holder, result) in self
+            .broadcast(view, holders, || Request::Prepare {
+                meta: Box::new(meta.clone()),
+                body: body.clone(),
+            })
+            .await
+        {
+            match result {
+                Ok(()) => copied.added.push(holder),
+                Err(error) => {
+                    tracing::warn!(%id, holder = %holder.node, %error, "could not add a copy");
+                    if !matches!(error, PeerError::Refused { .. }) {
+                        copied.unreachable.push(holder);
+                    }
+                }
             }
-        })
-        .collect()
+        }
+        copied
     }
 
     /// Whether `holder` still holds message `id`, asked at the address the view gives.

@@ -4,7 +4,8 @@
 //! messages it now owns to the delivery side. Every choice is `View::duty`'s (and
 //! `View::witness`'s for stale copies); this is the loop that acts on it.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,7 +17,7 @@ use super::placement::{Candidate, choose_more};
 use super::store::{ReplicatedSpool, ownership};
 use super::view::{Copy, Duty, Holder, View};
 use crate::metrics::ReplicationMetrics;
-use crate::spool::{MessageId, MessageMeta, Spool, SpoolError};
+use crate::spool::{MessageId, MessageMeta, NodeId, Spool, SpoolError};
 
 /// How often the copies are looked at again without a view change: a restore that
 /// failed (a new holder unreachable) is retried at this pace.
@@ -43,14 +44,37 @@ pub struct Pass {
     pub announced: usize,
 }
 
+/// Nodes a restore could not reach during one pass. Later restores of the same pass
+/// choose around them, so a member that is cut off but not yet removed from the view
+/// costs one acknowledgement timeout per pass, not one per message: a data centre's
+/// worth of taken-over mail is not held back behind it.
+#[derive(Default)]
+struct Unreachable(Mutex<HashSet<NodeId>>);
+
+impl Unreachable {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<NodeId>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// Acts on every copy held here under `view`. `announce_all` hands every owned message
 /// to delivery (after start-up or a fence, when delivery has dropped what it could not
 /// deliver); otherwise only messages that changed hands are.
+///
+/// `metrics` follow the pass as it goes, not only at its end: the view epoch and the
+/// under-replicated count are published together once the copies are counted under
+/// the new view, and each restore is counted when it lands. Whoever waits for "every
+/// node on the same epoch with nothing under-replicated" (an operator rolling the pool,
+/// an SRE about to take the next node down) then never reads the count of an older view
+/// next to the epoch of a newer one.
 pub async fn pass<S: Spool>(
     spool: &ReplicatedSpool<S>,
     view: &View,
     announce_all: bool,
     queue: &mpsc::UnboundedSender<MessageId>,
+    metrics: &ReplicationMetrics,
 ) -> Result<Pass, SpoolError> {
     let me = spool.settings().me.clone();
     let factor = spool.settings().factor;
@@ -92,20 +116,31 @@ pub async fn pass<S: Spool>(
             }
         }
     }
+    let waiting = to_restore
+        .iter()
+        .filter(|(_, copy, _)| copy.committed && view.copies(copy) < factor)
+        .count();
+    let mut under_replicated = done.under_replicated + waiting;
+    metrics
+        .under_replicated
+        .set(i64::try_from(under_replicated).unwrap_or(i64::MAX));
+    metrics
+        .view_epoch
+        .set(i64::try_from(view.epoch).unwrap_or(i64::MAX));
     // Restores run side by side: each waits on peers, and a dead node's mail should be
     // back to full strength in the time of a few round trips, not one per message.
-    let results = futures::stream::iter(to_restore)
+    let unreachable = Unreachable::default();
+    let mut results = futures::stream::iter(to_restore)
         .map(|(meta, copy, takeover)| {
             let me = me.clone();
+            let unreachable = &unreachable;
             async move {
-                let result = restore(spool, view, &me, &meta, &copy).await;
+                let result = restore(spool, view, &me, &meta, &copy, unreachable).await;
                 (meta, copy, takeover, result)
             }
         })
-        .buffer_unordered(RESTORES_AT_ONCE)
-        .collect::<Vec<_>>()
-        .await;
-    for (meta, copy, takeover, result) in results {
+        .buffer_unordered(RESTORES_AT_ONCE);
+    while let Some((meta, copy, takeover, result)) = results.next().await {
         let new = match result {
             Ok(new) => new,
             // Delivered and removed, or dropped by its owner, meanwhile.
@@ -116,15 +151,23 @@ pub async fn pass<S: Spool>(
             tracing::info!(id = %meta.id, from = %copy.holders.first().map(|h| h.node.0.as_str()).unwrap_or(""),
                 epoch = new.epoch, copies = view.copies(&new), "took a message over");
             done.taken_over += 1;
+            metrics.takeovers.inc();
         } else if view.copies(&new) > view.copies(&copy) {
             done.rereplicated += 1;
+            metrics.rereplicated.inc();
         }
         if view.copies(&new) < factor {
             done.under_replicated += 1;
+        } else if copy.committed && view.copies(&copy) < factor {
+            under_replicated = under_replicated.saturating_sub(1);
+            metrics
+                .under_replicated
+                .set(i64::try_from(under_replicated).unwrap_or(i64::MAX));
         }
         let _ = queue.send(meta.id);
         done.announced += 1;
     }
+    drop(results);
     collect_stale(spool, view, &me, stale, &mut done).await?;
     Ok(done)
 }
@@ -255,6 +298,7 @@ async fn restore<S: Spool>(
     me: &Holder,
     meta: &MessageMeta,
     copy: &Copy,
+    unreachable: &Unreachable,
 ) -> Result<Copy, SpoolError> {
     let settings = spool.settings();
     // Holders that count: a leaving one keeps its copy but the factor is made without it.
@@ -270,10 +314,15 @@ async fn restore<S: Spool>(
             .iter()
             .filter_map(|h| view.data_centre(&h.node))
             .collect();
+        let skip = unreachable.set().clone();
         let candidates: Vec<Candidate> = view
             .members
             .iter()
-            .filter(|(node, m)| !m.leaving && !copy.holders.iter().any(|h| &h.node == *node))
+            .filter(|(node, m)| {
+                !m.leaving
+                    && !skip.contains(*node)
+                    && !copy.holders.iter().any(|h| &h.node == *node)
+            })
             .map(|(node, m)| Candidate {
                 holder: Holder {
                     node: node.clone(),
@@ -294,7 +343,11 @@ async fn restore<S: Spool>(
                 let mut with_plan = meta.clone();
                 with_plan.ownership = ownership(planned);
                 let body = spool.local().load_body(meta.id).await?;
-                added = spool.copy_to(view, &targets, &with_plan, body).await;
+                let copied = spool.copy_to(view, &targets, &with_plan, body).await;
+                unreachable
+                    .set()
+                    .extend(copied.unreachable.into_iter().map(|h| h.node));
+                added = copied.added;
             }
             Err(error) => {
                 tracing::warn!(id = %meta.id, %error, "cannot restore the replication factor yet");
@@ -330,12 +383,7 @@ pub async fn run<S: Spool>(
             continue;
         };
         let announce_all = acted_on != Some(view.epoch);
-        metrics
-            .view_epoch
-            .set(i64::try_from(view.epoch).unwrap_or(i64::MAX));
-        let done = pass(&spool, &view, announce_all, &queue).await?;
-        metrics.takeovers.inc_by(done.taken_over as u64);
-        metrics.rereplicated.inc_by(done.rereplicated as u64);
+        let done = pass(&spool, &view, announce_all, &queue, &metrics).await?;
         metrics.discarded.inc_by(done.discarded as u64);
         metrics.stale.set(done.stale as i64);
         metrics.stale_dropped.inc_by(done.stale_dropped as u64);
