@@ -612,6 +612,17 @@ async fn record<S: Spool>(
         shared.metrics.recipient(label, shared.route_label());
     }
 
+    // When this attempt makes every recipient final, the removal is the message's last
+    // record: writing the outcomes first would cost every holder one more synced write
+    // for a record deleted right after. A crash before the removal is durable repeats
+    // the delivery either way (it is in flight at the failure).
+    if finishes(meta, &updates) {
+        if let Err(err) = shared.spool.finish(meta.id, updates).await {
+            tracing::error!(id = %meta.id, error = %err,
+                "cannot remove a finished message; its recipients will be attempted again");
+        }
+        return;
+    }
     match shared.spool.update(meta.id, updates).await {
         Ok(updated) if updated.is_done() => {
             if let Err(err) = shared.spool.remove(meta.id).await {
@@ -624,6 +635,20 @@ async fn record<S: Spool>(
                 "cannot record delivery outcomes; the recipients will be attempted again");
         }
     }
+}
+
+/// Whether `updates` leave every recipient of `meta` with a final outcome.
+fn finishes(meta: &MessageMeta, updates: &[RecipientUpdate]) -> bool {
+    meta.envelope
+        .recipients
+        .iter()
+        .enumerate()
+        .all(
+            |(index, recipient)| match updates.iter().rev().find(|update| update.index == index) {
+                Some(update) => update.state.is_done(),
+                None => recipient.state.is_done(),
+            },
+        )
 }
 
 /// Stores a bounce for `recipients` of `meta` (never called for the null sender). True
@@ -680,5 +705,54 @@ async fn queue_bounce<S: Spool>(
             shared.metrics.dsn(DsnResult::Failed);
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::test_support::test_meta;
+    use crate::spool::Recipient;
+
+    fn update(index: usize, state: RecipientState) -> RecipientUpdate {
+        RecipientUpdate {
+            index,
+            state,
+            attempt: None,
+        }
+    }
+
+    #[test]
+    fn a_message_is_finished_only_when_every_recipient_is_final() {
+        let mut meta = test_meta(
+            "from@example.com",
+            vec![
+                Recipient::new("a@example.net"),
+                Recipient::new("b@example.net"),
+            ],
+        );
+        let delivered = RecipientState::Delivered {
+            at: 1,
+            reply: crate::spool::Reply {
+                code: 250,
+                enhanced: Some("2.0.0".into()),
+                text: "ok".into(),
+            },
+        };
+        let deferred = RecipientState::Deferred { until: 9 };
+        assert!(!finishes(&meta, &[update(0, delivered.clone())]));
+        assert!(finishes(
+            &meta,
+            &[update(0, delivered.clone()), update(1, delivered.clone())]
+        ));
+        assert!(!finishes(
+            &meta,
+            &[update(0, delivered.clone()), update(1, deferred)]
+        ));
+        meta.envelope.recipients[1].state = delivered.clone();
+        assert!(
+            finishes(&meta, &[update(0, delivered)]),
+            "b was final before"
+        );
     }
 }

@@ -279,6 +279,27 @@ impl<S: Spool> ReplicatedSpool<S> {
     }
 }
 
+impl<S: Spool> ReplicatedSpool<S> {
+    /// Runs `local` (the removal here) and then tells every other holder to drop the
+    /// message: one record on each holder.
+    async fn remove_everywhere(
+        &self,
+        id: MessageId,
+        local: impl Future<Output = Result<(), SpoolError>>,
+    ) -> Result<(), SpoolError> {
+        let holders = match self.local.load_meta(id).await? {
+            Some(meta) => Self::holders_of(&meta),
+            None => Vec::new(),
+        };
+        local.await?;
+        if !holders.is_empty() {
+            self.propagate(id, &holders, || Request::Remove { id })
+                .await;
+        }
+        Ok(())
+    }
+}
+
 /// The ownership fields of a message as its replication record names them.
 pub fn ownership(copy: Copy) -> Ownership {
     Ownership {
@@ -419,16 +440,12 @@ impl<S: Spool> Spool for ReplicatedSpool<S> {
     }
 
     async fn remove(&self, id: MessageId) -> Result<(), SpoolError> {
-        let holders = match self.local.load_meta(id).await? {
-            Some(meta) => Self::holders_of(&meta),
-            None => Vec::new(),
-        };
-        self.local.remove(id).await?;
-        if !holders.is_empty() {
-            self.propagate(id, &holders, || Request::Remove { id })
-                .await;
-        }
-        Ok(())
+        self.remove_everywhere(id, self.local.remove(id)).await
+    }
+
+    async fn finish(&self, id: MessageId, updates: Vec<RecipientUpdate>) -> Result<(), SpoolError> {
+        self.remove_everywhere(id, self.local.finish(id, updates))
+            .await
     }
 
     async fn load_meta(&self, id: MessageId) -> Result<Option<MessageMeta>, SpoolError> {

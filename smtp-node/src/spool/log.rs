@@ -808,6 +808,15 @@ impl Spool for LogSpool {
         self.submit(Op::Remove(id)).await.map(|_| ())
     }
 
+    /// Only the removal is written: replay drops a removed message's records anyway.
+    async fn finish(
+        &self,
+        id: MessageId,
+        _updates: Vec<RecipientUpdate>,
+    ) -> Result<(), SpoolError> {
+        self.remove(id).await
+    }
+
     async fn load_meta(&self, id: MessageId) -> Result<Option<MessageMeta>, SpoolError> {
         Ok(self
             .shared

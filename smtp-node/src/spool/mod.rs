@@ -75,6 +75,21 @@ pub trait Spool: Send + Sync + 'static {
     /// Removes a message whose recipients are all done.
     fn remove(&self, id: MessageId) -> impl Future<Output = Result<(), SpoolError>> + Send;
 
+    /// Removes a message whose last `updates` make every recipient final. The outcomes
+    /// are in the delivery log; a spool whose records vanish with the message may skip
+    /// writing them and make the removal its one synced write, which is what the default
+    /// does not assume.
+    fn finish(
+        &self,
+        id: MessageId,
+        updates: Vec<RecipientUpdate>,
+    ) -> impl Future<Output = Result<(), SpoolError>> + Send {
+        async move {
+            self.update(id, updates).await?;
+            self.remove(id).await
+        }
+    }
+
     fn load_meta(
         &self,
         id: MessageId,
