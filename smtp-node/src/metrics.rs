@@ -230,6 +230,8 @@ pub struct ReplicationMetrics {
     pub stale_dropped: Counter,
     /// Stale copies that no live holder can vouch for: each may be a message's last copy.
     pub orphaned: Gauge,
+    /// Held copies dropped because their owner no longer had the message.
+    pub leftovers_dropped: Counter,
     /// Held copies with fewer eligible holders than the replication factor.
     pub under_replicated: Gauge,
     /// 1 while this node is fenced.
@@ -249,6 +251,7 @@ impl ReplicationMetrics {
             stale: Gauge::default(),
             stale_dropped: Counter::default(),
             orphaned: Gauge::default(),
+            leftovers_dropped: Counter::default(),
             under_replicated: Gauge::default(),
             fenced: Gauge::default(),
             view_epoch: Gauge::default(),
@@ -282,6 +285,11 @@ impl ReplicationMetrics {
             "orphaned_copies",
             "Stale copies no live holder can vouch for: each may be the last copy of a message",
             m.orphaned.clone(),
+        );
+        sub.register(
+            "leftovers_dropped",
+            "Held copies dropped because their owner no longer had the message (its removal had not reached this node)",
+            m.leftovers_dropped.clone(),
         );
         sub.register(
             "under_replicated_messages",

@@ -350,7 +350,7 @@ async fn stale_copies_go_once_a_holder_that_never_left_is_done_with_them() {
     let done = takeover::pass(
         &west0.replicated,
         &rejoined,
-        false,
+        takeover::Look::default(),
         &queue,
         &Default::default(),
     )
@@ -372,7 +372,7 @@ async fn stale_copies_go_once_a_holder_that_never_left_is_done_with_them() {
     let done = takeover::pass(
         &west0.replicated,
         &alone,
-        false,
+        takeover::Look::default(),
         &queue,
         &Default::default(),
     )
@@ -387,6 +387,120 @@ async fn stale_copies_go_once_a_holder_that_never_left_is_done_with_them() {
         held(west0, &alive_meta).await.is_some(),
         "possibly the last copy"
     );
+}
+
+/// east-0 delivered a message but its removal never reached west-0 (it was restarting,
+/// the connection broke). When west-0 asks, east-0 says it no longer has the message
+/// and west-0 drops its copy; a message east-0 still has, and one too young to ask
+/// about, stay. A node answers "not here" only as the incarnation it is asked about: a
+/// disk that came back empty cannot say what the old one held.
+#[tokio::test]
+async fn a_held_copy_goes_once_its_owner_no_longer_has_the_message() {
+    let pool = pool(2, 2).await;
+    let (east0, west0) = (&pool.nodes[0], &pool.nodes[2]);
+    let old = |n: usize| {
+        let (mut meta, body) = message(n);
+        meta.received_at -= 10 * 60 * 1000;
+        (meta, body)
+    };
+    let (delivered, delivered_body) = old(40);
+    let (alive, alive_body) = old(41);
+    let (young, young_body) = message(42);
+    for (meta, body) in [
+        (&delivered, delivered_body),
+        (&alive, alive_body),
+        (&young, young_body),
+    ] {
+        east0
+            .replicated
+            .store(meta.clone(), body)
+            .await
+            .expect("stored");
+        assert!(held(west0, meta).await.is_some(), "west-0 holds a copy");
+    }
+    // Removed at east-0 only: the removal did not reach west-0.
+    for meta in [&delivered, &young] {
+        east0
+            .spool
+            .remove(meta.id)
+            .await
+            .expect("removed at east-0");
+    }
+
+    let address = pool.view.members[&east0.holder.node].address.clone();
+    let peers = west0_peers(&pool);
+    let empty_disk = Holder {
+        node: east0.holder.node.clone(),
+        incarnation: Incarnation::new(),
+    };
+    let asked = peers
+        .holds(&empty_disk, &address, delivered.id, Duration::from_secs(3))
+        .await;
+    assert!(
+        matches!(&asked, Err(PeerError::Refused { reason, .. }) if reason.contains("incarnation")),
+        "{asked:?}"
+    );
+    let asked = peers
+        .holds(
+            &east0.holder,
+            &address,
+            delivered.id,
+            Duration::from_secs(3),
+        )
+        .await;
+    assert!(matches!(asked, Ok(false)), "{asked:?}");
+
+    let (queue, _announced) = tokio::sync::mpsc::unbounded_channel();
+    let not_asked = takeover::pass(
+        &west0.replicated,
+        &pool.view,
+        takeover::Look::default(),
+        &queue,
+        &Default::default(),
+    )
+    .await
+    .expect("pass");
+    assert_eq!(not_asked.leftovers_dropped, 0, "{not_asked:?}");
+    let done = takeover::pass(
+        &west0.replicated,
+        &pool.view,
+        takeover::Look {
+            announce_all: false,
+            ask_owners: true,
+        },
+        &queue,
+        &Default::default(),
+    )
+    .await
+    .expect("pass");
+    assert_eq!(done.leftovers_dropped, 1, "{done:?}");
+    assert!(held(west0, &delivered).await.is_none(), "the leftover went");
+    assert!(held(west0, &alive).await.is_some(), "east-0 still has it");
+    assert!(
+        held(west0, &young).await.is_some(),
+        "too young to ask about"
+    );
+}
+
+/// west-0's side of the peer connections, with its own certificate.
+fn west0_peers(pool: &Pool) -> Arc<Peers> {
+    let west0 = &pool.nodes[2];
+    let name = west0.holder.node.0.as_str();
+    let tls = PeerTls::load(
+        &PeerTlsFiles {
+            ca_file: pool.pki.ca_file(),
+            cert_dir: pool
+                .pki
+                .issue(name)
+                .cert
+                .parent()
+                .expect("dir")
+                .to_path_buf(),
+        },
+        name,
+    )
+    .expect("tls");
+    Peers::new(west0.holder.clone(), Some(tls))
 }
 
 #[tokio::test]
@@ -640,7 +754,7 @@ async fn the_survivor_takes_over_and_restores_the_factor() {
     let done = takeover::pass(
         &west0.replicated,
         &after,
-        false,
+        takeover::Look::default(),
         &queue,
         &Default::default(),
     )
@@ -687,7 +801,7 @@ async fn the_survivor_takes_over_and_restores_the_factor() {
     let again = takeover::pass(
         &west0.replicated,
         &after,
-        false,
+        takeover::Look::default(),
         &queue,
         &Default::default(),
     )
@@ -697,7 +811,7 @@ async fn the_survivor_takes_over_and_restores_the_factor() {
     let at_east = takeover::pass(
         &east1.replicated,
         &after,
-        false,
+        takeover::Look::default(),
         &queue,
         &Default::default(),
     )
@@ -725,7 +839,10 @@ async fn an_uncommitted_copy_whose_writer_left_is_dropped() {
     let held_while_writer_lives = takeover::pass(
         &west0.replicated,
         &pool.view,
-        true,
+        takeover::Look {
+            announce_all: true,
+            ask_owners: false,
+        },
         &queue,
         &Default::default(),
     )
@@ -741,7 +858,7 @@ async fn an_uncommitted_copy_whose_writer_left_is_dropped() {
     let done = takeover::pass(
         &west0.replicated,
         &after,
-        false,
+        takeover::Look::default(),
         &queue,
         &Default::default(),
     )

@@ -15,7 +15,10 @@
 //!   are what make that true in the real system);
 //! - copies are written to every holder in one step only when every holder is up, as the
 //!   owner waits for every acknowledgement; a crash between the remote delivery and the
-//!   outcome's replication is a delivery in flight.
+//!   outcome's replication is a delivery in flight;
+//! - a removal reaches the other holders or none of them, and any node may ask about a
+//!   copy it cannot act on alone whom `takeover.rs` asks (the witness of a stale copy,
+//!   the owner of a held one), dropping it when that incarnation no longer has it.
 //!
 //! Checked in every reachable state: no acknowledged message is lost unless every one of
 //! its eligible copies was lost before the owner restored the factor; no delivery starts
@@ -93,6 +96,8 @@ struct State {
     wipes: u8,
     fences: u8,
     drains: u8,
+    /// A held copy was dropped because its owner no longer had the message.
+    leftover_dropped: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -114,6 +119,13 @@ enum Action {
     Rereplicate(usize, usize),
     Discard(usize, usize),
     Drain(usize),
+    /// The node that delivered removes the message, and the removal reaches the other
+    /// holders that are up, or (`false`) none of them: a lost removal.
+    Remove(usize, usize, bool),
+    /// A node asks whom `takeover.rs` asks about a copy it cannot act on alone (the
+    /// witness for a stale copy, the owner for a held one) and drops the copy when that
+    /// node, as the incarnation the copy names, no longer has the message.
+    Ask(usize, usize),
 }
 
 struct World {
@@ -262,6 +274,7 @@ impl Model for World {
             wipes: 0,
             fences: 0,
             drains: 0,
+            leftover_dropped: false,
         }]
     }
 
@@ -322,8 +335,14 @@ impl Model for World {
                             actions.push(Action::Rereplicate(n, m));
                         }
                     }
+                    Duty::Deliver if node.busy.is_none() => {
+                        actions.push(Action::Remove(n, m, true));
+                        actions.push(Action::Remove(n, m, false));
+                    }
                     Duty::TakeOver => actions.push(Action::TakeOver(n, m)),
                     Duty::Discard => actions.push(Action::Discard(n, m)),
+                    Duty::Stale => actions.push(Action::Ask(n, m)),
+                    Duty::Hold { .. } if stored.copy.committed => actions.push(Action::Ask(n, m)),
                     _ => {}
                 }
             }
@@ -548,6 +567,38 @@ impl Model for World {
             Action::Discard(n, m) => {
                 s.nodes[n].disk.remove(&m);
             }
+            Action::Remove(n, m, reaches_others) => {
+                let copy = s.nodes[n].disk.remove(&m)?.copy;
+                if reaches_others {
+                    for h in &copy.holders {
+                        let i = index_of(h);
+                        if i < NODES.len() && s.nodes[i].up && holder(&s, i) == *h {
+                            s.nodes[i].disk.remove(&m);
+                        }
+                    }
+                }
+            }
+            Action::Ask(n, m) => {
+                let me = holder(&s, n);
+                let view = &s.nodes[n].view;
+                let copy = &s.nodes[n].disk.get(&m)?.copy;
+                let duty = view.duty(&me, copy);
+                let asked = match duty {
+                    Duty::Stale => view.witness(&me, copy),
+                    Duty::Hold { .. } => view.owner(copy),
+                    _ => None,
+                }?;
+                let w = index_of(asked);
+                // Only that incarnation answers, and only while it is up.
+                if w >= NODES.len() || !s.nodes[w].up || holder(&s, w) != *asked {
+                    return None;
+                }
+                if s.nodes[w].disk.contains_key(&m) {
+                    return None;
+                }
+                s.leftover_dropped |= duty != Duty::Stale;
+                s.nodes[n].disk.remove(&m);
+            }
             Action::Drain(n) => {
                 // The node stops starting deliveries, waits for the one in flight, and
                 // marks itself leaving in the view (compare-and-set); the others take its
@@ -604,6 +655,10 @@ impl Model for World {
             Property::sometimes("an acknowledged message is delivered", |_, s: &State| {
                 (0..2).any(|m| s.phase[m] == Phase::Acknowledged && s.committed_outcomes[m] == 1)
             }),
+            Property::sometimes(
+                "a copy left behind by a lost removal is dropped",
+                |_, s: &State| s.leftover_dropped,
+            ),
         ];
         if self.max_crashes > 0 {
             properties.push(Property::sometimes(

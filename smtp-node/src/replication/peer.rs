@@ -97,18 +97,19 @@ impl Peers {
         }
     }
 
-    /// Whether `node` still holds message `id`.
+    /// Whether `holder` (that node as that incarnation) still holds message `id`.
     pub async fn holds(
         &self,
-        node: &NodeId,
+        holder: &Holder,
         address: &str,
         id: crate::spool::MessageId,
         timeout: Duration,
     ) -> Result<bool, PeerError> {
-        match self
-            .call(node, address, Request::Holds { id }, timeout)
-            .await
-        {
+        let request = Request::Holds {
+            id,
+            of: holder.clone(),
+        };
+        match self.call(&holder.node, address, request, timeout).await {
             Ok(()) => Ok(true),
             Err(PeerError::Refused { reason, .. }) if reason == super::protocol::NOT_HELD => {
                 Ok(false)

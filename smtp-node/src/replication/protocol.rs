@@ -59,9 +59,11 @@ pub enum Request {
     },
     /// Every recipient is final: drop the message.
     Remove { id: MessageId },
-    /// Does this node still hold the message? Asked by a node with a stale copy of it;
-    /// refused with [`NOT_HELD`] when not.
-    Holds { id: MessageId },
+    /// Does this node, as the incarnation `of`, still hold the message? Asked by a node
+    /// with a copy it cannot act on alone; refused with [`NOT_HELD`] only by that very
+    /// incarnation: a node that came back with an empty disk never held it, and its
+    /// "not here" would say nothing about the message.
+    Holds { id: MessageId, of: Holder },
 }
 
 /// The refusal of [`Request::Holds`] that means "not here": the only refusal the asker
@@ -91,6 +93,7 @@ enum Control {
     },
     Holds {
         id: MessageId,
+        of: Holder,
     },
 }
 
@@ -141,7 +144,13 @@ pub fn encode_request(id: u64, request: &Request) -> Result<Bytes, ProtocolError
             })?,
         ),
         Request::Remove { id } => (KIND_REMOVE, json(&Control::Remove { id: *id })?),
-        Request::Holds { id } => (KIND_HOLDS, json(&Control::Holds { id: *id })?),
+        Request::Holds { id, of } => (
+            KIND_HOLDS,
+            json(&Control::Holds {
+                id: *id,
+                of: of.clone(),
+            })?,
+        ),
     };
     Ok(frame(id, kind, &payload))
 }
@@ -217,7 +226,7 @@ pub fn decode(mut content: Bytes) -> Result<Frame, ProtocolError> {
                 Control::Abort { id } => Request::Abort { id },
                 Control::Update { id, updates, copy } => Request::Update { id, updates, copy },
                 Control::Remove { id } => Request::Remove { id },
-                Control::Holds { id } => Request::Holds { id },
+                Control::Holds { id, of } => Request::Holds { id, of },
             }
         }
         other => {
@@ -285,7 +294,9 @@ mod tests {
         };
         let body = Bytes::from_static(b"Subject: x\r\n\r\n\x00\xff binary\r\n");
         for request in [
-            Request::Hello { from: holder },
+            Request::Hello {
+                from: holder.clone(),
+            },
             Request::Prepare {
                 meta: Box::new(meta.clone()),
                 body,
@@ -305,7 +316,10 @@ mod tests {
                 copy: Some(copy),
             },
             Request::Remove { id: meta.id },
-            Request::Holds { id: meta.id },
+            Request::Holds {
+                id: meta.id,
+                of: holder,
+            },
         ] {
             assert_eq!(roundtrip(request.clone()), request);
         }

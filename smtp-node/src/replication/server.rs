@@ -259,7 +259,12 @@ async fn handle<S: Spool>(spool: &S, me: &Holding, request: Request) -> Result<(
             }
             Ok(())
         }
-        Request::Holds { id } => match spool.load_meta(id).await.map_err(text)? {
+        Request::Holds { of, .. } if of != me.me => Err(format!(
+            "asked as {} incarnation {}, but this is incarnation {}: it cannot say what \
+             that one held",
+            of.node, of.incarnation, me.me.incarnation
+        )),
+        Request::Holds { id, .. } => match spool.load_meta(id).await.map_err(text)? {
             Some(_) => Ok(()),
             None => Err(protocol::NOT_HELD.into()),
         },

@@ -165,7 +165,7 @@ impl<S: Spool> ReplicatedSpool<S> {
             .map(|m| m.address.as_str())
             .unwrap_or_default();
         self.peers
-            .holds(&holder.node, address, id, self.settings.timeout)
+            .holds(holder, address, id, self.settings.timeout)
             .await
     }
 

@@ -17,13 +17,32 @@ use super::placement::{Candidate, choose_more};
 use super::store::{ReplicatedSpool, ownership};
 use super::view::{Copy, Duty, Holder, View};
 use crate::metrics::ReplicationMetrics;
-use crate::spool::{MessageId, MessageMeta, NodeId, Spool, SpoolError};
+use crate::spool::{MessageId, MessageMeta, NodeId, Spool, SpoolError, now_millis};
 
 /// How often the copies are looked at again without a view change: a restore that
 /// failed (a new holder unreachable) is retried at this pace.
 const RESCAN: Duration = Duration::from_secs(10);
 /// Messages restored (taken over or re-replicated) at the same time.
 const RESTORES_AT_ONCE: usize = 32;
+/// How often the owners of held copies are asked whether they still have the message.
+const ASK_OWNERS_EVERY: Duration = Duration::from_secs(300);
+/// Held copies younger than this are not asked about: their messages are usually being
+/// delivered right now, and the owner's removal is on its way.
+const LEFTOVER_AGE: Duration = Duration::from_secs(60);
+
+/// What a pass looks at besides what the view says.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Look {
+    /// Hand every owned message to delivery, not only those that changed hands: after
+    /// start-up or a fence, when delivery has dropped what it could not deliver.
+    pub announce_all: bool,
+    /// Ask the owner of each copy held for another node (older than [`LEFTOVER_AGE`])
+    /// whether it still has the message. An owner's removal that did not reach this
+    /// holder (it was restarting, the connection broke) leaves a copy nobody would ever
+    /// remove, that would hold a pool's deletion, and that would be delivered again if
+    /// the owner left the pool one day.
+    pub ask_owners: bool,
+}
 
 /// What one look at the copies did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,6 +57,8 @@ pub struct Pass {
     pub stale_dropped: usize,
     /// Stale copies no live holder can vouch for: possibly a message's last copy.
     pub orphaned: usize,
+    /// Held copies dropped because their owner no longer has the message.
+    pub leftovers_dropped: usize,
     /// Copies held (owned or not) with fewer eligible holders than the factor, after the pass.
     pub under_replicated: usize,
     /// Messages handed to delivery.
@@ -59,9 +80,7 @@ impl Unreachable {
     }
 }
 
-/// Acts on every copy held here under `view`. `announce_all` hands every owned message
-/// to delivery (after start-up or a fence, when delivery has dropped what it could not
-/// deliver); otherwise only messages that changed hands are.
+/// Acts on every copy held here under `view`, as `look` says.
 ///
 /// `metrics` follow the pass as it goes, not only at its end: the view epoch and the
 /// under-replicated count are published together once the copies are counted under
@@ -72,15 +91,17 @@ impl Unreachable {
 pub async fn pass<S: Spool>(
     spool: &ReplicatedSpool<S>,
     view: &View,
-    announce_all: bool,
+    look: Look,
     queue: &mpsc::UnboundedSender<MessageId>,
     metrics: &ReplicationMetrics,
 ) -> Result<Pass, SpoolError> {
     let me = spool.settings().me.clone();
     let factor = spool.settings().factor;
+    let announce_all = look.announce_all;
+    let leftover_before = now_millis().saturating_sub(LEFTOVER_AGE.as_millis() as u64);
     let mut done = Pass::default();
     let mut to_restore: Vec<(MessageMeta, Copy, bool)> = Vec::new();
-    let mut stale: Vec<(MessageId, Copy)> = Vec::new();
+    let mut doubts: Vec<Doubt> = Vec::new();
     for meta in spool.local().list().await? {
         let Some(copy) = meta.ownership.copy.clone() else {
             if announce_all && meta.ownership.owner == me.node {
@@ -108,10 +129,25 @@ pub async fn pass<S: Spool>(
                     done.discarded += 1;
                 }
             }
-            Duty::Stale => stale.push((meta.id, copy)),
+            Duty::Stale => doubts.push(Doubt {
+                id: meta.id,
+                witness: view.witness(&me, &copy).cloned(),
+                duty,
+            }),
             Duty::Hold { .. } | Duty::ReadView => {
                 if copy.committed && view.copies(&copy) < factor {
                     done.under_replicated += 1;
+                }
+                if look.ask_owners
+                    && copy.committed
+                    && matches!(duty, Duty::Hold { .. })
+                    && meta.received_at < leftover_before
+                {
+                    doubts.push(Doubt {
+                        id: meta.id,
+                        witness: view.owner(&copy).cloned(),
+                        duty,
+                    });
                 }
             }
         }
@@ -168,11 +204,21 @@ pub async fn pass<S: Spool>(
         done.announced += 1;
     }
     drop(results);
-    collect_stale(spool, view, &me, stale, &mut done).await?;
+    settle_doubts(spool, view, &me, doubts, &mut done).await?;
     Ok(done)
 }
 
-/// What a witness said about a stale copy's message.
+/// A copy this node cannot decide about alone, and whom to ask.
+struct Doubt {
+    id: MessageId,
+    /// A holder every later change of the message reached: for a stale copy one that
+    /// never left the view since the copy was written, for a held copy its owner.
+    witness: Option<Holder>,
+    /// The duty the copy had when listed; it is dropped only if it still has it.
+    duty: Duty,
+}
+
+/// What a witness said about a message.
 enum Witnessed {
     Done,
     Alive,
@@ -180,44 +226,52 @@ enum Witnessed {
     NoWitness,
 }
 
-/// Asks, for each stale copy, a holder that never left whether the message still exists,
-/// and drops the copies of messages that are done. A copy nobody can vouch for is kept
-/// and counted: it may be the last copy of a message (see "The guarantee" in
+/// Asks, for each doubtful copy, its witness whether the message still exists, and drops
+/// the copies of messages that are done. A stale copy nobody can vouch for is kept and
+/// counted: it may be the last copy of a message (see "The guarantee" in
 /// `docs/replication.md`).
-async fn collect_stale<S: Spool>(
+async fn settle_doubts<S: Spool>(
     spool: &ReplicatedSpool<S>,
     view: &View,
     me: &Holder,
-    stale: Vec<(MessageId, Copy)>,
+    doubts: Vec<Doubt>,
     done: &mut Pass,
 ) -> Result<(), SpoolError> {
-    let verdicts = futures::stream::iter(stale)
-        .map(|(id, copy)| async move {
-            let verdict = match view.witness(me, &copy) {
+    let verdicts = futures::stream::iter(doubts)
+        .map(|doubt| async move {
+            let verdict = match &doubt.witness {
                 None => Witnessed::NoWitness,
-                Some(witness) => match spool.still_held(view, witness, id).await {
+                Some(witness) => match spool.still_held(view, witness, doubt.id).await {
                     Ok(false) => Witnessed::Done,
                     Ok(true) => Witnessed::Alive,
                     Err(error) => {
-                        tracing::debug!(%id, witness = %witness.node, %error,
-                            "cannot ask about a stale copy yet");
+                        tracing::debug!(id = %doubt.id, witness = %witness.node, %error,
+                            "cannot ask about a copy yet");
                         Witnessed::Unknown
                     }
                 },
             };
-            (id, verdict)
+            (doubt, verdict)
         })
         .buffer_unordered(RESTORES_AT_ONCE)
         .collect::<Vec<_>>()
         .await;
-    for (id, verdict) in verdicts {
+    for (doubt, verdict) in verdicts {
+        let stale = doubt.duty == Duty::Stale;
         match verdict {
-            Witnessed::Done if drop_stale(spool, view, me, id).await? => done.stale_dropped += 1,
-            Witnessed::NoWitness => {
+            Witnessed::Done if drop_if_still(spool, view, me, &doubt).await? => {
+                if stale {
+                    done.stale_dropped += 1;
+                } else {
+                    done.leftovers_dropped += 1;
+                }
+            }
+            Witnessed::NoWitness if stale => {
                 done.orphaned += 1;
                 done.stale += 1;
             }
-            _ => done.stale += 1,
+            _ if stale => done.stale += 1,
+            _ => {}
         }
     }
     if done.orphaned > 0 {
@@ -231,14 +285,15 @@ async fn collect_stale<S: Spool>(
     Ok(())
 }
 
-/// Drops a stale copy, deciding again on its current record: a re-replication may have
-/// given this node a fresh copy since the listing.
-async fn drop_stale<S: Spool>(
+/// Drops a doubtful copy, deciding again on its current record: a re-replication or a
+/// takeover may have given this node a fresh record since the listing.
+async fn drop_if_still<S: Spool>(
     spool: &ReplicatedSpool<S>,
     view: &View,
     me: &Holder,
-    id: MessageId,
+    doubt: &Doubt,
 ) -> Result<bool, SpoolError> {
+    let id = doubt.id;
     if spool.is_being_stored(id) {
         return Ok(false);
     }
@@ -249,11 +304,16 @@ async fn drop_stale<S: Spool>(
         .ownership
         .copy
         .as_ref()
-        .is_some_and(|copy| view.duty(me, copy) == Duty::Stale);
+        .is_some_and(|copy| view.duty(me, copy) == doubt.duty);
     if !still {
         return Ok(false);
     }
-    tracing::debug!(%id, "dropping a stale copy: the message is done");
+    if doubt.duty == Duty::Stale {
+        tracing::debug!(%id, "dropping a stale copy: the message is done");
+    } else {
+        tracing::info!(%id, "dropping a leftover copy: its owner no longer has the message \
+            (its removal did not reach this node)");
+    }
     match spool.local().remove(id).await {
         Ok(()) | Err(SpoolError::NotFound(_)) => Ok(true),
         Err(error) => Err(error),
@@ -369,6 +429,7 @@ pub async fn run<S: Spool>(
     shutdown: CancellationToken,
 ) -> Result<(), SpoolError> {
     let mut acted_on: Option<u64> = None;
+    let mut asked_owners = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(RESCAN);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -382,14 +443,29 @@ pub async fn run<S: Spool>(
             acted_on = None;
             continue;
         };
-        let announce_all = acted_on != Some(view.epoch);
-        let done = pass(&spool, &view, announce_all, &queue, &metrics).await?;
+        let look = Look {
+            announce_all: acted_on != Some(view.epoch),
+            ask_owners: asked_owners.elapsed() >= ASK_OWNERS_EVERY,
+        };
+        if look.ask_owners {
+            asked_owners = tokio::time::Instant::now();
+        }
+        let done = pass(&spool, &view, look, &queue, &metrics).await?;
         metrics.discarded.inc_by(done.discarded as u64);
         metrics.stale.set(done.stale as i64);
         metrics.stale_dropped.inc_by(done.stale_dropped as u64);
+        metrics
+            .leftovers_dropped
+            .inc_by(done.leftovers_dropped as u64);
         metrics.orphaned.set(done.orphaned as i64);
         metrics.under_replicated.set(done.under_replicated as i64);
-        if done.taken_over + done.rereplicated + done.discarded + done.stale_dropped > 0 {
+        if done.taken_over
+            + done.rereplicated
+            + done.discarded
+            + done.stale_dropped
+            + done.leftovers_dropped
+            > 0
+        {
             tracing::info!(
                 epoch = view.epoch,
                 taken_over = done.taken_over,
@@ -397,6 +473,7 @@ pub async fn run<S: Spool>(
                 discarded = done.discarded,
                 stale = done.stale,
                 stale_dropped = done.stale_dropped,
+                leftovers_dropped = done.leftovers_dropped,
                 announced = done.announced,
                 "acted on the view"
             );
