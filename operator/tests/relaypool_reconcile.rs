@@ -1084,6 +1084,43 @@ async fn serve_nodes(server: &mut ApiServer, pods: Vec<Value>) {
         .ok(&list("v1", "PodList", pods));
 }
 
+/// The status write of the pass that started a roll is refused as stale (another writer
+/// got there first): the pass fails and is retried, but the StatefulSet is changed
+/// already, so the roll's start is told all the same. The condition changes wait for
+/// the pass whose status lands.
+#[tokio::test]
+async fn a_pass_whose_status_is_refused_still_tells_what_it_did() {
+    let pool = fixture("single.yaml");
+    let (mut server, _ctx, task) = start(&pool);
+    let mut sts = any_sts(&pool, "default", 3, settled_status(3, 3));
+    sts["metadata"]["annotations"] = json!({ TEMPLATE_HASH_ANNOTATION: "an-older-template" });
+    serve_until_statefulsets(&mut server, sts).await;
+    let applied = serve_children(
+        &mut server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &settled_status(3, 3),
+    )
+    .await;
+    assert_eq!(*partition_of(&applied), 3);
+    server
+        .expect(Method::PATCH, &format!("{}/status", pool_path(NS, "relay")))
+        .await
+        .respond(
+            http::StatusCode::CONFLICT,
+            &json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "Conflict", "code": 409,
+                "message": "the object has been modified; please apply your changes to the latest version",
+            }),
+        );
+    let events = serve_events(&mut server, NS, 1).await;
+    assert_eq!(reasons(&events), [("Normal", "RollingUpdateStarted")]);
+    assert!(finish(task).await.is_err(), "the pass is retried");
+}
+
 fn partition_of(applied: &relaypool_support::reconcile::Applied) -> &Value {
     &applied.statefulsets[0].1["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
 }

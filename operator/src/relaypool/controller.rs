@@ -451,19 +451,34 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
             ),
         );
     }
+    let mut events: Vec<_> = recommendations
+        .iter()
+        .filter_map(|r| r.changed.clone())
+        .map(|message| normal("Autoscaled", "Scale", message))
+        .collect();
+    events.extend(scale.events);
+    events.extend(roll.events);
     if next != previous {
         let api: Api<RelayPool> = Api::namespaced(ctx.client.clone(), &model.identity.namespace);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PatchParams::default()
         };
-        api.patch_status(
-            &model.identity.name,
-            &params,
-            &Patch::Merge(status::patch_body(&next, pool.resource_version())),
-        )
-        .await
-        .map_err(Error::Status)?;
+        let written = api
+            .patch_status(
+                &model.identity.name,
+                &params,
+                &Patch::Merge(status::patch_body(&next, pool.resource_version())),
+            )
+            .await;
+        if let Err(error) = written {
+            // The children are changed already: what this pass did is told even when
+            // its status is refused (a stale resourceVersion). The next pass writes the
+            // status and the condition changes it derives.
+            publish(ctx, pool, &outcome.changes).await;
+            publish_all(&ctx.events, &pool.object_ref(&()), &events).await;
+            return Err(Error::Status(error));
+        }
     }
     ctx.pool_metrics
         .record(&model.identity.namespace, &model.identity.name, &next);
@@ -474,16 +489,7 @@ async fn pipeline(pool: &RelayPool, ctx: &Context) -> Result<Action> {
         &next.conditions,
     ));
     publish(ctx, pool, &all_changes).await;
-    let mut events: Vec<_> = recommendations
-        .iter()
-        .filter_map(|r| r.changed.clone())
-        .map(|message| normal("Autoscaled", "Scale", message))
-        .collect();
-    events.extend(scale.events);
-    events.extend(roll.events);
-    if !events.is_empty() {
-        publish_all(&ctx.events, &pool.object_ref(&()), &events).await;
-    }
+    publish_all(&ctx.events, &pool.object_ref(&()), &events).await;
     Ok(Action::requeue(requeue))
 }
 
