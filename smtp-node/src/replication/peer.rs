@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::protocol::{self, Frame, ProtocolError, Request, Response};
+use super::protocol::{self, Frame, IO_BUFFER, ProtocolError, Request, Response};
 use super::view::Holder;
 use crate::peer_tls::PeerTls;
 use crate::spool::NodeId;
@@ -202,7 +202,10 @@ async fn run_link(
             return;
         }
     };
-    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (reader, writer) = tokio::io::split(stream);
+    // Buffered both ways: under load many frames share one read and one write syscall.
+    let mut reader = BufReader::with_capacity(IO_BUFFER, reader);
+    let mut writer = BufWriter::with_capacity(IO_BUFFER, writer);
     let mut pending: HashMap<u64, Pending> = HashMap::new();
     let mut next_id: u64 = 1;
     let broken = |reason: String| PeerError::Broken {
@@ -216,7 +219,11 @@ async fn run_link(
             return;
         }
     };
-    if let Err(e) = protocol::write_frame(&mut writer, &hello).await {
+    let said_hello = match protocol::write_frame(&mut writer, &hello).await {
+        Ok(()) => writer.flush().await.map_err(ProtocolError::from),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = said_hello {
         tracing::debug!(peer = %node, error = %e, "peer hello failed");
         requests.close();
         return;
@@ -234,20 +241,33 @@ async fn run_link(
     loop {
         tokio::select! {
             request = requests.recv() => {
-                let Some((request, tx)) = request else { break };
-                let id = next_id;
-                next_id += 1;
-                match protocol::encode_request(id, &request) {
-                    Ok(frame) => {
-                        pending.insert(id, tx);
-                        if let Err(e) = protocol::write_frame(&mut writer, &frame).await {
-                            fail_all(&mut pending, broken(e.to_string()));
-                            break;
+                let Some(first) = request else { break };
+                // Everything asked for meanwhile goes out with it, in one flush.
+                let mut next = Some(first);
+                let mut written = Ok(());
+                while let Some((request, tx)) = next.take() {
+                    let id = next_id;
+                    next_id += 1;
+                    match protocol::encode_request(id, &request) {
+                        Ok(frame) => {
+                            pending.insert(id, tx);
+                            written = protocol::write_frame(&mut writer, &frame).await;
+                            if written.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(broken(e.to_string())));
                         }
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(broken(e.to_string())));
-                    }
+                    next = requests.try_recv().ok();
+                }
+                if written.is_ok() {
+                    written = writer.flush().await.map_err(ProtocolError::from);
+                }
+                if let Err(e) = written {
+                    fail_all(&mut pending, broken(e.to_string()));
+                    break;
                 }
             }
             frame = frames.recv() => match frame {

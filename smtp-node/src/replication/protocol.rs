@@ -14,6 +14,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::view::{Copy, Holder};
 use crate::spool::{MessageId, MessageMeta, RecipientUpdate};
 
+/// The read and write buffers of a peer connection.
+pub const IO_BUFFER: usize = 64 * 1024;
+
 /// Largest frame accepted: a message body up to the largest configurable size plus
 /// its metadata.
 pub const MAX_FRAME: usize = 160 * 1024 * 1024;

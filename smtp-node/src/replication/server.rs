@@ -115,7 +115,10 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Spool,
 {
-    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (reader, writer) = tokio::io::split(stream);
+    // Buffered both ways: under load many frames share one read and one write syscall.
+    let mut reader = tokio::io::BufReader::with_capacity(protocol::IO_BUFFER, reader);
+    let mut writer = tokio::io::BufWriter::with_capacity(protocol::IO_BUFFER, writer);
     let peer = match protocol::read_frame(&mut reader).await {
         Ok(Some(Frame::Request(_, Request::Hello { from }))) => from,
         Ok(_) => return Err("the first frame was not a hello".into()),
@@ -124,7 +127,14 @@ where
     let (answers_tx, mut answers) = mpsc::unbounded_channel::<bytes::Bytes>();
     let write_task = tokio::spawn(async move {
         while let Some(frame) = answers.recv().await {
-            if protocol::write_frame(&mut writer, &frame).await.is_err() {
+            let mut next = Some(frame);
+            while let Some(frame) = next.take() {
+                if protocol::write_frame(&mut writer, &frame).await.is_err() {
+                    return;
+                }
+                next = answers.try_recv().ok();
+            }
+            if tokio::io::AsyncWriteExt::flush(&mut writer).await.is_err() {
                 return;
             }
         }
