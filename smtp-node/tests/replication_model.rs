@@ -105,6 +105,9 @@ enum Action {
     Prepare(usize),
     Commit(usize),
     CommitOwnerOnly(usize),
+    /// The owner commits locally and on the replicas at once; the replicas' writes land
+    /// and the owner crashes before its own does.
+    CommitReplicasThenCrash(usize),
     Abort(usize),
     Crash(usize),
     Restart(usize),
@@ -287,6 +290,9 @@ impl Model for World {
                 Phase::Prepared if s.ready(owner) => {
                     actions.push(Action::Commit(m));
                     actions.push(Action::CommitOwnerOnly(m));
+                    if s.crashes < self.max_crashes {
+                        actions.push(Action::CommitReplicasThenCrash(m));
+                    }
                     actions.push(Action::Abort(m));
                 }
                 _ => {}
@@ -437,6 +443,44 @@ impl Model for World {
                     s.thin_ack = true;
                 }
                 s.phase[m] = Phase::Acknowledged;
+            }
+            Action::CommitReplicasThenCrash(m) => {
+                let owner = ACCEPTED_BY[m];
+                let stored = s.nodes[owner].disk.get(&m)?.clone();
+                if !s.nodes[owner]
+                    .view
+                    .may_commit(&holder(&s, owner), &stored.copy)
+                {
+                    return None;
+                }
+                let copy = Copy {
+                    committed: true,
+                    ..stored.copy.clone()
+                };
+                for h in copy.holders.iter().skip(1) {
+                    let n = index_of(h);
+                    if n < NODES.len()
+                        && s.accepts(h, &copy)
+                        && s.nodes[n]
+                            .disk
+                            .get(&m)
+                            .is_some_and(|x| x.copy == stored.copy)
+                    {
+                        s.nodes[n].disk.insert(
+                            m,
+                            Stored {
+                                copy: copy.clone(),
+                                done: false,
+                            },
+                        );
+                    }
+                }
+                s.crashes += 1;
+                let node = &mut s.nodes[owner];
+                node.up = false;
+                node.busy = None;
+                node.fenced = true;
+                s.phase[m] = Phase::Unknown;
             }
             Action::CommitOwnerOnly(m) => {
                 let owner = ACCEPTED_BY[m];

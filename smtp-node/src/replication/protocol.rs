@@ -60,8 +60,9 @@ pub enum Request {
         updates: Vec<RecipientUpdate>,
         copy: Option<Copy>,
     },
-    /// Every recipient is final: drop the message.
-    Remove { id: MessageId },
+    /// Every recipient of these messages is final: drop them. Owners send removals in
+    /// batches, a few milliseconds after the fact.
+    Remove { ids: Vec<MessageId> },
     /// Does this node, as the incarnation `of`, still hold the message? Asked by a node
     /// with a copy it cannot act on alone; refused with [`NOT_HELD`] only by that very
     /// incarnation: a node that came back with an empty disk never held it, and its
@@ -92,7 +93,7 @@ enum Control {
         copy: Option<Copy>,
     },
     Remove {
-        id: MessageId,
+        ids: Vec<MessageId>,
     },
     Holds {
         id: MessageId,
@@ -146,7 +147,7 @@ pub fn encode_request(id: u64, request: &Request) -> Result<Bytes, ProtocolError
                 copy: copy.clone(),
             })?,
         ),
-        Request::Remove { id } => (KIND_REMOVE, json(&Control::Remove { id: *id })?),
+        Request::Remove { ids } => (KIND_REMOVE, json(&Control::Remove { ids: ids.clone() })?),
         Request::Holds { id, of } => (
             KIND_HOLDS,
             json(&Control::Holds {
@@ -228,7 +229,7 @@ pub fn decode(mut content: Bytes) -> Result<Frame, ProtocolError> {
                 Control::Commit { id, copy } => Request::Commit { id, copy },
                 Control::Abort { id } => Request::Abort { id },
                 Control::Update { id, updates, copy } => Request::Update { id, updates, copy },
-                Control::Remove { id } => Request::Remove { id },
+                Control::Remove { ids } => Request::Remove { ids },
                 Control::Holds { id, of } => Request::Holds { id, of },
             }
         }
@@ -318,7 +319,7 @@ mod tests {
                 }],
                 copy: Some(copy),
             },
-            Request::Remove { id: meta.id },
+            Request::Remove { ids: vec![meta.id] },
             Request::Holds {
                 id: meta.id,
                 of: holder,

@@ -278,10 +278,18 @@ async fn handle<S: Spool>(spool: &S, me: &Holding, request: Request) -> Result<(
             Some(_) => Ok(()),
             None => Err(protocol::NOT_HELD.into()),
         },
-        Request::Remove { id } => match spool.remove(id).await {
-            Ok(()) | Err(SpoolError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        },
+        Request::Remove { ids } => {
+            // Side by side, so the whole batch shares the spool's next sync.
+            let removed = futures::future::join_all(ids.into_iter().map(|id| spool.remove(id)));
+            match removed
+                .await
+                .into_iter()
+                .find(|r| !matches!(r, Ok(()) | Err(SpoolError::NotFound(_))))
+            {
+                Some(Err(e)) => Err(e.to_string()),
+                _ => Ok(()),
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! [`SpoolError::NotReplicated`] (the client hears 451 and nothing is ever delivered); an
 //! unconfirmed commit keeps the message and says [`SpoolError::OutcomeUnknown`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +22,7 @@ use super::peer::{PeerError, Peers};
 use super::placement::{Candidate, choose_replicas};
 use super::protocol::Request;
 use super::view::{Copy, Holder, View};
-use crate::spool::{MessageId, MessageMeta, Ownership, RecipientUpdate, Spool, SpoolError};
+use crate::spool::{MessageId, MessageMeta, NodeId, Ownership, RecipientUpdate, Spool, SpoolError};
 
 /// What a replicated spool needs to know about its pool.
 #[derive(Clone, Debug)]
@@ -52,6 +52,8 @@ pub struct ReplicatedSpool<S: Spool> {
     in_flight: Mutex<HashSet<MessageId>>,
     /// Set by a drain: new mail is refused with 451.
     draining: AtomicBool,
+    /// Removals not yet sent, per holder.
+    removals: Arc<Mutex<Removals>>,
 }
 
 /// Marks a message as being stored for as long as it lives.
@@ -74,11 +76,17 @@ impl Drop for InFlight<'_> {
 }
 
 fn lock(set: &Mutex<HashSet<MessageId>>) -> std::sync::MutexGuard<'_, HashSet<MessageId>> {
-    match set.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+type Removals = HashMap<NodeId, Vec<MessageId>>;
+
+fn lock_map(map: &Mutex<Removals>) -> std::sync::MutexGuard<'_, Removals> {
+    map.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How long removals for a holder wait for company before they are sent.
+const REMOVAL_DELAY: Duration = Duration::from_millis(10);
 
 impl<S: Spool> ReplicatedSpool<S> {
     pub fn new(
@@ -94,6 +102,7 @@ impl<S: Spool> ReplicatedSpool<S> {
             peers,
             in_flight: Mutex::new(HashSet::new()),
             draining: AtomicBool::new(false),
+            removals: Arc::default(),
         }
     }
 
@@ -280,8 +289,8 @@ impl<S: Spool> ReplicatedSpool<S> {
 }
 
 impl<S: Spool> ReplicatedSpool<S> {
-    /// Runs `local` (the removal here) and then tells every other holder to drop the
-    /// message: one record on each holder.
+    /// Runs `local` (the removal here, synced) and then has every other holder drop the
+    /// message with the next batch of removals for it.
     async fn remove_everywhere(
         &self,
         id: MessageId,
@@ -292,11 +301,55 @@ impl<S: Spool> ReplicatedSpool<S> {
             None => Vec::new(),
         };
         local.await?;
-        if !holders.is_empty() {
-            self.propagate(id, &holders, || Request::Remove { id })
-                .await;
+        for holder in holders.iter().filter(|h| **h != self.settings.me) {
+            self.remove_later(&holder.node, id);
         }
         Ok(())
+    }
+
+    /// Queues the removal of `id` on `node`. The first removal queued for a node starts
+    /// a batch that is sent [`REMOVAL_DELAY`] later with every removal queued meanwhile:
+    /// one request and one synced write on the holder for many messages. A holder that a
+    /// batch does not reach keeps its copies until it asks their owner
+    /// (`takeover::Look::ask_owners`), and one whose owner fails before the batch is sent
+    /// delivers those messages again, as for a delivery in flight at a failure.
+    fn remove_later(&self, node: &NodeId, id: MessageId) {
+        let first = {
+            let mut removals = lock_map(&self.removals);
+            let queued = removals.entry(node.clone()).or_default();
+            queued.push(id);
+            queued.len() == 1
+        };
+        if !first {
+            return;
+        }
+        let (node, removals, peers) = (node.clone(), self.removals.clone(), self.peers.clone());
+        let (standing, timeout) = (self.standing.clone(), self.settings.timeout);
+        tokio::spawn(async move {
+            tokio::time::sleep(REMOVAL_DELAY).await;
+            let ids = lock_map(&removals).remove(&node).unwrap_or_default();
+            let address = standing
+                .borrow()
+                .usable_view()
+                .and_then(|view| view.members.get(&node).map(|m| m.address.clone()));
+            let count = ids.len();
+            let sent = match address {
+                Some(address) => {
+                    peers
+                        .call(&node, &address, Request::Remove { ids }, timeout)
+                        .await
+                }
+                None => Err(PeerError::Unreachable {
+                    node: node.0.clone(),
+                    address: String::new(),
+                    reason: "not a member of the view, or this node is fenced".into(),
+                }),
+            };
+            if let Err(error) = sent {
+                tracing::warn!(holder = %node, messages = count, %error,
+                    "a holder did not take removals; it drops those copies once it asks their owner");
+            }
+        });
     }
 }
 
@@ -387,15 +440,20 @@ impl<S: Spool> Spool for ReplicatedSpool<S> {
             committed: true,
             ..prepared
         };
-        self.local
-            .set_ownership(id, ownership(committed.clone()))
-            .await?;
-        let unconfirmed: Vec<String> = self
-            .broadcast(&current, &holders, || Request::Commit {
+        // Here and on the replicas at once: one synced write less in the time to 250. A
+        // crash in between may leave a replica's copy committed and this one not; this
+        // node drops its own after a restart (no 250 was given), and the replica's goes
+        // when it asks the owner (`takeover::Look::ask_owners`), or is delivered if this
+        // node left the pool: mail whose client heard no answer, as with 421 below.
+        let (local, remote) = tokio::join!(
+            self.local.set_ownership(id, ownership(committed.clone())),
+            self.broadcast(&current, &holders, || Request::Commit {
                 id,
                 copy: committed.clone(),
             })
-            .await
+        );
+        local?;
+        let unconfirmed: Vec<String> = remote
             .into_iter()
             .filter_map(|(_, r)| r.err().map(|e| e.to_string()))
             .collect();
