@@ -33,8 +33,8 @@ pub const DATA_CENTRE_ENV: &str = "SMTP_NODE_DATA_CENTRE";
 /// The pod's IP, from the downward API: the address a node writes into the pool's view
 /// for its peers.
 pub const POD_IP_ENV: &str = "POD_IP";
-/// Node label of the zone a pod runs in.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Node label of the zone a pod runs in (the one `spec.zone` and `nodeSelector` speak of).
+pub use crate::api::relay_pool::ZONE_LABEL;
 /// Node label of the host a pod runs on.
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
