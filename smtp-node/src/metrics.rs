@@ -216,7 +216,7 @@ impl SpoolMetrics {
 
 /// The replicated queue (see `docs/replication.md`). `Default` is unregistered: for
 /// code driven directly in tests.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ReplicationMetrics {
     /// Messages this node took over from a holder that left the view.
     pub takeovers: Counter,
@@ -239,6 +239,26 @@ pub struct ReplicationMetrics {
     /// The epoch of the pool's view this node has counted its copies under: published
     /// with `under_replicated`, so the two always describe the same view.
     pub view_epoch: Gauge,
+    /// How long the owner waited for every holder's acknowledgement, by phase.
+    pub ack_seconds: Family<PhaseLabel, Histogram>,
+    /// Copies on holders eligible under the owner's view behind each 250.
+    pub copies_per_message: Histogram,
+}
+
+impl Default for ReplicationMetrics {
+    fn default() -> Self {
+        Self::register(&mut Registry::default())
+    }
+}
+
+/// The phase of a replicated write an acknowledgement is for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+fn ack_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
 impl ReplicationMetrics {
@@ -255,6 +275,8 @@ impl ReplicationMetrics {
             under_replicated: Gauge::default(),
             fenced: Gauge::default(),
             view_epoch: Gauge::default(),
+            ack_seconds: Family::new_with_constructor(ack_histogram),
+            copies_per_message: Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0]),
         };
         sub.register(
             "takeovers",
@@ -305,6 +327,16 @@ impl ReplicationMetrics {
             "view_epoch",
             "The epoch of the pool's view this node has counted its copies under",
             m.view_epoch.clone(),
+        );
+        sub.register(
+            "ack_seconds",
+            "Time the owner waited for every holder's acknowledgement of a message's prepare or commit",
+            m.ack_seconds.clone(),
+        );
+        sub.register(
+            "copies_per_message",
+            "Copies on holders eligible under the owner's view behind each message answered 250",
+            m.copies_per_message.clone(),
         );
         m
     }

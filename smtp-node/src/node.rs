@@ -161,9 +161,13 @@ impl Node {
         };
         let delivery = outbound_metrics.delivery.clone();
         let node = NodeId(identity.name.clone());
-        let prepared = wiring::prepare(&config, &identity, spool.clone(), |var| {
-            std::env::var(var).ok()
-        })
+        let prepared = wiring::prepare(
+            &config,
+            &identity,
+            spool.clone(),
+            replication_metrics.clone(),
+            |var| std::env::var(var).ok(),
+        )
         .await?;
         let replicated = prepared.spool.clone();
         let deliveries = outbound_metrics.active_connections.clone();

@@ -445,6 +445,18 @@ fn acknowledged_mail_survives_crashes_pauses_wiped_disks_a_cut_data_centre_and_a
         "too little load to mean anything: {}",
         ledger.len()
     );
+    // By each live node's own count, every 250 it gave rested on two copies, and it
+    // timed the holders' acknowledgements.
+    for (node, (name, _)) in nodes.iter().zip(NODES).take(3) {
+        let answered = node.metric("smtpnode_replication_copies_per_message_count");
+        let copies = node.metric("smtpnode_replication_copies_per_message_sum");
+        assert!(answered > 0.0, "{name} counted no 250");
+        assert_eq!(copies, 2.0 * answered, "{name}: copies behind its 250s");
+        assert!(
+            node.metric("smtpnode_replication_ack_seconds_count{phase=\"prepare\"}") >= answered,
+            "{name} timed fewer prepares than it answered"
+        );
+    }
     drop(nodes);
     drop(plane);
 }

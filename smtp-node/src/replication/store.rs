@@ -22,6 +22,7 @@ use super::peer::{PeerError, Peers};
 use super::placement::{Candidate, choose_replicas};
 use super::protocol::Request;
 use super::view::{Copy, Holder, View};
+use crate::metrics::{PhaseLabel, ReplicationMetrics};
 use crate::spool::{MessageId, MessageMeta, NodeId, Ownership, RecipientUpdate, Spool, SpoolError};
 
 /// What a replicated spool needs to know about its pool.
@@ -54,6 +55,7 @@ pub struct ReplicatedSpool<S: Spool> {
     draining: AtomicBool,
     /// Removals not yet sent, per holder.
     removals: Arc<Mutex<Removals>>,
+    metrics: ReplicationMetrics,
 }
 
 /// Marks a message as being stored for as long as it lives.
@@ -103,7 +105,32 @@ impl<S: Spool> ReplicatedSpool<S> {
             in_flight: Mutex::new(HashSet::new()),
             draining: AtomicBool::new(false),
             removals: Arc::default(),
+            metrics: ReplicationMetrics::default(),
         }
+    }
+
+    /// Where acknowledgement times and copies per message are counted.
+    pub fn with_metrics(mut self, metrics: ReplicationMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Sends `request` to every holder but this node, and counts how long the last
+    /// acknowledgement took as `phase`.
+    async fn acknowledged(
+        &self,
+        phase: &'static str,
+        view: &View,
+        holders: &[Holder],
+        request: impl Fn() -> Request,
+    ) -> Vec<(Holder, Result<(), PeerError>)> {
+        let started = std::time::Instant::now();
+        let answers = self.broadcast(view, holders, request).await;
+        self.metrics
+            .ack_seconds
+            .get_or_create(&PhaseLabel { phase })
+            .observe(started.elapsed().as_secs_f64());
+        answers
     }
 
     /// Refuses new mail (`true`) while the node drains, or takes it again.
@@ -409,7 +436,7 @@ impl<S: Spool> Spool for ReplicatedSpool<S> {
         };
         let (local, remote) = tokio::join!(
             self.local.store(meta.clone(), body),
-            self.broadcast(&view, &holders, prepare)
+            self.acknowledged("prepare", &view, &holders, prepare)
         );
         if let Err(error) = local {
             self.abort(&view, id, &holders).await;
@@ -447,7 +474,7 @@ impl<S: Spool> Spool for ReplicatedSpool<S> {
         // node left the pool: mail whose client heard no answer, as with 421 below.
         let (local, remote) = tokio::join!(
             self.local.set_ownership(id, ownership(committed.clone())),
-            self.broadcast(&current, &holders, || Request::Commit {
+            self.acknowledged("commit", &current, &holders, || Request::Commit {
                 id,
                 copy: committed.clone(),
             })
@@ -458,6 +485,14 @@ impl<S: Spool> Spool for ReplicatedSpool<S> {
             .filter_map(|(_, r)| r.err().map(|e| e.to_string()))
             .collect();
         if unconfirmed.is_empty() {
+            // Eligible, not only counting: a copy on a holder that began draining while
+            // the message was written still holds it until the factor is restored.
+            let copies = committed
+                .holders
+                .iter()
+                .filter(|h| current.eligible(h, committed.epoch))
+                .count();
+            self.metrics.copies_per_message.observe(copies as f64);
             Ok(())
         } else {
             Err(SpoolError::OutcomeUnknown(unconfirmed.join("; ")))

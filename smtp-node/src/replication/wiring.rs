@@ -85,6 +85,7 @@ pub async fn prepare(
     config: &Config,
     identity: &ResolvedIdentity,
     local: Arc<LogSpool>,
+    metrics: ReplicationMetrics,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Prepared, SetupError> {
     let node = NodeId(identity.name.clone());
@@ -154,7 +155,8 @@ pub async fn prepare(
         ),
         standing.clone(),
         Peers::new(me.clone(), tls.clone()),
-    );
+    )
+    .with_metrics(metrics);
     tracing::info!(node = %me.node, incarnation = %me.incarnation, %address,
         factor, min_data_centres = r.min_data_centres, "replicating the queue");
     Ok(Prepared {
