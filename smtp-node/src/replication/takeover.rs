@@ -1,8 +1,9 @@
 //! What a node does with the copies it holds when the view changes: take over the
 //! messages of a holder that left, restore the replication factor, drop uncommitted
-//! copies whose writer is gone, drop stale copies of messages that are done, and hand the
-//! messages it now owns to the delivery side. Every choice is `View::duty`'s (and
-//! `View::witness`'s for stale copies); this is the loop that acts on it.
+//! copies whose writer is gone, drop stale copies of messages that are done and copies
+//! a lost removal left behind, and hand the messages it now owns to the delivery side.
+//! Every choice is `View::duty`'s (and `View::witness`'s or `View::owner`'s for whom to
+//! ask about a copy); this is the loop that acts on it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
