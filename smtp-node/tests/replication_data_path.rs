@@ -347,15 +347,7 @@ async fn stale_copies_go_once_a_holder_that_never_left_is_done_with_them() {
         .expect("removed at east-0");
 
     let (queue, _announced) = tokio::sync::mpsc::unbounded_channel();
-    let done = takeover::pass(
-        &west0.replicated,
-        &rejoined,
-        takeover::Look::default(),
-        &queue,
-        &Default::default(),
-    )
-    .await
-    .expect("pass");
+    let done = pass(west0, &rejoined, takeover::Look::default(), &queue).await;
     assert_eq!(
         (done.stale_dropped, done.stale, done.orphaned),
         (1, 1, 0),
@@ -369,15 +361,7 @@ async fn stale_copies_go_once_a_holder_that_never_left_is_done_with_them() {
         .remove(std::slice::from_ref(&east0.holder.node))
         .expect("member");
     west0.standing.send_replace(standing(&alone));
-    let done = takeover::pass(
-        &west0.replicated,
-        &alone,
-        takeover::Look::default(),
-        &queue,
-        &Default::default(),
-    )
-    .await
-    .expect("pass");
+    let done = pass(west0, &alone, takeover::Look::default(), &queue).await;
     assert_eq!(
         (done.stale_dropped, done.stale, done.orphaned),
         (0, 1, 1),
@@ -451,28 +435,18 @@ async fn a_held_copy_goes_once_its_owner_no_longer_has_the_message() {
     assert!(matches!(asked, Ok(false)), "{asked:?}");
 
     let (queue, _announced) = tokio::sync::mpsc::unbounded_channel();
-    let not_asked = takeover::pass(
-        &west0.replicated,
-        &pool.view,
-        takeover::Look::default(),
-        &queue,
-        &Default::default(),
-    )
-    .await
-    .expect("pass");
+    let not_asked = pass(west0, &pool.view, takeover::Look::default(), &queue).await;
     assert_eq!(not_asked.leftovers_dropped, 0, "{not_asked:?}");
-    let done = takeover::pass(
-        &west0.replicated,
+    let done = pass(
+        west0,
         &pool.view,
         takeover::Look {
             announce_all: false,
             ask_owners: true,
         },
         &queue,
-        &Default::default(),
     )
-    .await
-    .expect("pass");
+    .await;
     assert_eq!(done.leftovers_dropped, 1, "{done:?}");
     assert!(held(west0, &delivered).await.is_none(), "the leftover went");
     assert!(held(west0, &alive).await.is_some(), "east-0 still has it");
@@ -480,6 +454,18 @@ async fn a_held_copy_goes_once_its_owner_no_longer_has_the_message() {
         held(west0, &young).await.is_some(),
         "too young to ask about"
     );
+}
+
+/// One takeover pass on `node` under `view`, counted in metrics nobody reads.
+async fn pass(
+    node: &TestNode,
+    view: &View,
+    look: takeover::Look,
+    queue: &tokio::sync::mpsc::UnboundedSender<smtp_node::spool::MessageId>,
+) -> takeover::Pass {
+    takeover::pass(&node.replicated, view, look, queue, &Default::default())
+        .await
+        .expect("pass")
 }
 
 /// west-0's side of the peer connections, with its own certificate.
@@ -756,15 +742,7 @@ async fn the_survivor_takes_over_and_restores_the_factor() {
         node.standing.send_replace(standing(&after));
     }
     let (queue, mut announced) = tokio::sync::mpsc::unbounded_channel();
-    let done = takeover::pass(
-        &west0.replicated,
-        &after,
-        takeover::Look::default(),
-        &queue,
-        &Default::default(),
-    )
-    .await
-    .expect("pass");
+    let done = pass(west0, &after, takeover::Look::default(), &queue).await;
     assert_eq!(done.taken_over, 1, "{done:?}");
     assert_eq!(announced.try_recv().ok(), Some(meta.id));
 
@@ -803,25 +781,9 @@ async fn the_survivor_takes_over_and_restores_the_factor() {
     assert!(!old.may_deliver(&old_copy));
 
     // Nothing more to do on either survivor.
-    let again = takeover::pass(
-        &west0.replicated,
-        &after,
-        takeover::Look::default(),
-        &queue,
-        &Default::default(),
-    )
-    .await
-    .expect("pass");
+    let again = pass(west0, &after, takeover::Look::default(), &queue).await;
     assert_eq!(again, takeover::Pass::default());
-    let at_east = takeover::pass(
-        &east1.replicated,
-        &after,
-        takeover::Look::default(),
-        &queue,
-        &Default::default(),
-    )
-    .await
-    .expect("pass");
+    let at_east = pass(east1, &after, takeover::Look::default(), &queue).await;
     assert_eq!(at_east, takeover::Pass::default());
 }
 
@@ -841,18 +803,16 @@ async fn an_uncommitted_copy_whose_writer_left_is_dropped() {
         .await
         .expect("prepared copy");
     let (queue, _announced) = tokio::sync::mpsc::unbounded_channel();
-    let held_while_writer_lives = takeover::pass(
-        &west0.replicated,
+    let held_while_writer_lives = pass(
+        west0,
         &pool.view,
         takeover::Look {
             announce_all: true,
             ask_owners: false,
         },
         &queue,
-        &Default::default(),
     )
-    .await
-    .expect("pass");
+    .await;
     assert_eq!(held_while_writer_lives.discarded, 0);
     assert!(held(west0, &meta).await.is_some());
 
@@ -860,15 +820,7 @@ async fn an_uncommitted_copy_whose_writer_left_is_dropped() {
         .view
         .remove(std::slice::from_ref(&east0.holder.node))
         .expect("member");
-    let done = takeover::pass(
-        &west0.replicated,
-        &after,
-        takeover::Look::default(),
-        &queue,
-        &Default::default(),
-    )
-    .await
-    .expect("pass");
+    let done = pass(west0, &after, takeover::Look::default(), &queue).await;
     assert_eq!(done.discarded, 1);
     assert!(held(west0, &meta).await.is_none());
 }

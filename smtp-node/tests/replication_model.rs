@@ -226,6 +226,21 @@ impl State {
             })
     }
 
+    /// Node `n` crashes: its delivery in flight is lost, its disk stays. A message still
+    /// being written by it is refused or unknown to the client: it never got 250.
+    fn crash(&mut self, n: usize) {
+        self.crashes += 1;
+        let node = &mut self.nodes[n];
+        node.up = false;
+        node.busy = None;
+        node.fenced = true;
+        for (phase, &owner) in self.phase.iter_mut().zip(&ACCEPTED_BY) {
+            if owner == n && *phase == Phase::Prepared {
+                *phase = Phase::Unknown;
+            }
+        }
+    }
+
     /// Marks messages whose last eligible copy a fault is about to take away.
     fn note_losses(&mut self, n: usize) {
         for m in 0..2 {
@@ -475,12 +490,7 @@ impl Model for World {
                         );
                     }
                 }
-                s.crashes += 1;
-                let node = &mut s.nodes[owner];
-                node.up = false;
-                node.busy = None;
-                node.fenced = true;
-                s.phase[m] = Phase::Unknown;
+                s.crash(owner);
             }
             Action::CommitOwnerOnly(m) => {
                 let owner = ACCEPTED_BY[m];
@@ -500,20 +510,7 @@ impl Model for World {
                 }
                 s.phase[m] = Phase::Refused;
             }
-            Action::Crash(n) => {
-                s.crashes += 1;
-                let node = &mut s.nodes[n];
-                node.up = false;
-                node.busy = None;
-                node.fenced = true;
-                // A message still being prepared on it is refused or unknown to the
-                // client: it never got 250.
-                for (phase, &owner) in s.phase.iter_mut().zip(&ACCEPTED_BY) {
-                    if owner == n && *phase == Phase::Prepared {
-                        *phase = Phase::Unknown;
-                    }
-                }
-            }
+            Action::Crash(n) => s.crash(n),
             Action::Restart(n) => {
                 s.nodes[n].up = true;
                 s.nodes[n].fenced = true;
