@@ -1092,19 +1092,7 @@ async fn serve_nodes(server: &mut ApiServer, pods: Vec<Value>) {
 async fn a_pass_whose_status_is_refused_still_tells_what_it_did() {
     let pool = fixture("single.yaml");
     let (mut server, _ctx, task) = start(&pool);
-    let mut sts = any_sts(&pool, "default", 3, settled_status(3, 3));
-    sts["metadata"]["annotations"] = json!({ TEMPLATE_HASH_ANNOTATION: "an-older-template" });
-    serve_until_statefulsets(&mut server, sts).await;
-    let applied = serve_children(
-        &mut server,
-        NS,
-        "relay",
-        &["default"],
-        false,
-        &settled_status(3, 3),
-    )
-    .await;
-    assert_eq!(*partition_of(&applied), 3);
+    template_changed(&mut server, &pool).await;
     server
         .expect(Method::PATCH, &format!("{}/status", pool_path(NS, "relay")))
         .await
@@ -1125,6 +1113,29 @@ fn partition_of(applied: &relaypool_support::reconcile::Applied) -> &Value {
     &applied.statefulsets[0].1["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
 }
 
+/// A pass over a StatefulSet applied from an older spec (another digest, no partition):
+/// the new template is applied with every node held. No pod is read: nothing is
+/// released in the pass that changes the template.
+async fn template_changed(
+    server: &mut ApiServer,
+    pool: &RelayPool,
+) -> relaypool_support::reconcile::Applied {
+    let mut sts = any_sts(pool, "default", 3, settled_status(3, 3));
+    sts["metadata"]["annotations"] = json!({ TEMPLATE_HASH_ANNOTATION: "an-older-template" });
+    serve_until_statefulsets(server, sts).await;
+    let applied = serve_children(
+        server,
+        NS,
+        "relay",
+        &["default"],
+        false,
+        &settled_status(3, 3),
+    )
+    .await;
+    assert_eq!(*partition_of(&applied), 3);
+    applied
+}
+
 /// The first passes of a reconciliation of single.yaml, up to the StatefulSets list.
 async fn serve_until_statefulsets(server: &mut ApiServer, sts: Value) {
     serve_secret(server, NS, "smtp-tls", Some(tls_secret(NS, "smtp-tls"))).await;
@@ -1136,21 +1147,7 @@ async fn serve_until_statefulsets(server: &mut ApiServer, sts: Value) {
 async fn a_template_change_is_applied_with_every_node_held() {
     let pool = fixture("single.yaml");
     let (mut server, _ctx, task) = start(&pool);
-    // Applied from an older spec: another digest, no partition.
-    let mut sts = any_sts(&pool, "default", 3, settled_status(3, 3));
-    sts["metadata"]["annotations"] = json!({ TEMPLATE_HASH_ANNOTATION: "an-older-template" });
-    serve_until_statefulsets(&mut server, sts).await;
-    // No pod is read: nothing is released in the pass that changes the template.
-    let applied = serve_children(
-        &mut server,
-        NS,
-        "relay",
-        &["default"],
-        false,
-        &settled_status(3, 3),
-    )
-    .await;
-    assert_eq!(*partition_of(&applied), 3);
+    let applied = template_changed(&mut server, &pool).await;
     assert_eq!(
         applied.statefulsets[0].1["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION],
         template_hash(&pool, "default").unwrap()
