@@ -294,14 +294,21 @@ func TestRealPodsReplicated(t *testing.T) {
 				}
 			}
 			replicas := jsonpath(t, ns, "statefulset/"+pool+"-a", ".spec.replicas")
-			podThere, claimThere := exists(ns, "pod/"+leaving), exists(ns, "pvc/"+claim)
+			// The claim before the pod: a claim gone while the pod is still there
+			// afterwards was deleted while the pod existed (a removed pod never returns
+			// here). The other order would see a pod that went away between the reads.
+			claimThere, podThere := exists(ns, "pvc/"+claim), exists(ns, "pod/"+leaving)
 			now := time.Now()
 			if scaled.IsZero() && replicas == "1" {
 				scaled = now
-				// A drain once done stays done: a node still answering must say so.
+				// A drain once done stays done: a node still answering must say so. A node
+				// already stopped cannot; the events below show the operator saw it drained.
 				done, err := drainDone(ip, token)
-				if err == nil && !done || err != nil && drained.IsZero() {
-					t.Errorf("the StatefulSet was scaled down before %s said its drain was done (%v, %v)", leaving, done, err)
+				switch {
+				case err == nil && !done:
+					t.Errorf("the StatefulSet was scaled down before %s said its drain was done", leaving)
+				case err != nil && drained.IsZero():
+					t.Logf("%s stopped before it was seen drained here (%v); the operator's events tell", leaving, err)
 				}
 			}
 			if claimGone.IsZero() && !claimThere {

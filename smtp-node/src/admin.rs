@@ -35,6 +35,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::http::Readiness;
 use crate::outbound::DeliveryLedger;
+use crate::replication::server::Intake;
 use crate::replication::{Duty, Holder, ReplicatedSpool, Standing, View};
 use crate::spool::{LogSpool, MessageMeta, RecipientState, Spool, UnixMillis};
 
@@ -78,9 +79,12 @@ pub struct DrainReport {
     pub requested: bool,
     /// The pool's view has this node leaving (pools only).
     pub leaving: bool,
-    /// Copies on this node that still need it: it owns them, or without it they have
-    /// fewer copies than the factor.
+    /// Copies on this node that still need it: it owns them, without it they have
+    /// fewer copies than the factor, or their writer may still commit them.
     pub needed: usize,
+    /// Copies the peer listener is taking in (a leaving node refuses new ones; those
+    /// let in before are waited for).
+    pub arriving: usize,
     /// Nothing on this node needs it any more: it may be removed.
     pub done: bool,
 }
@@ -170,6 +174,8 @@ pub struct Admin {
     factor: usize,
     spool: Arc<ReplicatedSpool<LogSpool>>,
     standing: watch::Receiver<Standing>,
+    /// Copies the peer listener is taking in.
+    intake: Arc<Intake>,
     /// The arbiter marks the node leaving (or not) in the view as this says.
     leaving: watch::Sender<Option<bool>>,
     /// Set while deliveries must not start: between a drain request and the view that
@@ -191,6 +197,7 @@ pub struct AdminParts {
     pub factor: usize,
     pub spool: Arc<ReplicatedSpool<LogSpool>>,
     pub standing: watch::Receiver<Standing>,
+    pub intake: Arc<Intake>,
     pub leaving: watch::Sender<Option<bool>>,
     pub quiet: Arc<AtomicBool>,
     pub readiness: Readiness,
@@ -206,6 +213,7 @@ impl Admin {
             factor: parts.factor,
             spool: parts.spool,
             standing: parts.standing,
+            intake: parts.intake,
             leaving: parts.leaving,
             quiet: parts.quiet,
             readiness: parts.readiness,
@@ -216,16 +224,16 @@ impl Admin {
     }
 
     async fn queue(&self) -> Result<QueueReport, String> {
-        let listing = self.spool.local().list().await.map_err(|e| e.to_string())?;
+        // In this order: a view with this node leaving, then no copy arriving, then the
+        // listing, which then holds every copy the peer listener let in.
         let view = self.standing.borrow().view.clone();
+        let arriving = self.intake.arriving();
+        let listing = self.spool.local().list().await.map_err(|e| e.to_string())?;
         let requested = self.spool.is_draining();
-        Ok(report(
-            &self.me,
-            &listing,
-            view.as_ref(),
-            self.factor,
-            requested,
-        ))
+        let mut out = report(&self.me, &listing, view.as_ref(), self.factor, requested);
+        out.drain.arriving = arriving;
+        out.drain.done &= arriving == 0;
+        Ok(out)
     }
 
     /// Starts a drain (once; a repeated call only reports).
@@ -507,6 +515,13 @@ mod tests {
         let r = report(&a, &listing, Some(&leaving), 2, true);
         assert_eq!((r.held_as_replica, r.drain.needed), (1, 0));
         assert!(r.drain.done);
+        // A copy prepared here by b and not committed yet: b may still answer 250.
+        let mut pending = held(&[&b, &a], 1, false);
+        if let Some(copy) = pending.ownership.copy.as_mut() {
+            copy.committed = false;
+        }
+        let r = report(&a, &[pending], Some(&leaving), 2, true);
+        assert_eq!((r.drain.needed, r.drain.done), (1, false));
         // Alone (one copy), a drain is done when the queue is empty.
         let mut single = test_meta("s@example.com", vec![Recipient::new("r@example.net")]);
         single.ownership.owner = a.node.clone();

@@ -184,12 +184,14 @@ impl Node {
 
         let readiness = Readiness::default();
         readiness.hold(STARTING);
+        let intake = Arc::new(server::Intake::default());
         let admin = Arc::new(Admin::new(AdminParts {
             token_file: config.http.admin_token_file.clone(),
             me: replicated.settings().me.clone(),
             factor: replicated.settings().factor,
             spool: replicated.clone(),
             standing: prepared.standing.clone(),
+            intake: intake.clone(),
             leaving: prepared.drain.leaving,
             quiet: prepared.drain.quiet,
             readiness: readiness.clone(),
@@ -286,6 +288,7 @@ impl Node {
                     spool.clone(),
                     me,
                     prepared.standing.clone(),
+                    intake,
                     replication.tls,
                     stop,
                 ),

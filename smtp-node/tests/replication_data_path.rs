@@ -98,6 +98,7 @@ async fn pool(factor: usize, min_dcs: usize) -> Pool {
             spool.clone(),
             holder.clone(),
             watch.clone(),
+            Arc::default(),
             Some(tls.clone()),
             stop.clone(),
         ));
@@ -307,6 +308,27 @@ async fn a_holder_refuses_copies_that_would_not_count() {
     let copy = theirs.ownership.copy.expect("record");
     assert_eq!(copy.epoch, rejoined.epoch);
     assert_eq!(rejoined.copies(&copy), 2);
+
+    // Draining, west-0 takes no new copy, even from an owner that does not know yet:
+    // once its drain is done, no copy may come to need it again.
+    let leaving = rejoined
+        .mark_leaving(&west0.holder, true)
+        .expect("a member");
+    west0.standing.send_replace(standing(&leaving));
+    let (meta, body) = message(24);
+    let error = east0
+        .replicated
+        .store(meta.clone(), body)
+        .await
+        .expect_err("west-0 is leaving");
+    refused(error, "draining");
+    for node in &pool.nodes {
+        assert!(
+            held(node, &meta).await.is_none(),
+            "{} kept a copy",
+            node.holder.node
+        );
+    }
 }
 
 /// west-0 was removed and let in again, so its copies are stale. It asks east-0, a

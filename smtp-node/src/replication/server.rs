@@ -8,8 +8,13 @@
 //! left the view after the copy's epoch. The owner's view may lag behind the arbiter's,
 //! so the owner alone cannot tell; the holder can, because it is fenced until it has read
 //! the view that let it in again.
+//!
+//! A node its view has leaving takes no new copies: its drain is done once nothing on
+//! it is needed, and a copy taken after that would be needed again. [`Intake`] tells the
+//! drain when no copy accepted before is still on its way to disk.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::net::TcpListener;
@@ -19,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::Standing;
 use super::protocol::{self, Frame, Request, Response};
 use super::store::ownership;
-use super::view::{Copy, Holder};
+use super::view::{Copy, Holder, View};
 use crate::peer_tls::PeerTls;
 use crate::spool::{Spool, SpoolError};
 
@@ -43,16 +48,50 @@ pub async fn bind(address: &str) -> Result<TcpListener, PeerServerError> {
         })
 }
 
+/// New copies (prepares) being taken in right now.
+#[derive(Debug, Default)]
+pub struct Intake {
+    taking: AtomicUsize,
+}
+
+impl Intake {
+    /// How many prepares are between their check and their write. Read after a view
+    /// that has this node leaving: a zero then means every copy let in before it is on
+    /// disk, and every later one is refused.
+    pub fn arriving(&self) -> usize {
+        self.taking.load(Ordering::SeqCst)
+    }
+
+    fn enter(&self) -> Taking<'_> {
+        self.taking.fetch_add(1, Ordering::SeqCst);
+        Taking(self)
+    }
+}
+
+/// One prepare in [`Intake`], until dropped.
+struct Taking<'a>(&'a Intake);
+
+impl Drop for Taking<'_> {
+    fn drop(&mut self) {
+        self.0.taking.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Serves peers until `shutdown`. Only an error of the listener itself ends it early.
 pub async fn serve<S: Spool>(
     listener: TcpListener,
     spool: Arc<S>,
     me: Holder,
     standing: watch::Receiver<Standing>,
+    intake: Arc<Intake>,
     tls: Option<Arc<PeerTls>>,
     shutdown: CancellationToken,
 ) -> Result<(), PeerServerError> {
-    let me = Arc::new(Holding { me, standing });
+    let me = Arc::new(Holding {
+        me,
+        standing,
+        intake,
+    });
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -97,11 +136,19 @@ fn is_per_connection(e: &std::io::Error) -> bool {
 struct Holding {
     me: Holder,
     standing: watch::Receiver<Standing>,
+    intake: Arc<Intake>,
 }
 
 impl Holding {
     fn check(&self, copy: &Copy) -> Result<(), String> {
         check_may_hold(&self.standing.borrow(), Instant::now(), &self.me, copy)
+    }
+
+    /// `check`, for a copy new here: also refused while this node is leaving.
+    fn check_new(&self, copy: &Copy) -> Result<(), String> {
+        let standing = self.standing.borrow();
+        check_may_hold(&standing, Instant::now(), &self.me, copy)?;
+        check_takes_new(standing.view.as_ref(), &self.me)
     }
 }
 
@@ -194,6 +241,18 @@ pub fn check_may_hold(
     }
 }
 
+/// Why this node refuses a new copy, if it does: its view has it leaving.
+pub fn check_takes_new(view: Option<&View>, me: &Holder) -> Result<(), String> {
+    if view.is_some_and(|v| v.is_leaving(&me.node)) {
+        Err(format!(
+            "this node ({}) is draining: it takes no new copies",
+            me.node
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// Why a holder refuses an ownership record, if it does.
 pub fn check_newer(mine: Option<&Copy>, theirs: &Copy) -> Result<(), String> {
     match mine {
@@ -213,7 +272,8 @@ async fn handle<S: Spool>(spool: &S, me: &Holding, request: Request) -> Result<(
             let Some(copy) = meta.ownership.copy.as_ref() else {
                 return Err("a copy without an ownership record".into());
             };
-            me.check(copy)?;
+            let _taking = me.intake.enter();
+            me.check_new(copy)?;
             if let Some(existing) = spool.load_meta(meta.id).await.map_err(text)? {
                 check_newer(existing.ownership.copy.as_ref(), copy)?;
             }
@@ -308,6 +368,22 @@ mod tests {
             epoch,
             committed: true,
         }
+    }
+
+    #[test]
+    fn a_leaving_node_takes_no_new_copies() {
+        let a = copy(1).holders[0].clone();
+        let view = View::default()
+            .join(&a, "west", "127.0.0.1:1")
+            .expect("joins");
+        assert!(check_takes_new(Some(&view), &a).is_ok());
+        assert!(
+            check_takes_new(None, &a).is_ok(),
+            "fencing is checked apart"
+        );
+        let leaving = view.mark_leaving(&a, true).expect("a member");
+        let refused = check_takes_new(Some(&leaving), &a).expect_err("leaving");
+        assert!(refused.contains("draining"), "{refused}");
     }
 
     #[test]

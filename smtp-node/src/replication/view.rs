@@ -184,9 +184,18 @@ impl View {
 
     /// Whether a draining `me` is still needed for its copy: it owns the message, or the
     /// message has fewer than `factor` copies without it. A drain is done when no copy
-    /// on the node needs it.
+    /// on the node needs it. An uncommitted copy is needed while its writer is eligible:
+    /// the writer may still commit it and answer 250, and then the copy may be one the
+    /// factor needs. (One whose writer is gone is discarded by the takeover pass; one
+    /// whose commit never arrived waits for its writer to finish the message.)
     pub fn needs(&self, me: &Holder, copy: &Copy, factor: usize) -> bool {
-        copy.committed && (self.owner(copy) == Some(me) || self.copies(copy) < factor)
+        if !copy.committed {
+            return copy
+                .holders
+                .first()
+                .is_some_and(|writer| self.eligible(writer, copy.epoch));
+        }
+        self.owner(copy) == Some(me) || self.copies(copy) < factor
     }
 
     /// Whether `node` is a member marked leaving.
@@ -473,6 +482,9 @@ mod tests {
         assert_eq!(both.duty(&a, &c), Duty::Discard);
         let without_a = both.remove(&[NodeId("a".into())]).expect("a is a member");
         assert_eq!(without_a.duty(&b, &c), Duty::Discard);
+        // A draining b waits for a live writer's commit, not for a gone one's.
+        assert!(both.needs(&b, &c, 2));
+        assert!(!without_a.needs(&b, &c, 2));
     }
 
     #[test]

@@ -197,10 +197,14 @@ pub async fn reconcile(
                 Timestamp::now(),
                 DRAIN_TIMEOUT,
             );
+            out.requeue = Some(RECHECK);
             match verdict {
                 Progress::Drained => {
-                    out.replicas
-                        .insert(target.statefulset.clone(), target.ordinal);
+                    // The count is lowered by the next pass, in the `Removing` phase this
+                    // one records: were it lowered here and this pass's status refused
+                    // (another writer got there first), the next pass would find a
+                    // `Draining` node already removed, take it for a change behind the
+                    // operator's back and cancel, leaving its claim behind.
                     let message = format!(
                         "{} is drained: nothing on it is needed any more. Removing its pod, \
                          then its spool claim.",
@@ -213,6 +217,7 @@ pub async fn reconcile(
                         ..status
                     });
                     out.conditions = draining(reasons::REMOVING_NODE, message);
+                    out.requeue = Some(Duration::from_secs(1));
                 }
                 Progress::Waiting(message) => {
                     out.status = Some(status);
@@ -235,7 +240,6 @@ pub async fn reconcile(
                     ];
                 }
             }
-            out.requeue = Some(RECHECK);
         }
         Step::Remove(target) => {
             let status = in_progress
