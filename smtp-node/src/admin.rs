@@ -114,7 +114,7 @@ pub fn report(
                 if duty == Duty::Stale {
                     out.stale += 1;
                 }
-                if copy.committed && view.copies(copy) < factor {
+                if view.may_be_acknowledged(me, copy) && view.copies(copy) < factor {
                     out.under_replicated += 1;
                 }
                 (

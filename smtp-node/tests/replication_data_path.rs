@@ -110,6 +110,7 @@ async fn pool(factor: usize, min_dcs: usize) -> Pool {
                 factor,
                 min_data_centres: min_dcs,
                 timeout: Duration::from_secs(5),
+                answer_within: Duration::from_secs(5),
             },
             watch,
             Peers::new(holder.clone(), Some(tls)),
@@ -140,6 +141,24 @@ async fn held(node: &TestNode, meta: &MessageMeta) -> Option<(MessageMeta, Bytes
     Some((stored, body))
 }
 
+/// The node's copy once the owner's commit, sent after the 250, has reached it.
+async fn committed(node: &TestNode, meta: &MessageMeta) -> (MessageMeta, Bytes) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let copy = held(node, meta).await;
+        match copy {
+            Some(copy) if copy.0.ownership.copy.as_ref().is_some_and(|c| c.committed) => {
+                return copy;
+            }
+            _ if Instant::now() > deadline => panic!(
+                "{} has no committed copy of {} after 10 s: {copy:?}",
+                node.holder.node, meta.id
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_stored_message_is_committed_on_a_node_in_the_other_data_centre() {
     let pool = pool(2, 2).await;
@@ -163,7 +182,7 @@ async fn a_stored_message_is_committed_on_a_node_in_the_other_data_centre() {
         "the replica is in west"
     );
 
-    let (remote, remote_body) = held(&pool.nodes[2], &meta).await.expect("west holds it");
+    let (remote, remote_body) = committed(&pool.nodes[2], &meta).await;
     assert_eq!(remote_body, body, "byte for byte");
     assert_eq!(remote.ownership.copy, Some(copy.clone()));
     assert_eq!(remote.envelope, local.envelope);
@@ -199,6 +218,44 @@ async fn without_the_other_data_centre_nothing_is_kept_and_the_reason_is_given()
             node.holder.node
         );
     }
+}
+
+/// A replica that takes the connection and never answers may still store the copy
+/// after the owner gave up: the client hears 421 (outcome unknown), never 451, whose
+/// promise is that nothing of the message is delivered. The owner's own copy goes.
+#[tokio::test]
+async fn a_replica_that_does_not_answer_gets_the_message_a_421_not_a_451() {
+    let pool = pool(2, 2).await;
+    let west0 = &pool.nodes[2];
+    west0.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let address = pool.view.members[&west0.holder.node].address.clone();
+    let silent = tokio::net::TcpListener::bind(&address)
+        .await
+        .expect("west-0's address");
+    let held_open = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let (meta, body) = message(3);
+    let error = pool.nodes[0]
+        .replicated
+        .store(meta.clone(), body)
+        .await
+        .expect_err("west-0 never answers");
+    held_open.abort();
+    match &error {
+        SpoolError::OutcomeUnknown(reason) => {
+            assert!(reason.contains("pool-west-0"), "{reason}")
+        }
+        other => panic!("expected OutcomeUnknown, got {other}"),
+    }
+    assert!(
+        held(&pool.nodes[0], &meta).await.is_none(),
+        "the owner dropped its copy"
+    );
 }
 
 #[tokio::test]
@@ -545,8 +602,7 @@ async fn concurrent_messages_all_reach_their_replicas() {
                 .position(|x| &x.holder == h)
                 .expect("a pool node");
             per_node[n] += 1;
-            let (stored, _) = held(&pool.nodes[n], &meta).await.expect("holder has it");
-            assert!(stored.ownership.copy.expect("record").committed);
+            committed(&pool.nodes[n], &meta).await;
         }
     }
     assert_eq!(per_node.iter().sum::<usize>(), 600);
@@ -809,8 +865,11 @@ async fn the_survivor_takes_over_and_restores_the_factor() {
     assert_eq!(at_east, takeover::Pass::default());
 }
 
+/// A pending copy (its commit had not arrived) is held for its writer while the writer
+/// is in the view, and taken over once the writer has left: the writer may have
+/// answered 250 before it went.
 #[tokio::test]
-async fn an_uncommitted_copy_whose_writer_left_is_dropped() {
+async fn a_pending_copy_whose_writer_left_is_taken_over() {
     let pool = pool(2, 2).await;
     let (east0, west0) = (&pool.nodes[0], &pool.nodes[2]);
     let (mut meta, body) = message(10);
@@ -824,7 +883,7 @@ async fn an_uncommitted_copy_whose_writer_left_is_dropped() {
         .store(meta.clone(), body)
         .await
         .expect("prepared copy");
-    let (queue, _announced) = tokio::sync::mpsc::unbounded_channel();
+    let (queue, mut announced) = tokio::sync::mpsc::unbounded_channel();
     let held_while_writer_lives = pass(
         west0,
         &pool.view,
@@ -835,14 +894,30 @@ async fn an_uncommitted_copy_whose_writer_left_is_dropped() {
         &queue,
     )
     .await;
-    assert_eq!(held_while_writer_lives.discarded, 0);
-    assert!(held(west0, &meta).await.is_some());
+    assert_eq!(
+        (
+            held_while_writer_lives.taken_over,
+            held_while_writer_lives.discarded
+        ),
+        (0, 0)
+    );
+    assert!(announced.try_recv().is_err(), "not west-0's to deliver");
 
     let after = pool
         .view
         .remove(std::slice::from_ref(&east0.holder.node))
         .expect("member");
+    west0.standing.send_replace(standing(&after));
     let done = pass(west0, &after, takeover::Look::default(), &queue).await;
-    assert_eq!(done.discarded, 1);
-    assert!(held(west0, &meta).await.is_none());
+    assert_eq!((done.taken_over, done.discarded), (1, 0));
+    assert_eq!(
+        announced.try_recv().ok(),
+        Some(meta.id),
+        "handed to delivery"
+    );
+    let (mine, _) = held(west0, &meta).await.expect("west-0 keeps it");
+    let copy = mine.ownership.copy.expect("record");
+    assert!(copy.committed);
+    assert_eq!(copy.holders[0], west0.holder);
+    assert_eq!(copy.epoch, after.epoch);
 }

@@ -13,9 +13,14 @@
 //! - a node loses the API server and fences itself; the arbiter removes a member only
 //!   when it is down or fenced (the Lease timing rules of `lease.rs`, unit-tested there,
 //!   are what make that true in the real system);
-//! - copies are written to every holder in one step only when every holder is up, as the
-//!   owner waits for every acknowledgement; a crash between the remote delivery and the
-//!   outcome's replication is a delivery in flight;
+//! - a message is written in one step: the owner's copy committed, a pending copy on each
+//!   replica that is up and takes it; the owner answers 250 once every replica has its
+//!   copy and every holder is still eligible; the commit reaches the replicas later or
+//!   never; a refusal drops every pending copy the owner can reach and is a 451 only when
+//!   no copy is left anywhere (else 421);
+//! - outcomes and new holder lists are written to every holder in one step only when
+//!   every holder is up, as the owner waits for every acknowledgement; a crash between
+//!   the remote delivery and the outcome's replication is a delivery in flight;
 //! - a removal reaches the other holders or none of them, and any node may ask about a
 //!   copy it cannot act on alone whom `takeover.rs` asks (the witness of a stale copy,
 //!   the owner of a held one), dropping it when that incarnation no longer has it.
@@ -66,13 +71,14 @@ struct Node {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Phase {
     New,
-    /// Copies written, not yet committed: the client waits.
+    /// Copies written, no answer yet: the client waits.
     Prepared,
     /// 250 given.
     Acknowledged,
     /// 451 given.
     Refused,
-    /// Committed on the owner only; the client got 421 and does not know.
+    /// The client got 421, or no answer (the owner crashed): the message may or may
+    /// not be delivered.
     Unknown,
 }
 
@@ -98,16 +104,25 @@ struct State {
     drains: u8,
     /// A held copy was dropped because its owner no longer had the message.
     leftover_dropped: bool,
+    /// A node took over a pending copy (its writer gone before its commit arrived).
+    pending_taken_over: bool,
+    /// A replica that acknowledged the message's prepare was removed from the view
+    /// while the owner had not answered yet: its acknowledgement no longer holds
+    /// (`LeaseTiming::acknowledgements_hold_for`), and the owner may only refuse.
+    late: [bool; 2],
+    /// The epoch of the record the owner wrote for the message (its transaction's).
+    written_at: [u64; 2],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Action {
+    /// The owner writes its copy committed and each replica that takes it a pending one.
     Prepare(usize),
-    Commit(usize),
-    CommitOwnerOnly(usize),
-    /// The owner commits locally and on the replicas at once; the replicas' writes land
-    /// and the owner crashes before its own does.
-    CommitReplicasThenCrash(usize),
+    /// Every replica acknowledged and every holder is still eligible: 250.
+    Acknowledge(usize),
+    /// After the 250, the owner's commit reaches the replicas that are up (or never does).
+    CommitReplicas(usize),
+    /// The owner refuses the message: 451 when no copy is left anywhere, else 421.
     Abort(usize),
     Crash(usize),
     Restart(usize),
@@ -162,13 +177,15 @@ fn index_of(h: &Holder) -> usize {
 
 impl State {
     /// The holders (as node indexes) that are eligible under the arbiter's view and
-    /// still have the copy on disk.
+    /// still have the copy on disk, committed or pending (after the 250, a pending copy
+    /// is one the factor counts).
     fn eligible_copies(&self, m: usize) -> Vec<usize> {
         (0..NODES.len())
             .filter(|&n| {
-                self.nodes[n].disk.get(&m).is_some_and(|s| {
-                    s.copy.committed && self.view.eligible(&holder(self, n), s.copy.epoch)
-                })
+                self.nodes[n]
+                    .disk
+                    .get(&m)
+                    .is_some_and(|s| self.view.eligible(&holder(self, n), s.copy.epoch))
             })
             .collect()
     }
@@ -293,6 +310,9 @@ impl Model for World {
             fences: 0,
             drains: 0,
             leftover_dropped: false,
+            pending_taken_over: false,
+            late: [false; 2],
+            written_at: [0; 2],
         }]
     }
 
@@ -303,12 +323,11 @@ impl Model for World {
                     actions.push(Action::Prepare(m))
                 }
                 Phase::Prepared if s.ready(owner) => {
-                    actions.push(Action::Commit(m));
-                    actions.push(Action::CommitOwnerOnly(m));
-                    if s.crashes < self.max_crashes {
-                        actions.push(Action::CommitReplicasThenCrash(m));
-                    }
+                    actions.push(Action::Acknowledge(m));
                     actions.push(Action::Abort(m));
+                }
+                Phase::Acknowledged if s.nodes[owner].up => {
+                    actions.push(Action::CommitReplicas(m));
                 }
                 _ => {}
             }
@@ -344,6 +363,11 @@ impl Model for World {
                 actions.push(Action::Drain(n));
             }
             for (&m, stored) in &node.disk {
+                if ACCEPTED_BY[m] == n && s.phase[m] == Phase::Prepared {
+                    // Its transaction is running on this node: the takeover pass leaves
+                    // it alone (`ReplicatedSpool::is_being_stored`).
+                    continue;
+                }
                 match node.view.duty(&holder(s, n), &stored.copy) {
                     Duty::Deliver if !stored.done => {
                         if node.busy.is_none() {
@@ -398,9 +422,13 @@ impl Model for World {
                     committed: false,
                 };
                 // Replicas that are down or refuse never acknowledge: the owner refuses
-                // with 451 (Abort); those that accept have written the copy.
+                // (Abort); those that accept have written the copy, pending. The owner's
+                // own copy is written committed.
                 let owner_copy = Stored {
-                    copy: copy.clone(),
+                    copy: Copy {
+                        committed: true,
+                        ..copy.clone()
+                    },
                     done: false,
                 };
                 s.nodes[owner].disk.insert(m, owner_copy);
@@ -417,10 +445,14 @@ impl Model for World {
                     }
                 }
                 s.newest_epoch[m] = s.newest_epoch[m].max(copy.epoch);
+                s.written_at[m] = copy.epoch;
                 s.phase[m] = Phase::Prepared;
             }
-            Action::Commit(m) => {
+            Action::Acknowledge(m) => {
                 let owner = ACCEPTED_BY[m];
+                if s.late[m] {
+                    return None;
+                }
                 let stored = s.nodes[owner].disk.get(&m)?.clone();
                 if !s.nodes[owner]
                     .view
@@ -428,87 +460,92 @@ impl Model for World {
                 {
                     return None;
                 }
-                let all_up = stored.copy.holders.iter().all(|h| {
+                let pending = Copy {
+                    committed: false,
+                    ..stored.copy.clone()
+                };
+                // Every replica acknowledged: it wrote the pending copy (it may have
+                // crashed since; its disk keeps it).
+                let all_took = stored.copy.holders.iter().skip(1).all(|h| {
                     let n = index_of(h);
-                    (n == owner || s.accepts(h, &stored.copy))
-                        && s.nodes[n].up
+                    n < NODES.len()
                         && holder(&s, n) == *h
-                        && s.nodes[n]
-                            .disk
-                            .get(&m)
-                            .is_some_and(|x| x.copy == stored.copy)
+                        && s.nodes[n].disk.get(&m).is_some_and(|x| x.copy == pending)
                 });
-                if !all_up {
+                if !all_took {
                     return None;
                 }
-                let copy = Copy {
-                    committed: true,
-                    ..stored.copy
-                };
-                s.write_everywhere(m, &copy, false);
                 // Eligible, not only counting: a copy on a node that started draining
                 // while the message was being written is still a copy; the drain is not
                 // done until the factor holds without it.
-                let eligible = copy
+                let eligible = stored
+                    .copy
                     .holders
                     .iter()
-                    .filter(|h| s.view.eligible(h, copy.epoch))
+                    .filter(|h| s.view.eligible(h, stored.copy.epoch))
                     .count();
                 if eligible < FACTOR {
                     s.thin_ack = true;
                 }
                 s.phase[m] = Phase::Acknowledged;
             }
-            Action::CommitReplicasThenCrash(m) => {
+            Action::CommitReplicas(m) => {
                 let owner = ACCEPTED_BY[m];
-                let stored = s.nodes[owner].disk.get(&m)?.clone();
-                if !s.nodes[owner]
-                    .view
-                    .may_commit(&holder(&s, owner), &stored.copy)
-                {
-                    return None;
-                }
-                let copy = Copy {
-                    committed: true,
-                    ..stored.copy.clone()
+                let copy = s.nodes[owner].disk.get(&m)?.copy.clone();
+                let pending = Copy {
+                    committed: false,
+                    ..copy.clone()
                 };
+                let mut changed = false;
                 for h in copy.holders.iter().skip(1) {
                     let n = index_of(h);
                     if n < NODES.len()
                         && s.accepts(h, &copy)
-                        && s.nodes[n]
-                            .disk
-                            .get(&m)
-                            .is_some_and(|x| x.copy == stored.copy)
+                        && let Some(x) = s.nodes[n].disk.get_mut(&m)
+                        && x.copy == pending
                     {
-                        s.nodes[n].disk.insert(
-                            m,
-                            Stored {
-                                copy: copy.clone(),
-                                done: false,
-                            },
-                        );
+                        x.copy.committed = true;
+                        changed = true;
                     }
                 }
-                s.crash(owner);
-            }
-            Action::CommitOwnerOnly(m) => {
-                let owner = ACCEPTED_BY[m];
-                let stored = s.nodes[owner].disk.get_mut(&m)?;
-                stored.copy.committed = true;
-                s.phase[m] = Phase::Unknown;
+                if !changed {
+                    return None;
+                }
             }
             Action::Abort(m) => {
-                // The owner drops its copy and tells the replicas it can reach.
+                // The owner drops its copy (if it is still the one it wrote) and tells the
+                // replicas it can reach; one it cannot confirm may keep a pending copy,
+                // and the client then hears 421.
                 let owner = ACCEPTED_BY[m];
-                let copy = s.nodes[owner].disk.remove(&m)?.copy;
-                for h in &copy.holders {
+                let me = holder(&s, owner);
+                let epoch = s.written_at[m];
+                let mut holders = vec![me.clone()];
+                if let Some(mine) = s.nodes[owner].disk.get(&m)
+                    && mine.copy.epoch == epoch
+                    && mine.copy.holders.first() == Some(&me)
+                {
+                    holders = mine.copy.holders.clone();
+                    s.nodes[owner].disk.remove(&m);
+                }
+                for h in holders.iter().skip(1) {
                     let n = index_of(h);
-                    if s.nodes[n].up && holder(&s, n) == *h {
+                    // A holder drops only a pending copy: a committed one was taken over.
+                    if s.nodes[n].up
+                        && holder(&s, n) == *h
+                        && s.nodes[n].disk.get(&m).is_some_and(|x| !x.copy.committed)
+                    {
                         s.nodes[n].disk.remove(&m);
                     }
                 }
-                s.phase[m] = Phase::Refused;
+                // A 451 also needs the owner never to have left the view since it wrote
+                // the copies: only then could no replica have taken the message over.
+                let intact = s.nodes[owner].view.eligible(&me, epoch);
+                let left = s.nodes.iter().any(|node| node.disk.contains_key(&m));
+                s.phase[m] = if left || !intact {
+                    Phase::Unknown
+                } else {
+                    Phase::Refused
+                };
             }
             Action::Crash(n) => s.crash(n),
             Action::Restart(n) => {
@@ -531,6 +568,11 @@ impl Model for World {
             Action::Expire(n) => {
                 let name = holder(&s, n).node;
                 s.note_losses(n);
+                for m in 0..2 {
+                    if s.phase[m] == Phase::Prepared && s.nodes[n].disk.contains_key(&m) {
+                        s.late[m] = true;
+                    }
+                }
                 s.view = s.view.remove(&[name])?;
             }
             Action::Refresh(n) => {
@@ -575,6 +617,7 @@ impl Model for World {
                         && s.nodes[i].disk.get(&m).is_some_and(|x| x.done)
                 });
                 let copy = view.taken_over(&holder(&s, n), &stored.copy, &[]);
+                s.pending_taken_over |= !stored.copy.committed;
                 s.write_everywhere(m, &copy, done);
             }
             Action::Rereplicate(n, m) => {
@@ -711,6 +754,10 @@ impl Model for World {
                             && s.phase[m] == Phase::Acknowledged
                     })
                 },
+            ));
+            properties.push(Property::sometimes(
+                "a pending copy is taken over once its writer is gone",
+                |_, s: &State| s.pending_taken_over,
             ));
             properties.push(Property::sometimes(
                 "a delivery in flight is repeated",

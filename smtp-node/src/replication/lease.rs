@@ -80,6 +80,17 @@ impl LeaseTiming {
         since_seen >= self.duration + self.takeover_margin
     }
 
+    /// How long after sending its prepares an owner may still answer 250 on the
+    /// replicas' acknowledgements. A replica acknowledges only while it is not fenced,
+    /// and nobody removes it from the view until `duration + takeover_margin` after the
+    /// renewal that kept it unfenced, at least `duration + takeover_margin -
+    /// fence_after` after its acknowledgement. Half of that leaves the same room for
+    /// clock rates as fencing does: a 250 given within it rests on holders that are all
+    /// still in the arbiter's view.
+    pub fn acknowledgements_hold_for(&self) -> Duration {
+        (self.duration + self.takeover_margin).saturating_sub(self.fence_after) / 2
+    }
+
     /// How much faster the old owner's clock may run than the observer's (as a fraction)
     /// with the old owner still fenced first.
     pub fn tolerated_drift(&self) -> f64 {
@@ -123,6 +134,7 @@ mod tests {
             }
         }
         assert!(t.tolerated_drift() >= 0.5, "{}", t.tolerated_drift());
+        assert_eq!(t.acknowledgements_hold_for(), Duration::from_secs(3));
         assert!(t.duration + t.takeover_margin <= Duration::from_secs(15));
     }
 

@@ -48,11 +48,11 @@ pub enum ProtocolError {
 pub enum Request {
     /// First frame on a connection: who is calling.
     Hello { from: Holder },
-    /// Store this message (its ownership record uncommitted) durably.
+    /// Store this message (its ownership record pending) durably.
     Prepare { meta: Box<MessageMeta>, body: Bytes },
-    /// Mark the copy committed: the owner is about to answer 250.
+    /// Mark the copy committed: the owner has answered 250.
     Commit { id: MessageId, copy: Copy },
-    /// Drop an uncommitted copy: the owner answered 451.
+    /// Drop a pending copy: the owner is refusing the message.
     Abort { id: MessageId },
     /// Apply recipient outcomes and/or a new ownership record.
     Update {

@@ -2,11 +2,13 @@
 //! [`Spool`] contract, so the SMTP session's "250 only after `store` returned `Ok`" now
 //! means "durable on `replicationFactor` nodes across `minDataCentres` data centres".
 //!
-//! `store` runs the two phases of `docs/replication.md`: prepare (the message with an
-//! uncommitted record, locally and on each replica at once, each group-committed), then
-//! commit (locally and on each replica). A failed prepare drops the copies and says
-//! [`SpoolError::NotReplicated`] (the client hears 451 and nothing is ever delivered); an
-//! unconfirmed commit keeps the message and says [`SpoolError::OutcomeUnknown`].
+//! `store` runs the one-phase commit of `docs/replication.md`: the message goes to this
+//! node's spool with a committed record and to each replica with a pending one, all at
+//! once, each group-committed; then the client hears 250, and the replicas learn of the
+//! commit afterwards. A failed prepare drops the copies and says
+//! [`SpoolError::NotReplicated`] (the client hears 451 and nothing is ever delivered)
+//! when every copy is known to be gone, and [`SpoolError::OutcomeUnknown`] (421) when
+//! one may remain.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +36,9 @@ pub struct Settings {
     pub min_data_centres: usize,
     /// How long an owner waits for a holder's acknowledgement.
     pub timeout: Duration,
+    /// How long after sending its prepares an owner may still answer 250
+    /// (`LeaseTiming::acknowledgements_hold_for`); later, it refuses the message.
+    pub answer_within: Duration,
 }
 
 /// What [`ReplicatedSpool::copy_to`] achieved.
@@ -275,21 +280,117 @@ impl<S: Spool> ReplicatedSpool<S> {
         join_all(calls).await
     }
 
-    /// Drops an uncommitted message here and on its replicas; a replica that cannot be
-    /// told keeps an uncommitted copy, which is never delivered.
-    async fn abort(&self, view: &View, id: MessageId, holders: &[Holder]) {
-        if let Err(error) = self.local.remove(id).await {
+    /// Drops a message that will not get its 250, here and on every replica that took
+    /// it, and says what the client is to hear: `error` (451) when no copy is left
+    /// anywhere, [`SpoolError::OutcomeUnknown`] (421) when one may be. A replica's
+    /// pending copy is delivered if this node leaves the pool, so a 451 needs every
+    /// replica to have refused the prepare, never received it, or confirmed the abort.
+    /// A prepare whose answer did not come (a timeout, a broken connection) may still
+    /// land after the abort: that message is never answered 451.
+    async fn refuse(
+        &self,
+        view: &View,
+        id: MessageId,
+        prepared: &[(Holder, Result<(), PeerError>)],
+        error: SpoolError,
+    ) -> SpoolError {
+        let mut doubts = Vec::new();
+        // Only the copy this transaction wrote: a node that lost its place in the view
+        // meanwhile may have been given a new owner's copy of the message since.
+        let ours = match self.local.load_meta(id).await {
+            Ok(Some(meta)) => meta.ownership.copy.is_some_and(|c| {
+                c.epoch == view.epoch && c.holders.first() == Some(&self.settings.me)
+            }),
+            Ok(None) => false,
+            Err(error) => {
+                doubts.push(format!("the local copy: {error}"));
+                false
+            }
+        };
+        if ours && let Err(error) = self.local.remove(id).await {
             tracing::warn!(%id, %error, "cannot drop a refused message's local copy");
+            doubts.push(format!("the local copy: {error}"));
         }
-        for (holder, result) in self
-            .broadcast(view, holders, || Request::Abort { id })
-            .await
-        {
-            if let Err(error) = result {
-                tracing::info!(%id, holder = %holder.node, %error,
-                    "a replica keeps an uncommitted copy of a refused message; it is never delivered");
+        let took: Vec<Holder> = prepared
+            .iter()
+            .filter(|(holder, result)| match result {
+                Ok(()) => true,
+                Err(PeerError::Refused { .. } | PeerError::Unreachable { .. }) => false,
+                Err(error) => {
+                    doubts.push(format!("{}: {error}", holder.node));
+                    false
+                }
+            })
+            .map(|(holder, _)| holder.clone())
+            .collect();
+        if !took.is_empty() {
+            for (holder, result) in self.broadcast(view, &took, || Request::Abort { id }).await {
+                if let Err(error) = result {
+                    doubts.push(format!("{}: {error}", holder.node));
+                }
             }
         }
+        // A replica takes a pending copy over only once its writer has left the view;
+        // still a member since the copy's epoch now (and not fenced), this node was in
+        // the view all along, so every pending copy its aborts reached was still pending.
+        let intact = self
+            .view()
+            .is_ok_and(|now| now.eligible(&self.settings.me, view.epoch));
+        if !intact {
+            doubts.push(
+                "this node lost its place in the pool's view meanwhile: a replica may have \
+                 taken the message over"
+                    .into(),
+            );
+        }
+        if doubts.is_empty() {
+            return error;
+        }
+        tracing::warn!(%id, doubts = %doubts.join("; "),
+            "a refused message may still have a copy: the client hears 421, and the copy is \
+             delivered if this node leaves the pool");
+        SpoolError::OutcomeUnknown(format!(
+            "{error}; and a copy may remain ({})",
+            doubts.join("; ")
+        ))
+    }
+
+    /// Tells the replicas the message got its 250, after the fact: their copies then
+    /// count for drains and under-replication, and are asked about as leftovers. A
+    /// replica the commit does not reach holds a pending copy for this node, and takes
+    /// it over if this node leaves: nothing is lost without it.
+    fn commit_later(&self, view: View, id: MessageId, copy: Copy) {
+        let (peers, timeout, me) = (
+            self.peers.clone(),
+            self.settings.timeout,
+            self.settings.me.clone(),
+        );
+        let ack_seconds = self.metrics.ack_seconds.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let calls = copy.holders.iter().filter(|h| **h != me).map(|h| {
+                let address = view
+                    .members
+                    .get(&h.node)
+                    .map(|m| m.address.clone())
+                    .unwrap_or_default();
+                let request = Request::Commit {
+                    id,
+                    copy: copy.clone(),
+                };
+                let peers = &peers;
+                async move { (h, peers.call(&h.node, &address, request, timeout).await) }
+            });
+            for (holder, result) in join_all(calls).await {
+                if let Err(error) = result {
+                    tracing::debug!(%id, holder = %holder.node, %error,
+                        "a replica did not take the commit; its copy stays pending for this node");
+                }
+            }
+            ack_seconds
+                .get_or_create(&PhaseLabel { phase: "commit" })
+                .observe(started.elapsed().as_secs_f64());
+        });
     }
 
     fn holders_of(meta: &MessageMeta) -> Vec<Holder> {
@@ -419,13 +520,20 @@ impl<S: Spool> Spool for ReplicatedSpool<S> {
         }
         let mut holders = vec![self.settings.me.clone()];
         holders.extend(self.place(&view, id)?);
-        let prepared = Copy {
+        let committed = Copy {
             holders: holders.clone(),
             epoch: view.epoch,
-            committed: false,
+            committed: true,
         };
-        meta.ownership = ownership(prepared.clone());
-
+        let pending = Copy {
+            committed: false,
+            ..committed.clone()
+        };
+        // One synced round before 250: this node's copy committed, each replica's pending
+        // at the same time. The replicas learn of the commit after the 250.
+        let mut mine = meta.clone();
+        mine.ownership = ownership(committed.clone());
+        meta.ownership = ownership(pending);
         let prepare = {
             let meta = meta.clone();
             let body = body.clone();
@@ -434,69 +542,52 @@ impl<S: Spool> Spool for ReplicatedSpool<S> {
                 body: body.clone(),
             }
         };
+        let started = std::time::Instant::now();
         let (local, remote) = tokio::join!(
-            self.local.store(meta.clone(), body),
+            self.local.store(mine, body),
             self.acknowledged("prepare", &view, &holders, prepare)
         );
         if let Err(error) = local {
-            self.abort(&view, id, &holders).await;
-            return Err(error);
+            return Err(self.refuse(&view, id, &remote, error).await);
         }
-        if let Some((holder, Err(error))) = remote.into_iter().find(|(_, r)| r.is_err()) {
+        if let Some((holder, Err(error))) = remote.iter().find(|(_, r)| r.is_err()) {
             tracing::warn!(%id, holder = %holder.node, %error, "a replica did not take the message");
-            self.abort(&view, id, &holders).await;
-            return Err(SpoolError::NotReplicated(error.to_string()));
+            let error = SpoolError::NotReplicated(error.to_string());
+            return Err(self.refuse(&view, id, &remote, error).await);
         }
 
+        // The acknowledgements vouch for the replicas only for a while: one that
+        // acknowledged may be removed from the view (and replaced) after that.
+        if started.elapsed() > self.settings.answer_within {
+            let error = SpoolError::NotReplicated(format!(
+                "the copies took {:?}, longer than the {:?} their acknowledgements hold",
+                started.elapsed(),
+                self.settings.answer_within
+            ));
+            return Err(self.refuse(&view, id, &remote, error).await);
+        }
         // Every holder must still be eligible now: one that left the view meanwhile may
         // already be replaced, and its copy would not count.
         let current = match self.view() {
-            Ok(current) if current.may_commit(&self.settings.me, &prepared) => current,
+            Ok(current) if current.may_commit(&self.settings.me, &committed) => current,
             Ok(_) => {
-                self.abort(&view, id, &holders).await;
-                return Err(SpoolError::NotReplicated(
+                let error = SpoolError::NotReplicated(
                     "a holder left the pool while the copies were written".into(),
-                ));
+                );
+                return Err(self.refuse(&view, id, &remote, error).await);
             }
-            Err(error) => {
-                self.abort(&view, id, &holders).await;
-                return Err(error);
-            }
+            Err(error) => return Err(self.refuse(&view, id, &remote, error).await),
         };
-        let committed = Copy {
-            committed: true,
-            ..prepared
-        };
-        // Here and on the replicas at once: one synced write less in the time to 250. A
-        // crash in between may leave a replica's copy committed and this one not; this
-        // node drops its own after a restart (no 250 was given), and the replica's goes
-        // when it asks the owner (`takeover::Look::ask_owners`), or is delivered if this
-        // node left the pool: mail whose client heard no answer, as with 421 below.
-        let (local, remote) = tokio::join!(
-            self.local.set_ownership(id, ownership(committed.clone())),
-            self.acknowledged("commit", &current, &holders, || Request::Commit {
-                id,
-                copy: committed.clone(),
-            })
-        );
-        local?;
-        let unconfirmed: Vec<String> = remote
-            .into_iter()
-            .filter_map(|(_, r)| r.err().map(|e| e.to_string()))
-            .collect();
-        if unconfirmed.is_empty() {
-            // Eligible, not only counting: a copy on a holder that began draining while
-            // the message was written still holds it until the factor is restored.
-            let copies = committed
-                .holders
-                .iter()
-                .filter(|h| current.eligible(h, committed.epoch))
-                .count();
-            self.metrics.copies_per_message.observe(copies as f64);
-            Ok(())
-        } else {
-            Err(SpoolError::OutcomeUnknown(unconfirmed.join("; ")))
-        }
+        // Eligible, not only counting: a copy on a holder that began draining while the
+        // message was written still holds it until the factor is restored.
+        let copies = committed
+            .holders
+            .iter()
+            .filter(|h| current.eligible(h, committed.epoch))
+            .count();
+        self.metrics.copies_per_message.observe(copies as f64);
+        self.commit_later(current, id, committed);
+        Ok(())
     }
 
     async fn update(

@@ -1,6 +1,6 @@
 //! What a node does with the copies it holds when the view changes: take over the
-//! messages of a holder that left, restore the replication factor, drop uncommitted
-//! copies whose writer is gone, drop stale copies of messages that are done and copies
+//! messages of a holder that left (pending copies included: their writer may have
+//! answered 250), restore the replication factor, drop stale copies of messages that are done and copies
 //! a lost removal left behind, and hand the messages it now owns to the delivery side.
 //! Every choice is `View::duty`'s (and `View::witness`'s or `View::owner`'s for whom to
 //! ask about a copy); this is the loop that acts on it.
@@ -27,6 +27,9 @@ const RESCAN: Duration = Duration::from_secs(10);
 const RESTORES_AT_ONCE: usize = 32;
 /// How often the owners of held copies are asked whether they still have the message.
 const ASK_OWNERS_EVERY: Duration = Duration::from_secs(300);
+/// The same while this node drains: it is about to be removed, or its pool deleted, and
+/// a leftover copy would hold the pool's deletion for minutes.
+const ASK_OWNERS_DRAINING: Duration = RESCAN;
 /// Held copies younger than this are not asked about: their messages are usually being
 /// delivered right now, and the owner's removal is on its way.
 const LEFTOVER_AGE: Duration = Duration::from_secs(60);
@@ -112,7 +115,10 @@ pub async fn pass<S: Spool>(
             continue;
         };
         if spool.is_being_stored(meta.id) {
-            // Its transaction is still running here; it decides for itself.
+            // Its transaction is still running here; it decides for itself. Asked after
+            // the listing: a transaction that ended before this answer and refused its
+            // message had removed it first, so everything read from the spool from now
+            // on (the body to copy, the record to rewrite) finds it gone.
             continue;
         }
         let duty = view.duty(&me, &copy);
@@ -136,7 +142,7 @@ pub async fn pass<S: Spool>(
                 duty,
             }),
             Duty::Hold { .. } | Duty::ReadView => {
-                if copy.committed && view.copies(&copy) < factor {
+                if view.may_be_acknowledged(&me, &copy) && view.copies(&copy) < factor {
                     done.under_replicated += 1;
                 }
                 if look.ask_owners
@@ -155,7 +161,7 @@ pub async fn pass<S: Spool>(
     }
     let waiting = to_restore
         .iter()
-        .filter(|(_, copy, _)| copy.committed && view.copies(copy) < factor)
+        .filter(|(_, copy, _)| view.may_be_acknowledged(&me, copy) && view.copies(copy) < factor)
         .count();
     let mut under_replicated = done.under_replicated + waiting;
     metrics
@@ -195,7 +201,7 @@ pub async fn pass<S: Spool>(
         }
         if view.copies(&new) < factor {
             done.under_replicated += 1;
-        } else if copy.committed && view.copies(&copy) < factor {
+        } else if view.may_be_acknowledged(&me, &copy) && view.copies(&copy) < factor {
             under_replicated = under_replicated.saturating_sub(1);
             metrics
                 .under_replicated
@@ -344,7 +350,7 @@ async fn discard<S: Spool>(
     if !still || spool.is_being_stored(id) {
         return Ok(false);
     }
-    tracing::info!(%id, "dropping a copy that was never committed: no 250 was given for it");
+    tracing::info!(%id, "dropping a pending copy this node wrote before a restart: no 250 was given for it");
     match spool.local().remove(id).await {
         Ok(()) | Err(SpoolError::NotFound(_)) => Ok(true),
         Err(error) => Err(error),
@@ -446,7 +452,12 @@ pub async fn run<S: Spool>(
         };
         let look = Look {
             announce_all: acted_on != Some(view.epoch),
-            ask_owners: asked_owners.elapsed() >= ASK_OWNERS_EVERY,
+            ask_owners: asked_owners.elapsed()
+                >= if spool.is_draining() {
+                    ASK_OWNERS_DRAINING
+                } else {
+                    ASK_OWNERS_EVERY
+                },
         };
         if look.ask_owners {
             asked_owners = tokio::time::Instant::now();

@@ -120,9 +120,11 @@ pub struct Copy {
     pub holders: Vec<Holder>,
     /// The view epoch at which this list was written.
     pub epoch: u64,
-    /// False between the copy's arrival and the owner's commit. The owner answers 250
-    /// only once every holder has committed, so an uncommitted copy proves that no 250
-    /// was given (yet).
+    /// The owner writes its own copy committed; a replica's copy arrives uncommitted
+    /// (pending) and is marked committed when the owner's commit reaches it, after the
+    /// 250. A pending copy therefore proves nothing about the 250: while its writer is
+    /// eligible the writer knows, and once the writer is gone the copy is treated as
+    /// committed (the writer answers 451 only after every replica confirmed dropping it).
     pub committed: bool,
 }
 
@@ -144,8 +146,9 @@ pub enum Duty {
     /// The copy was written under a newer view than this node's: read the view again
     /// before deciding anything about it.
     ReadView,
-    /// The copy was never committed and its writer is gone, or this node wrote it and
-    /// restarted before committing: no 250 was given for it. Drop it everywhere.
+    /// This node wrote the copy and it is still uncommitted: a record of the two-phase
+    /// protocol, written by an earlier version that restarted before committing, for
+    /// which no 250 was given. Drop it. (An owner now writes its own copy committed.)
     Discard,
 }
 
@@ -189,13 +192,27 @@ impl View {
     /// factor needs. (One whose writer is gone is discarded by the takeover pass; one
     /// whose commit never arrived waits for its writer to finish the message.)
     pub fn needs(&self, me: &Holder, copy: &Copy, factor: usize) -> bool {
-        if !copy.committed {
-            return copy
-                .holders
-                .first()
-                .is_some_and(|writer| self.eligible(writer, copy.epoch));
+        if self.writer_decides(me, copy) {
+            return true;
         }
         self.owner(copy) == Some(me) || self.copies(copy) < factor
+    }
+
+    /// Whether an uncommitted copy's writer (another node, still eligible) alone knows
+    /// whether it answered 250: the copy is held for it. Otherwise the copy is as good as
+    /// committed (its writer is gone and may have answered 250) or committed.
+    pub fn writer_decides(&self, me: &Holder, copy: &Copy) -> bool {
+        !copy.committed
+            && copy
+                .holders
+                .first()
+                .is_some_and(|w| w != me && self.eligible(w, copy.epoch))
+    }
+
+    /// Whether a copy stands for a message that may have been answered with 250: it is
+    /// committed, or its writer is gone (the copy is taken over like a committed one).
+    pub fn may_be_acknowledged(&self, me: &Holder, copy: &Copy) -> bool {
+        copy.committed || (!self.writer_decides(me, copy) && copy.holders.first() != Some(me))
     }
 
     /// Whether `node` is a member marked leaving.
@@ -265,17 +282,21 @@ impl View {
         if copy.epoch > self.epoch {
             return Duty::ReadView;
         }
-        if !copy.committed {
-            let writer = copy.holders.first();
-            return match writer {
-                Some(w) if w != me && self.eligible(w, copy.epoch) => Duty::Hold {
-                    owner: w.node.clone(),
-                },
-                _ => Duty::Discard,
-            };
-        }
         if !self.eligible(me, copy.epoch) {
             return Duty::Stale;
+        }
+        if !copy.committed {
+            match copy.holders.first() {
+                Some(w) if w == me => return Duty::Discard,
+                Some(w) if self.eligible(w, copy.epoch) => {
+                    return Duty::Hold {
+                        owner: w.node.clone(),
+                    };
+                }
+                // The writer is gone: it may have answered 250 (one-phase commit,
+                // `docs/replication.md`), so the copy is taken over like a committed one.
+                _ => {}
+            }
         }
         let Some(owner) = self.owner(copy) else {
             // Unreachable: this node is eligible, so some holder is.
@@ -467,24 +488,41 @@ mod tests {
     }
 
     #[test]
-    fn uncommitted_copies_wait_for_their_writer_or_go() {
-        let (a, b) = (holder("a", 1), holder("b", 2));
-        let mut c = copy(&[a.clone(), b.clone()], 1);
-        c.committed = false;
-        let both = view(1, &[("a", 1, 1), ("b", 2, 1)]);
+    fn a_pending_copy_is_held_for_its_writer_and_taken_over_once_the_writer_is_gone() {
+        let (a, b, c) = (holder("a", 1), holder("b", 2), holder("c", 3));
+        let mut pending = copy(&[a.clone(), b.clone(), c.clone()], 1);
+        pending.committed = false;
+        let all = view(1, &[("a", 1, 1), ("b", 2, 1), ("c", 3, 1)]);
         assert_eq!(
-            both.duty(&b, &c),
+            all.duty(&b, &pending),
             Duty::Hold {
                 owner: NodeId("a".into())
             }
         );
-        // The writer restarted before it committed: it never answered 250.
-        assert_eq!(both.duty(&a, &c), Duty::Discard);
-        let without_a = both.remove(&[NodeId("a".into())]).expect("a is a member");
-        assert_eq!(without_a.duty(&b, &c), Duty::Discard);
-        // A draining b waits for a live writer's commit, not for a gone one's.
-        assert!(both.needs(&b, &c, 2));
-        assert!(!without_a.needs(&b, &c, 2));
+        assert!(all.writer_decides(&b, &pending));
+        assert!(!all.may_be_acknowledged(&b, &pending));
+        // A pending copy the writer wrote itself: only an earlier two-phase version left
+        // such a record, and it never answered 250 for it.
+        assert_eq!(all.duty(&a, &pending), Duty::Discard);
+        assert!(!all.may_be_acknowledged(&a, &pending));
+        // The writer is gone and may have answered 250: the next holder in rank takes
+        // the message over, the one after it holds its copy for the new owner.
+        let without_a = all.remove(&[NodeId("a".into())]).expect("a is a member");
+        assert_eq!(without_a.duty(&b, &pending), Duty::TakeOver);
+        assert_eq!(
+            without_a.duty(&c, &pending),
+            Duty::Hold {
+                owner: NodeId("b".into())
+            }
+        );
+        assert!(without_a.may_be_acknowledged(&b, &pending));
+        // A draining b waits for a live writer's word; without the writer, for the factor.
+        assert!(all.needs(&b, &pending, 2));
+        assert!(without_a.needs(&b, &pending, 2), "b owns it now");
+        assert!(
+            !without_a.needs(&c, &pending, 2),
+            "b and c hold it: two copies without a"
+        );
     }
 
     #[test]

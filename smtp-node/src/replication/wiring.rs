@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::arbiter::{self, Arbiter, ArbiterError, ArbiterSettings};
+use super::lease::LeaseTiming;
 use super::server::{self, PeerServerError};
 use super::{Authority, Holder, Incarnation, Peers, ReplicatedSpool, Settings, Standing};
 use crate::config::{Config, ReplicationConfig, ResolvedIdentity};
@@ -110,7 +111,7 @@ pub async fn prepare(
         };
         let spool = ReplicatedSpool::new(
             local,
-            settings(me.clone(), identity, 1, 1),
+            settings(me.clone(), identity, 1, 1, &LeaseTiming::default()),
             standing.clone(),
             Peers::new(me, None),
         );
@@ -139,11 +140,10 @@ pub async fn prepare(
     let listener = server::bind(&r.listen).await?;
     let client = arbiter::client(arbiter_config).await?;
     let (drain, leaving) = DrainSwitches::new();
-    let arbiter = Arbiter::new(
-        client,
-        ArbiterSettings::new(arbiter_config, me.clone(), &identity.data_centre, &address),
-    )
-    .with_leaving(leaving);
+    let arbiter_settings =
+        ArbiterSettings::new(arbiter_config, me.clone(), &identity.data_centre, &address);
+    let timing = arbiter_settings.timing;
+    let arbiter = Arbiter::new(client, arbiter_settings).with_leaving(leaving);
     let standing = arbiter.subscribe();
     let spool = ReplicatedSpool::new(
         local,
@@ -152,6 +152,7 @@ pub async fn prepare(
             identity,
             factor,
             r.min_data_centres.max(1) as usize,
+            &timing,
         ),
         standing.clone(),
         Peers::new(me.clone(), tls.clone()),
@@ -177,13 +178,20 @@ pub async fn prepare(
     })
 }
 
-fn settings(me: Holder, identity: &ResolvedIdentity, factor: usize, min_dcs: usize) -> Settings {
+fn settings(
+    me: Holder,
+    identity: &ResolvedIdentity,
+    factor: usize,
+    min_dcs: usize,
+    timing: &LeaseTiming,
+) -> Settings {
     Settings {
         me,
         data_centre: identity.data_centre.clone(),
         factor,
         min_data_centres: min_dcs,
         timeout: ACK_TIMEOUT,
+        answer_within: timing.acknowledgements_hold_for(),
     }
 }
 
