@@ -50,8 +50,9 @@ pub enum Request {
     Hello { from: Holder },
     /// Store this message (its ownership record pending) durably.
     Prepare { meta: Box<MessageMeta>, body: Bytes },
-    /// Mark the copy committed: the owner has answered 250.
-    Commit { id: MessageId, copy: Copy },
+    /// Mark these copies committed: their owner has answered 250. Owners send commits in
+    /// batches, a few milliseconds after the fact.
+    Commit { copies: Vec<(MessageId, Copy)> },
     /// Drop a pending copy: the owner is refusing the message.
     Abort { id: MessageId },
     /// Apply recipient outcomes and/or a new ownership record.
@@ -81,8 +82,7 @@ enum Control {
         from: Holder,
     },
     Commit {
-        id: MessageId,
-        copy: Copy,
+        copies: Vec<(MessageId, Copy)>,
     },
     Abort {
         id: MessageId,
@@ -131,11 +131,10 @@ pub fn encode_request(id: u64, request: &Request) -> Result<Bytes, ProtocolError
             (KIND_PREPARE, p)
         }
         Request::Hello { from } => (KIND_HELLO, json(&Control::Hello { from: from.clone() })?),
-        Request::Commit { id, copy } => (
+        Request::Commit { copies } => (
             KIND_COMMIT,
             json(&Control::Commit {
-                id: *id,
-                copy: copy.clone(),
+                copies: copies.clone(),
             })?,
         ),
         Request::Abort { id } => (KIND_ABORT, json(&Control::Abort { id: *id })?),
@@ -226,7 +225,7 @@ pub fn decode(mut content: Bytes) -> Result<Frame, ProtocolError> {
         KIND_HELLO | KIND_COMMIT | KIND_ABORT | KIND_UPDATE | KIND_REMOVE | KIND_HOLDS => {
             match control(&content)? {
                 Control::Hello { from } => Request::Hello { from },
-                Control::Commit { id, copy } => Request::Commit { id, copy },
+                Control::Commit { copies } => Request::Commit { copies },
                 Control::Abort { id } => Request::Abort { id },
                 Control::Update { id, updates, copy } => Request::Update { id, updates, copy },
                 Control::Remove { ids } => Request::Remove { ids },
@@ -306,8 +305,7 @@ mod tests {
                 body,
             },
             Request::Commit {
-                id: meta.id,
-                copy: copy.clone(),
+                copies: vec![(meta.id, copy.clone())],
             },
             Request::Abort { id: meta.id },
             Request::Update {

@@ -279,15 +279,28 @@ async fn handle<S: Spool>(spool: &S, me: &Holding, request: Request) -> Result<(
             }
             spool.store(*meta, body).await.map_err(text)
         }
-        Request::Commit { id, copy } => {
-            me.check(&copy)?;
-            let existing = spool
-                .load_meta(id)
+        Request::Commit { copies } => {
+            // Side by side, so the whole batch shares the spool's next sync. Each is
+            // checked on its own; the owner only logs what was refused.
+            let commits = copies.into_iter().map(|(id, copy)| async move {
+                me.check(&copy)?;
+                let existing =
+                    spool.load_meta(id).await.map_err(text)?.ok_or_else(|| {
+                        format!("message {id} is not here (done, or never prepared)")
+                    })?;
+                check_newer(existing.ownership.copy.as_ref(), &copy)?;
+                spool.set_ownership(id, ownership(copy)).await.map_err(text)
+            });
+            let refused: Vec<String> = futures::future::join_all(commits)
                 .await
-                .map_err(text)?
-                .ok_or_else(|| format!("message {id} was never prepared here"))?;
-            check_newer(existing.ownership.copy.as_ref(), &copy)?;
-            spool.set_ownership(id, ownership(copy)).await.map_err(text)
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
+            if refused.is_empty() {
+                Ok(())
+            } else {
+                Err(refused.join("; "))
+            }
         }
         Request::Abort { id } => match spool.load_meta(id).await.map_err(text)? {
             Some(existing)

@@ -58,8 +58,8 @@ pub struct ReplicatedSpool<S: Spool> {
     in_flight: Mutex<HashSet<MessageId>>,
     /// Set by a drain: new mail is refused with 451.
     draining: AtomicBool,
-    /// Removals not yet sent, per holder.
-    removals: Arc<Mutex<Removals>>,
+    /// Commits and removals not yet sent, per holder.
+    outbox: Arc<Mutex<Outbox>>,
     metrics: ReplicationMetrics,
 }
 
@@ -86,14 +86,32 @@ fn lock(set: &Mutex<HashSet<MessageId>>) -> std::sync::MutexGuard<'_, HashSet<Me
     set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-type Removals = HashMap<NodeId, Vec<MessageId>>;
+/// What waits to be sent to one holder.
+#[derive(Default)]
+struct Batch {
+    commits: Vec<(MessageId, Copy)>,
+    removals: Vec<MessageId>,
+}
 
-fn lock_map(map: &Mutex<Removals>) -> std::sync::MutexGuard<'_, Removals> {
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.commits.is_empty() && self.removals.is_empty()
+    }
+}
+
+enum Later {
+    Commit(MessageId, Copy),
+    Remove(MessageId),
+}
+
+type Outbox = HashMap<NodeId, Batch>;
+
+fn lock_map(map: &Mutex<Outbox>) -> std::sync::MutexGuard<'_, Outbox> {
     map.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// How long removals for a holder wait for company before they are sent.
-const REMOVAL_DELAY: Duration = Duration::from_millis(10);
+/// How long commits and removals for a holder wait for company before they are sent.
+const BATCH_DELAY: Duration = Duration::from_millis(10);
 
 impl<S: Spool> ReplicatedSpool<S> {
     pub fn new(
@@ -109,7 +127,7 @@ impl<S: Spool> ReplicatedSpool<S> {
             peers,
             in_flight: Mutex::new(HashSet::new()),
             draining: AtomicBool::new(false),
-            removals: Arc::default(),
+            outbox: Arc::default(),
             metrics: ReplicationMetrics::default(),
         }
     }
@@ -355,42 +373,15 @@ impl<S: Spool> ReplicatedSpool<S> {
         ))
     }
 
-    /// Tells the replicas the message got its 250, after the fact: their copies then
-    /// count for drains and under-replication, and are asked about as leftovers. A
-    /// replica the commit does not reach holds a pending copy for this node, and takes
-    /// it over if this node leaves: nothing is lost without it.
-    fn commit_later(&self, view: View, id: MessageId, copy: Copy) {
-        let (peers, timeout, me) = (
-            self.peers.clone(),
-            self.settings.timeout,
-            self.settings.me.clone(),
-        );
-        let ack_seconds = self.metrics.ack_seconds.clone();
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let calls = copy.holders.iter().filter(|h| **h != me).map(|h| {
-                let address = view
-                    .members
-                    .get(&h.node)
-                    .map(|m| m.address.clone())
-                    .unwrap_or_default();
-                let request = Request::Commit {
-                    id,
-                    copy: copy.clone(),
-                };
-                let peers = &peers;
-                async move { (h, peers.call(&h.node, &address, request, timeout).await) }
-            });
-            for (holder, result) in join_all(calls).await {
-                if let Err(error) = result {
-                    tracing::debug!(%id, holder = %holder.node, %error,
-                        "a replica did not take the commit; its copy stays pending for this node");
-                }
-            }
-            ack_seconds
-                .get_or_create(&PhaseLabel { phase: "commit" })
-                .observe(started.elapsed().as_secs_f64());
-        });
+    /// Tells the replicas the message got its 250, after the fact, with the next batch
+    /// for each: their copies then count for drains and under-replication, and are
+    /// asked about as leftovers. A replica the commit does not reach holds a pending
+    /// copy for this node, and takes it over if this node leaves: nothing is lost
+    /// without it. A message finished before its batch leaves needs no commit.
+    fn commit_later(&self, id: MessageId, copy: Copy) {
+        for holder in copy.holders.iter().filter(|h| **h != self.settings.me) {
+            self.send_later(&holder.node, Later::Commit(id, copy.clone()));
+        }
     }
 
     fn holders_of(meta: &MessageMeta) -> Vec<Holder> {
@@ -435,47 +426,75 @@ impl<S: Spool> ReplicatedSpool<S> {
         Ok(())
     }
 
-    /// Queues the removal of `id` on `node`. The first removal queued for a node starts
-    /// a batch that is sent [`REMOVAL_DELAY`] later with every removal queued meanwhile:
-    /// one request and one synced write on the holder for many messages. A holder that a
-    /// batch does not reach keeps its copies until it asks their owner
-    /// (`takeover::Look::ask_owners`), and one whose owner fails before the batch is sent
-    /// delivers those messages again, as for a delivery in flight at a failure.
+    /// Queues the removal of `id` on `node`. A holder that a batch does not reach keeps
+    /// its copies until it asks their owner (`takeover::Look::ask_owners`), and one whose
+    /// owner fails before the batch is sent delivers those messages again, as for a
+    /// delivery in flight at a failure.
     fn remove_later(&self, node: &NodeId, id: MessageId) {
+        self.send_later(node, Later::Remove(id));
+    }
+
+    /// Queues a commit or a removal for `node`. The first one queued for a node starts a
+    /// batch that is sent [`BATCH_DELAY`] later with everything queued meanwhile: one
+    /// request per kind and one synced write on the holder for many messages. A removal
+    /// takes the place of the same message's commit still waiting.
+    fn send_later(&self, node: &NodeId, item: Later) {
         let first = {
-            let mut removals = lock_map(&self.removals);
-            let queued = removals.entry(node.clone()).or_default();
-            queued.push(id);
-            queued.len() == 1
+            let mut outbox = lock_map(&self.outbox);
+            let queued = outbox.entry(node.clone()).or_default();
+            let first = queued.is_empty();
+            if let Later::Remove(id) = &item {
+                queued.commits.retain(|(c, _)| c != id);
+            }
+            match item {
+                Later::Commit(id, copy) => queued.commits.push((id, copy)),
+                Later::Remove(id) => queued.removals.push(id),
+            }
+            first
         };
         if !first {
             return;
         }
-        let (node, removals, peers) = (node.clone(), self.removals.clone(), self.peers.clone());
+        let (node, outbox, peers) = (node.clone(), self.outbox.clone(), self.peers.clone());
         let (standing, timeout) = (self.standing.clone(), self.settings.timeout);
+        let ack_seconds = self.metrics.ack_seconds.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(REMOVAL_DELAY).await;
-            let ids = lock_map(&removals).remove(&node).unwrap_or_default();
+            tokio::time::sleep(BATCH_DELAY).await;
+            let batch = lock_map(&outbox).remove(&node).unwrap_or_default();
             let address = standing
                 .borrow()
                 .usable_view()
                 .and_then(|view| view.members.get(&node).map(|m| m.address.clone()));
-            let count = ids.len();
-            let sent = match address {
-                Some(address) => {
-                    peers
-                        .call(&node, &address, Request::Remove { ids }, timeout)
-                        .await
-                }
-                None => Err(PeerError::Unreachable {
-                    node: node.0.clone(),
-                    address: String::new(),
-                    reason: "not a member of the view, or this node is fenced".into(),
-                }),
+            let Some(address) = address else {
+                tracing::warn!(holder = %node, commits = batch.commits.len(), removals = batch.removals.len(),
+                    "not sending to a holder outside the view (or this node is fenced): it keeps \
+                     those copies pending or until it asks their owner");
+                return;
             };
-            if let Err(error) = sent {
-                tracing::warn!(holder = %node, messages = count, %error,
-                    "a holder did not take removals; it drops those copies once it asks their owner");
+            if !batch.commits.is_empty() {
+                let count = batch.commits.len();
+                let started = std::time::Instant::now();
+                let request = Request::Commit {
+                    copies: batch.commits,
+                };
+                let sent = peers.call(&node, &address, request, timeout).await;
+                ack_seconds
+                    .get_or_create(&PhaseLabel { phase: "commit" })
+                    .observe(started.elapsed().as_secs_f64());
+                if let Err(error) = sent {
+                    tracing::debug!(holder = %node, messages = count, %error,
+                        "a holder did not take every commit; those copies stay pending for their owner");
+                }
+            }
+            if !batch.removals.is_empty() {
+                let count = batch.removals.len();
+                let request = Request::Remove {
+                    ids: batch.removals,
+                };
+                if let Err(error) = peers.call(&node, &address, request, timeout).await {
+                    tracing::warn!(holder = %node, messages = count, %error,
+                        "a holder did not take removals; it drops those copies once it asks their owner");
+                }
             }
         });
     }
@@ -586,7 +605,7 @@ impl<S: Spool> Spool for ReplicatedSpool<S> {
             .filter(|h| current.eligible(h, committed.epoch))
             .count();
         self.metrics.copies_per_message.observe(copies as f64);
-        self.commit_later(current, id, committed);
+        self.commit_later(id, committed);
         Ok(())
     }
 
