@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,7 +79,7 @@ fn load(
     threads: usize,
     stop: Arc<AtomicBool>,
     ledger: Arc<Mutex<BTreeMap<String, String>>>,
-    refused: Arc<Mutex<u64>>,
+    refused: Arc<Mutex<Refused>>,
 ) -> Vec<std::thread::JoinHandle<()>> {
     (0..threads)
         .map(|t| {
@@ -110,16 +110,34 @@ fn load(
                         Some(Ok(id)) => {
                             ledger.lock().expect("ledger").insert(subject, id);
                         }
-                        _ => {
-                            *refused.lock().expect("count") += 1;
+                        Some(Err(error)) => {
+                            refused.lock().expect("refused").add(subject, &error);
                             client = None;
                         }
+                        None => client = None,
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
             })
         })
         .collect()
+}
+
+/// Messages not answered with 250, and those answered with 451: a 451 promises that
+/// nothing of the message is ever delivered (a 421 or a cut connection does not).
+#[derive(Default)]
+struct Refused {
+    count: u64,
+    with_451: BTreeSet<String>,
+}
+
+impl Refused {
+    fn add(&mut self, subject: String, error: &std::io::Error) {
+        self.count += 1;
+        if error.to_string().starts_with("451") {
+            self.with_451.insert(subject);
+        }
+    }
 }
 
 /// Messages taken over so far by the nodes `among`.
@@ -245,7 +263,7 @@ fn acknowledged_mail_survives_crashes_pauses_wiped_disks_a_cut_data_centre_and_a
 
     let stop = Arc::new(AtomicBool::new(false));
     let ledger = Arc::new(Mutex::new(BTreeMap::new()));
-    let refused = Arc::new(Mutex::new(0u64));
+    let refused = Arc::new(Mutex::new(Refused::default()));
     let clients = load(addrs, 6, stop.clone(), ledger.clone(), refused.clone());
     let acked = || ledger.lock().expect("ledger").len();
     wait_until(
@@ -428,7 +446,7 @@ fn acknowledged_mail_survives_crashes_pauses_wiped_disks_a_cut_data_centre_and_a
         "acknowledged {}, refused or cut {}, delivered {} distinct, lost {}, duplicates {}, \
          delivered without 250 {}, first takeover {:.1} s, settled {:.1} s after the load",
         ledger.len(),
-        refused.lock().expect("count"),
+        refused.lock().expect("refused").count,
         delivered.len(),
         lost.len(),
         duplicates,
@@ -440,6 +458,21 @@ fn acknowledged_mail_survives_crashes_pauses_wiped_disks_a_cut_data_centre_and_a
         dump(&nodes);
         panic!("lost acknowledged messages (subject, queue id): {lost:?}");
     }
+    let refused = refused.lock().expect("refused");
+    let delivered_after_451: Vec<&String> = refused
+        .with_451
+        .iter()
+        .filter(|s| delivered.contains_key(*s))
+        .collect();
+    eprintln!(
+        "answered 451: {}, of them delivered: {}",
+        refused.with_451.len(),
+        delivered_after_451.len()
+    );
+    assert!(
+        delivered_after_451.is_empty(),
+        "messages answered 451 were delivered: {delivered_after_451:?}"
+    );
     assert!(
         ledger.len() >= 10_000,
         "too little load to mean anything: {}",
