@@ -222,7 +222,7 @@ pub struct ReplicationMetrics {
     pub takeovers: Counter,
     /// Messages given a new copy because a holder left.
     pub rereplicated: Counter,
-    /// Uncommitted copies dropped because their writer left (no 250 was given).
+    /// Pending copies this node wrote before a restart, dropped (no 250 was given).
     pub discarded: Counter,
     /// Copies this node may no longer act on: it left the view after they were written.
     pub stale: Gauge,
@@ -290,7 +290,7 @@ impl ReplicationMetrics {
         );
         sub.register(
             "discarded",
-            "Uncommitted copies dropped because their writer left (no 250 was given)",
+            "Pending copies this node wrote before a restart, dropped (no 250 was given)",
             m.discarded.clone(),
         );
         sub.register(
