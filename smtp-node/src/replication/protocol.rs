@@ -75,6 +75,11 @@ pub enum Request {
 /// acts on.
 pub const NOT_HELD: &str = "not held here";
 
+/// How a refusal of [`Request::Prepare`] begins when the holder's spool failed while
+/// writing the copy: unlike a refusal by a check, it does not say that nothing was
+/// written, so the owner cannot answer 451 on it.
+pub const WRITE_FAILED: &str = "writing the copy failed (it may remain): ";
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 enum Control {

@@ -277,7 +277,10 @@ async fn handle<S: Spool>(spool: &S, me: &Holding, request: Request) -> Result<(
             if let Some(existing) = spool.load_meta(meta.id).await.map_err(text)? {
                 check_newer(existing.ownership.copy.as_ref(), copy)?;
             }
-            spool.store(*meta, body).await.map_err(text)
+            spool
+                .store(*meta, body)
+                .await
+                .map_err(|e| format!("{}{e}", protocol::WRITE_FAILED))
         }
         Request::Commit { copies } => {
             // Side by side, so the whole batch shares the spool's next sync. Each is

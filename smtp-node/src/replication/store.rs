@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use super::Standing;
 use super::peer::{PeerError, Peers};
 use super::placement::{Candidate, choose_replicas};
-use super::protocol::Request;
+use super::protocol::{self, Request};
 use super::view::{Copy, Holder, View};
 use crate::metrics::{PhaseLabel, ReplicationMetrics};
 use crate::spool::{MessageId, MessageMeta, NodeId, Ownership, RecipientUpdate, Spool, SpoolError};
@@ -91,17 +91,19 @@ fn lock(set: &Mutex<HashSet<MessageId>>) -> std::sync::MutexGuard<'_, HashSet<Me
 struct Batch {
     commits: Vec<(MessageId, Copy)>,
     removals: Vec<MessageId>,
+    aborts: Vec<MessageId>,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.commits.is_empty() && self.removals.is_empty()
+        self.commits.is_empty() && self.removals.is_empty() && self.aborts.is_empty()
     }
 }
 
 enum Later {
     Commit(MessageId, Copy),
     Remove(MessageId),
+    Abort(MessageId),
 }
 
 type Outbox = HashMap<NodeId, Batch>;
@@ -329,20 +331,26 @@ impl<S: Spool> ReplicatedSpool<S> {
             tracing::warn!(%id, %error, "cannot drop a refused message's local copy");
             doubts.push(format!("the local copy: {error}"));
         }
-        let took: Vec<Holder> = prepared
-            .iter()
-            .filter(|(holder, result)| match result {
-                Ok(()) => true,
-                Err(PeerError::Refused { .. } | PeerError::Unreachable { .. }) => false,
+        // Every replica that took the copy is told to drop it, and the answer waited
+        // for. One whose prepare got no clear answer may get it after the drop, so it is
+        // a doubt whatever it answers: it is told in the background, without making the
+        // client wait for a second timeout.
+        let mut told = Vec::new();
+        for (holder, result) in prepared {
+            match result {
+                Ok(()) => told.push(holder.clone()),
+                // Refused by a check, or never sent: nothing was written there.
+                Err(PeerError::Refused { reason, .. })
+                    if !reason.starts_with(protocol::WRITE_FAILED) => {}
+                Err(PeerError::Unreachable { .. }) => {}
                 Err(error) => {
                     doubts.push(format!("{}: {error}", holder.node));
-                    false
+                    self.send_later(&holder.node, Later::Abort(id));
                 }
-            })
-            .map(|(holder, _)| holder.clone())
-            .collect();
-        if !took.is_empty() {
-            for (holder, result) in self.broadcast(view, &took, || Request::Abort { id }).await {
+            }
+        }
+        if !told.is_empty() {
+            for (holder, result) in self.broadcast(view, &told, || Request::Abort { id }).await {
                 if let Err(error) = result {
                     doubts.push(format!("{}: {error}", holder.node));
                 }
@@ -449,6 +457,7 @@ impl<S: Spool> ReplicatedSpool<S> {
             match item {
                 Later::Commit(id, copy) => queued.commits.push((id, copy)),
                 Later::Remove(id) => queued.removals.push(id),
+                Later::Abort(id) => queued.aborts.push(id),
             }
             first
         };
@@ -467,6 +476,7 @@ impl<S: Spool> ReplicatedSpool<S> {
                 .and_then(|view| view.members.get(&node).map(|m| m.address.clone()));
             let Some(address) = address else {
                 tracing::warn!(holder = %node, commits = batch.commits.len(), removals = batch.removals.len(),
+                    aborts = batch.aborts.len(),
                     "not sending to a holder outside the view (or this node is fenced): it keeps \
                      those copies pending or until it asks their owner");
                 return;
@@ -484,6 +494,17 @@ impl<S: Spool> ReplicatedSpool<S> {
                 if let Err(error) = sent {
                     tracing::debug!(holder = %node, messages = count, %error,
                         "a holder did not take every commit; those copies stay pending for their owner");
+                }
+            }
+            let aborts = batch
+                .aborts
+                .iter()
+                .map(|&id| peers.call(&node, &address, Request::Abort { id }, timeout));
+            for (id, result) in batch.aborts.iter().zip(join_all(aborts).await) {
+                if let Err(error) = result {
+                    tracing::info!(%id, holder = %node, %error,
+                        "a holder did not drop the pending copy of a message answered 421; \
+                         it keeps it for this node");
                 }
             }
             if !batch.removals.is_empty() {
