@@ -120,7 +120,8 @@ PANELS = [
        "{{data_centre}} {{pod}}")]),
     ("Takeovers and re-replication", "ops",
      "Messages taken over from a node that left the view, given a new copy, dropped "
-     "uncommitted (their writer left before 250), and stale copies dropped.",
+     "as never acknowledged (pending copies this node wrote before a restart), and stale "
+     "copies dropped.",
      [(f"sum by (data_centre) (rate(smtpnode_replication_takeovers_total{{{N}}}[{RATE}]))",
        "takeovers {{data_centre}}"),
       (f"sum by (data_centre) (rate(smtpnode_replication_rereplicated_total{{{N}}}[{RATE}]))",
