@@ -141,6 +141,17 @@ async fn held(node: &TestNode, meta: &MessageMeta) -> Option<(MessageMeta, Bytes
     Some((stored, body))
 }
 
+/// No node of the pool holds any copy of the message.
+async fn kept_nowhere(pool: &Pool, meta: &MessageMeta) {
+    for node in &pool.nodes {
+        assert!(
+            held(node, meta).await.is_none(),
+            "{} kept a copy",
+            node.holder.node
+        );
+    }
+}
+
 /// The node's copy once the owner's commit, sent after the 250, has reached it.
 async fn committed(node: &TestNode, meta: &MessageMeta) -> (MessageMeta, Bytes) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -211,13 +222,7 @@ async fn without_the_other_data_centre_nothing_is_kept_and_the_reason_is_given()
         SpoolError::NotReplicated(reason) => assert!(reason.contains("pool-west-0"), "{reason}"),
         other => panic!("expected NotReplicated, got {other}"),
     }
-    for node in &pool.nodes {
-        assert!(
-            held(node, &meta).await.is_none(),
-            "{} kept a copy",
-            node.holder.node
-        );
-    }
+    kept_nowhere(&pool, &meta).await;
 }
 
 /// A replica that takes the connection and never answers may still store the copy
@@ -345,13 +350,7 @@ async fn a_holder_refuses_copies_that_would_not_count() {
         .await
         .expect_err("stale owner view");
     refused(error, "not an eligible holder");
-    for node in &pool.nodes {
-        assert!(
-            held(node, &meta).await.is_none(),
-            "{} kept a copy",
-            node.holder.node
-        );
-    }
+    kept_nowhere(&pool, &meta).await;
 
     // Once the owner reads the view too, the copy is written at the new epoch and counts.
     east0.standing.send_replace(standing(&rejoined));
@@ -379,13 +378,7 @@ async fn a_holder_refuses_copies_that_would_not_count() {
         .await
         .expect_err("west-0 is leaving");
     refused(error, "draining");
-    for node in &pool.nodes {
-        assert!(
-            held(node, &meta).await.is_none(),
-            "{} kept a copy",
-            node.holder.node
-        );
-    }
+    kept_nowhere(&pool, &meta).await;
 }
 
 /// west-0 was removed and let in again, so its copies are stale. It asks east-0, a
