@@ -145,8 +145,10 @@ pub async fn serve<S: Spool>(
         names.insert(handle.id(), name);
     }
     tokio::select! {
+        biased;
         () = shared.shutdown.cancelled() => {}
-        Some(ended) = accept_loops.join_next_with_id() => {
+        // A loop that saw the shutdown first returns too: that is no failure.
+        Some(ended) = accept_loops.join_next_with_id(), if !shared.shutdown.is_cancelled() => {
             let (id, reason) = match ended {
                 Ok((id, ())) => (id, "returned".to_owned()),
                 Err(join) => (join.id(), join.to_string()),
@@ -155,7 +157,9 @@ pub async fn serve<S: Spool>(
             return Err(ServerError::AcceptLoop { name, reason });
         }
     }
-    accept_loops.abort_all();
+    // Each loop drops its listening socket as soon as it sees the shutdown; waiting for
+    // them all means no connection is greeted after this point.
+    while accept_loops.join_next().await.is_some() {}
     sessions.close();
     let open = sessions.len();
     if open > 0 {
@@ -185,7 +189,12 @@ async fn accept_loop<S: Spool>(
         listener: listener.name.clone(),
     };
     loop {
-        let (tcp, peer) = match socket.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => return,
+            accepted = socket.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning.
