@@ -557,6 +557,75 @@ async fn reuses_one_connection_for_several_messages() {
     node.stop().await;
 }
 
+/// Submits one message to `to` and waits until the sink holds `count` messages and the
+/// spool is empty again; returns the connection the last one came over.
+async fn deliver_one(node: &Node, sink: &PySink, to: &str, subject: &str, count: usize) -> u64 {
+    let body = message("alice@sender.test", to, subject, "x");
+    node.submit(meta("alice@sender.test", &[to], body.len()), body)
+        .await;
+    let received = wait_for(subject, WAIT, || {
+        let m = sink.messages();
+        (m.len() == count).then_some(m)
+    })
+    .await;
+    wait_for("the spool to empty", WAIT, || {
+        (node.spool.len() == 0).then_some(())
+    })
+    .await;
+    received.last().map(|m| m.connection).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_arrives_soon_after_the_last_one_takes_its_open_connection() {
+    let dns = KnotServer::start(zones());
+    let port = port_for(&[PY_HOST]);
+    let sink = PySink::start(ip(PY_HOST), port, PyOptions::default());
+    let node = Node::start_plain(delivery_config(&dns, port));
+    let first = deliver_one(&node, &sink, "steady@py.test", "first", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = deliver_one(&node, &sink, "steady@py.test", "second", 2).await;
+    assert_eq!(first, second, "the idle connection carried the second message");
+    assert_eq!(
+        node.metric("outbound_transactions_total{connection=\"reused\"}"),
+        1.0
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_the_server_closed_is_replaced_without_delaying_the_message() {
+    let dns = KnotServer::start(zones());
+    let port = port_for(&[PY_HOST]);
+    let sink = PySink::start(
+        ip(PY_HOST),
+        port,
+        PyOptions {
+            idle_timeout: Some(Duration::from_millis(200)),
+            ..PyOptions::default()
+        },
+    );
+    let node = Node::start_plain(delivery_config(&dns, port));
+    let first = deliver_one(&node, &sink, "later@py.test", "first", 1).await;
+    // The server says 421 and closes while the node still keeps the connection.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let second = deliver_one(&node, &sink, "later@py.test", "second", 2).await;
+    assert_ne!(first, second, "a new connection");
+    assert_eq!(
+        node.metric("outbound_recipients_total{result=\"deferred\",route=\"mx\"}"),
+        0.0,
+        "the dead connection cost the message no attempt"
+    );
+    assert_eq!(
+        node.metric("outbound_transactions_total{connection=\"new\"}"),
+        2.0
+    );
+    assert_eq!(
+        node.metric("outbound_transactions_total{connection=\"reused\"}"),
+        0.0
+    );
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_queued_mail_from_the_spool_at_start() {
     let dns = KnotServer::start(zones());

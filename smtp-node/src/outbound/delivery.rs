@@ -3,7 +3,8 @@
 //!
 //! A worker starts with one job, resolves the destination, connects to the first target
 //! that answers, and then keeps asking the manager for the destination's next job,
-//! reusing the connection (RSET between transactions). When the destination cannot be
+//! reusing the connection. A worker with nothing left to do keeps its connection open for
+//! [`IDLE_CONNECTION`] in case more mail for the destination arrives. When the destination cannot be
 //! resolved or reached, the same failure applies to every job queued for it, so the
 //! worker records it for all of them without touching the network again.
 //!
@@ -12,7 +13,7 @@
 //! failed (a crash in between duplicates a bounce but never loses one).
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -41,6 +42,12 @@ use crate::spool::{
 
 /// Recipients per transaction: RFC 5321 section 4.5.3.1.8 obliges servers to take 100.
 pub const MAX_RECIPIENTS_PER_TRANSACTION: usize = 100;
+
+/// How long a worker with an open connection waits for its destination's next job before
+/// it closes the connection, as Postfix's connection cache does
+/// (`smtp_connection_cache_time_limit`, 2 s). Under a steady stream of mail most messages
+/// then go over a warm connection instead of paying for a connect, greeting and EHLO each.
+pub const IDLE_CONNECTION: Duration = Duration::from_secs(2);
 
 /// Where connections go.
 #[derive(Clone, Debug)]
@@ -97,11 +104,14 @@ pub enum Event {
         task: tokio::task::Id,
         id: MessageId,
     },
-    /// The worker wants another job for its destination; `None` tells it to stop.
+    /// The worker wants another job for its destination; `None` tells it to stop. With
+    /// `wait`, an empty queue parks the request until a job arrives (the worker gives up
+    /// after [`IDLE_CONNECTION`]).
     NextJob {
         task: tokio::task::Id,
         destination: Destination,
         reply: oneshot::Sender<Option<Job>>,
+        wait: bool,
     },
     /// A new message (a bounce) was stored and needs scheduling.
     Stored { id: MessageId },
@@ -123,16 +133,26 @@ impl WorkerLink {
         });
     }
 
-    async fn next_job(&self) -> Option<Job> {
-        let (reply, answer) = oneshot::channel();
+    /// The next job; with `wait`, up to [`IDLE_CONNECTION`] for one to arrive.
+    async fn next_job(&self, wait: bool) -> Option<Job> {
+        let (reply, mut answer) = oneshot::channel();
         self.events
             .send(Event::NextJob {
                 task: tokio::task::id(),
                 destination: self.destination.clone(),
                 reply,
+                wait,
             })
             .ok()?;
-        answer.await.ok().flatten()
+        tokio::select! {
+            job = &mut answer => job.ok().flatten(),
+            () = tokio::time::sleep(IDLE_CONNECTION), if wait => {
+                // Closed before looking, so a job the manager hands over from now on
+                // comes back to it, and one handed over just before is still taken.
+                answer.close();
+                answer.try_recv().ok().flatten()
+            }
+        }
     }
 
     /// Resolves when the node is stopping.
@@ -205,7 +225,7 @@ pub async fn run_worker<S: Spool>(shared: Arc<Shared<S>>, link: WorkerLink, firs
             break;
         }
         if let Some((open, _)) = session.as_mut()
-            && let Err(err) = open.reset().await
+            && let Err(err) = open.ready_for_next().await
         {
             tracing::debug!(error = %err, "kept connection no longer usable; reconnecting");
             drop_session(&shared, session.take());
@@ -237,7 +257,10 @@ pub async fn run_worker<S: Spool>(shared: Arc<Shared<S>>, link: WorkerLink, firs
             }
         }
         link.job_done(current.id);
-        job = link.next_job().await;
+        // An idle connection is kept only while the node has connections to spare: a
+        // parked worker must not hold the slot another destination waits for.
+        let keep = session.is_some() && shared.connections.available_permits() > 0;
+        job = link.next_job(keep).await;
     }
     close_session(&shared, session.take()).await;
 }
@@ -356,7 +379,7 @@ async fn fail_all<S: Spool>(
         if tokio::time::Instant::now() >= until {
             break;
         }
-        job = link.next_job().await;
+        job = link.next_job(false).await;
     }
 }
 

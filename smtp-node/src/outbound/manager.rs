@@ -4,7 +4,8 @@
 //! messages waiting for their next attempt, a FIFO of jobs per destination, and the
 //! workers. A due message is split into one job per destination; a destination gets up
 //! to `concurrencyPerDestination` workers, each with its own connection, and each worker
-//! takes the destination's next job when it finishes one (connection reuse). When all
+//! takes the destination's next job when it finishes one (connection reuse), waiting a
+//! little for one with its connection open when there is none. When all
 //! jobs of a message finished, the manager reads the message back from the spool and
 //! schedules its next attempt from the stored recipient states, so the spool is the only
 //! source of truth and a restart recovers exactly what was queued.
@@ -18,7 +19,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::client::{ClientSettings, Credentials, Timeouts, TlsPolicy};
@@ -215,10 +216,11 @@ impl<S: Spool> QueueManager<S> {
             queued,
             "delivery stopping; waiting for in-flight transactions"
         );
-        state
-            .destinations
-            .values_mut()
-            .for_each(|d| d.queue.clear());
+        // Dropping a parked worker's answer tells it to close its connection.
+        state.destinations.values_mut().for_each(|d| {
+            d.queue.clear();
+            d.idle.clear();
+        });
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;
         while !state.workers.is_empty() {
             tokio::select! {
@@ -242,6 +244,8 @@ impl<S: Spool> QueueManager<S> {
 struct DestinationState {
     queue: VecDeque<Job>,
     workers: usize,
+    /// Workers with an open connection waiting for a job (they count in `workers`).
+    idle: Vec<(tokio::task::Id, oneshot::Sender<Option<Job>>)>,
     limiter: Option<Arc<Mutex<RateLimiter>>>,
 }
 
@@ -371,6 +375,7 @@ impl<S: Spool> State<'_, S> {
                 .or_insert_with(|| DestinationState {
                     queue: VecDeque::new(),
                     workers: 0,
+                    idle: Vec::new(),
                     limiter: rate.map(|limit| {
                         Arc::new(Mutex::new(RateLimiter::per_minute(limit, Instant::now())))
                     }),
@@ -389,6 +394,27 @@ impl<S: Spool> State<'_, S> {
         let Some(entry) = self.destinations.get_mut(destination) else {
             return;
         };
+        // Workers waiting with an open connection first, the most recently parked (the
+        // warmest) first.
+        while !entry.queue.is_empty()
+            && let Some((task, reply)) = entry.idle.pop()
+        {
+            let Some(job) = entry.queue.pop_front() else {
+                break;
+            };
+            let id = job.id;
+            match reply.send(Some(job)) {
+                Ok(()) => {
+                    self.assigned.insert(task, id);
+                }
+                // That worker stopped waiting and closes its connection.
+                Err(returned) => {
+                    if let Some(job) = returned {
+                        entry.queue.push_front(job);
+                    }
+                }
+            }
+        }
         while entry.workers < self.manager.concurrency {
             let Some(job) = entry.queue.pop_front() else {
                 break;
@@ -422,18 +448,27 @@ impl<S: Spool> State<'_, S> {
                 task,
                 destination,
                 reply,
+                wait,
             } => {
-                let job = if self.stopping {
+                let entry = if self.stopping {
                     None
                 } else {
-                    self.destinations
-                        .get_mut(&destination)
-                        .and_then(|d| d.queue.pop_front())
+                    self.destinations.get_mut(&destination)
                 };
-                if let Some(job) = &job {
-                    self.assigned.insert(task, job.id);
-                }
-                if let Err(Some(job)) = reply.send(job) {
+                let Some(entry) = entry else {
+                    let _ = reply.send(None);
+                    return;
+                };
+                let Some(job) = entry.queue.pop_front() else {
+                    if wait {
+                        entry.idle.push((task, reply));
+                    } else {
+                        let _ = reply.send(None);
+                    }
+                    return;
+                };
+                self.assigned.insert(task, job.id);
+                if let Err(Some(job)) = reply.send(Some(job)) {
                     // The worker is gone; its exit will not know about this job.
                     self.assigned.remove(&task);
                     self.finish_job(job.id).await;
@@ -459,6 +494,7 @@ impl<S: Spool> State<'_, S> {
         if let Some(destination) = self.task_destination.remove(&task) {
             if let Some(entry) = self.destinations.get_mut(&destination) {
                 entry.workers = entry.workers.saturating_sub(1);
+                entry.idle.retain(|(parked, _)| *parked != task);
             }
             self.spawn_workers(&destination);
         }

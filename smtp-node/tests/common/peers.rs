@@ -167,6 +167,8 @@ pub struct PyOptions {
     pub broken_tls: bool,
     pub auth: Option<(String, String)>,
     pub data_delay: Option<Duration>,
+    /// Closes connections idle this long, with a 421 first.
+    pub idle_timeout: Option<Duration>,
 }
 
 pub struct PySink {
@@ -209,6 +211,11 @@ impl PySink {
             command
                 .arg("--data-delay")
                 .arg(delay.as_secs_f64().to_string());
+        }
+        if let Some(idle) = options.idle_timeout {
+            command
+                .arg("--idle-timeout")
+                .arg(idle.as_secs_f64().to_string());
         }
         let mut child = command
             .stdin(Stdio::null())

@@ -14,6 +14,8 @@ Options:
   --broken-tls                    with --tls: allow only TLS 1.1, so every handshake fails
   --auth USER:PASSWORD            require AUTH (PLAIN/LOGIN, only over TLS)
   --data-delay SECONDS            wait before answering the end of DATA
+  --idle-timeout SECONDS          close a connection idle this long (421 first), as
+                                  servers do
 """
 
 import argparse
@@ -86,6 +88,7 @@ def main():
     parser.add_argument("--broken-tls", action="store_true")
     parser.add_argument("--auth")
     parser.add_argument("--data-delay", type=float, default=0)
+    parser.add_argument("--idle-timeout", type=float)
     args = parser.parse_args()
 
     refusals = {}
@@ -95,6 +98,8 @@ def main():
         refusals[parts[0].lower()] = {"reply": parts[1], "left": count}
 
     kwargs = {"enable_SMTPUTF8": True, "hostname": "sink.test"}
+    if args.idle_timeout:
+        kwargs["timeout"] = args.idle_timeout
     server_ssl = None
     if args.tls:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
