@@ -8,8 +8,9 @@
 //! the node's own functions in `smtp_node::replication`; the model only chooses the
 //! order in which steps and faults happen:
 //!
-//! - a node crashes (its delivery in flight is lost, its disk stays), restarts, or comes
-//!   back with an empty disk (a new incarnation);
+//! - a node crashes (its delivery in flight is lost, its disk stays, less the commits it
+//!   wrote without a sync: those copies are pending again), restarts, or comes back with
+//!   an empty disk (a new incarnation);
 //! - a node loses the API server and fences itself; the arbiter removes a member only
 //!   when it is down or fenced (the Lease timing rules of `lease.rs`, unit-tested there,
 //!   are what make that true in the real system);
@@ -63,6 +64,10 @@ struct Node {
     /// The view this node last read; meaningful only while it is not fenced.
     view: View,
     disk: BTreeMap<usize, Stored>,
+    /// Commits written without a sync (`Spool::commit_copy`), by message: a crash takes
+    /// them back. Kept until the crash, although the node's next synced write would make
+    /// them durable: the model lets a crash take more than it can, never less.
+    unsynced: BTreeMap<usize, Copy>,
     /// A delivery it started and has not recorded.
     busy: Option<usize>,
     draining: bool,
@@ -106,6 +111,8 @@ struct State {
     leftover_dropped: bool,
     /// A node took over a pending copy (its writer gone before its commit arrived).
     pending_taken_over: bool,
+    /// A crash took back a commit written without a sync.
+    commit_taken_back: bool,
     /// A replica that acknowledged the message's prepare was removed from the view
     /// while the owner had not answered yet: its acknowledgement no longer holds
     /// (`LeaseTiming::acknowledgements_hold_for`), and the owner may only refuse.
@@ -247,10 +254,20 @@ impl State {
     /// being written by it is refused or unknown to the client: it never got 250.
     fn crash(&mut self, n: usize) {
         self.crashes += 1;
+        let mut taken_back = false;
         let node = &mut self.nodes[n];
         node.up = false;
         node.busy = None;
         node.fenced = true;
+        for (m, committed) in std::mem::take(&mut node.unsynced) {
+            if let Some(stored) = node.disk.get_mut(&m)
+                && stored.copy == committed
+            {
+                stored.copy.committed = false;
+                taken_back = true;
+            }
+        }
+        self.commit_taken_back |= taken_back;
         for (phase, &owner) in self.phase.iter_mut().zip(&ACCEPTED_BY) {
             if owner == n && *phase == Phase::Prepared {
                 *phase = Phase::Unknown;
@@ -288,6 +305,7 @@ impl Model for World {
                 incarnation: 0,
                 view: View::default(),
                 disk: BTreeMap::new(),
+                unsynced: BTreeMap::new(),
                 busy: None,
                 draining: false,
             });
@@ -311,6 +329,7 @@ impl Model for World {
             drains: 0,
             leftover_dropped: false,
             pending_taken_over: false,
+            commit_taken_back: false,
             late: [false; 2],
             written_at: [0; 2],
         }]
@@ -501,10 +520,12 @@ impl Model for World {
                     let n = index_of(h);
                     if n < NODES.len()
                         && s.accepts(h, &copy)
-                        && let Some(x) = s.nodes[n].disk.get_mut(&m)
+                        && let node = &mut s.nodes[n]
+                        && let Some(x) = node.disk.get_mut(&m)
                         && x.copy == pending
                     {
                         x.copy.committed = true;
+                        node.unsynced.insert(m, x.copy.clone());
                         changed = true;
                     }
                 }
@@ -559,6 +580,7 @@ impl Model for World {
                 node.up = true;
                 node.fenced = true;
                 node.disk.clear();
+                node.unsynced.clear();
                 node.incarnation += 1;
             }
             Action::LoseApiServer(n) => {
@@ -758,6 +780,10 @@ impl Model for World {
             properties.push(Property::sometimes(
                 "a pending copy is taken over once its writer is gone",
                 |_, s: &State| s.pending_taken_over,
+            ));
+            properties.push(Property::sometimes(
+                "a crash takes back a commit written without a sync",
+                |_, s: &State| s.commit_taken_back,
             ));
             properties.push(Property::sometimes(
                 "a delivery in flight is repeated",

@@ -142,6 +142,61 @@ async fn updates_ownership_and_removal_survive_reopen() {
     ));
 }
 
+/// A replica's commit is written without a sync of its own and becomes durable with the
+/// next synced write.
+#[tokio::test]
+async fn a_commit_rides_on_the_next_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let syncs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let options = || {
+        let syncs = syncs.clone();
+        LogSpoolOptions {
+            on_batch: Some(Arc::new(move |n| syncs.lock().unwrap().push(n))),
+            segment_bytes: 2048,
+            ..LogSpoolOptions::default()
+        }
+    };
+    let spool = LogSpool::open(dir.path(), options()).unwrap();
+    let held = store(&spool, 1, b"held").await;
+    let committed = |epoch| Ownership {
+        owner: NodeId("n1".into()),
+        replicas: vec![NodeId("n2".into())],
+        epoch,
+        copy: None,
+    };
+    spool.commit_copy(held, committed(1)).await.unwrap();
+    assert_eq!(
+        spool.load_meta(held).await.unwrap().unwrap().ownership,
+        committed(1),
+        "applied at once"
+    );
+    assert_eq!(*syncs.lock().unwrap(), vec![1], "no sync of its own");
+    store(&spool, 1, b"next").await;
+    assert_eq!(
+        *syncs.lock().unwrap(),
+        vec![1, 2],
+        "the next store's sync makes the commit durable too"
+    );
+
+    // Into later segments, over rotations.
+    spool.commit_copy(held, committed(2)).await.unwrap();
+    for _ in 0..10 {
+        store(&spool, 1, &[b'x'; 600]).await;
+    }
+    assert!(segments(dir.path()).len() > 2);
+    assert_eq!(
+        syncs.lock().unwrap().iter().sum::<usize>(),
+        spool.len() + 2,
+        "every operation made durable once: the stores and both commits"
+    );
+    drop(spool);
+    let spool = LogSpool::open(dir.path(), options()).unwrap();
+    assert_eq!(
+        spool.load_meta(held).await.unwrap().unwrap().ownership,
+        committed(2)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_stores_share_syncs() {
     let dir = tempfile::tempdir().unwrap();

@@ -283,7 +283,7 @@ async fn handle<S: Spool>(spool: &S, me: &Holding, request: Request) -> Result<(
                 .map_err(|e| format!("{}{e}", protocol::WRITE_FAILED))
         }
         Request::Commit { copies } => {
-            // Side by side, so the whole batch shares the spool's next sync. Each is
+            // Written without a sync of their own (see `Spool::commit_copy`). Each is
             // checked on its own; the owner only logs what was refused.
             let commits = copies.into_iter().map(|(id, copy)| async move {
                 me.check(&copy)?;
@@ -292,7 +292,7 @@ async fn handle<S: Spool>(spool: &S, me: &Holding, request: Request) -> Result<(
                         format!("message {id} is not here (done, or never prepared)")
                     })?;
                 check_newer(existing.ownership.copy.as_ref(), &copy)?;
-                spool.set_ownership(id, ownership(copy)).await.map_err(text)
+                spool.commit_copy(id, ownership(copy)).await.map_err(text)
             });
             let refused: Vec<String> = futures::future::join_all(commits)
                 .await

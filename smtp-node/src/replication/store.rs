@@ -481,7 +481,13 @@ impl<S: Spool> ReplicatedSpool<S> {
                      those copies pending or until it asks their owner");
                 return;
             };
-            if !batch.commits.is_empty() {
+            // Side by side: the holder writes them in one batch with one sync. They never
+            // conflict, since a removal took the place of its message's queued commit and
+            // an abort follows a refusal, which has no commit.
+            let commits = async {
+                if batch.commits.is_empty() {
+                    return;
+                }
                 let count = batch.commits.len();
                 let started = std::time::Instant::now();
                 let request = Request::Commit {
@@ -495,19 +501,24 @@ impl<S: Spool> ReplicatedSpool<S> {
                     tracing::debug!(holder = %node, messages = count, %error,
                         "a holder did not take every commit; those copies stay pending for their owner");
                 }
-            }
-            let aborts = batch
-                .aborts
-                .iter()
-                .map(|&id| peers.call(&node, &address, Request::Abort { id }, timeout));
-            for (id, result) in batch.aborts.iter().zip(join_all(aborts).await) {
-                if let Err(error) = result {
-                    tracing::info!(%id, holder = %node, %error,
-                        "a holder did not drop the pending copy of a message answered 421; \
-                         it keeps it for this node");
+            };
+            let aborts = async {
+                let sent = batch
+                    .aborts
+                    .iter()
+                    .map(|&id| peers.call(&node, &address, Request::Abort { id }, timeout));
+                for (id, result) in batch.aborts.iter().zip(join_all(sent).await) {
+                    if let Err(error) = result {
+                        tracing::info!(%id, holder = %node, %error,
+                            "a holder did not drop the pending copy of a message answered 421; \
+                             it keeps it for this node");
+                    }
                 }
-            }
-            if !batch.removals.is_empty() {
+            };
+            let removals = async {
+                if batch.removals.is_empty() {
+                    return;
+                }
                 let count = batch.removals.len();
                 let request = Request::Remove {
                     ids: batch.removals,
@@ -516,7 +527,8 @@ impl<S: Spool> ReplicatedSpool<S> {
                     tracing::warn!(holder = %node, messages = count, %error,
                         "a holder did not take removals; it drops those copies once it asks their owner");
                 }
-            }
+            };
+            tokio::join!(commits, aborts, removals);
         });
     }
 }

@@ -141,7 +141,15 @@ enum Op {
     Store(MessageMeta, Bytes),
     Update(MessageId, Vec<RecipientUpdate>),
     Ownership(MessageId, Ownership),
+    /// An ownership change that needs no sync of its own (see [`Spool::commit_copy`]).
+    Commit(MessageId, Ownership),
     Remove(MessageId),
+}
+
+impl Op {
+    fn needs_sync(&self) -> bool {
+        !matches!(self, Op::Commit(..))
+    }
 }
 
 enum Done {
@@ -411,6 +419,8 @@ struct Writer {
     health: watch::Sender<SpoolHealth>,
     /// Set by the first fatal write failure; every later operation is refused with it.
     failed: Option<Arc<std::io::Error>>,
+    /// Operations written to the current segment since its last sync (commits only).
+    unsynced: usize,
 }
 
 impl Writer {
@@ -434,6 +444,7 @@ impl Writer {
             options,
             health,
             failed: None,
+            unsynced: 0,
         })
     }
 
@@ -450,7 +461,8 @@ impl Writer {
         }
     }
 
-    /// Writes a batch, syncs once, then applies it to the index and answers every caller.
+    /// Writes a batch, syncs once (unless it holds only commits, which ride on the next
+    /// sync), then applies it to the index and answers every caller.
     fn commit(&mut self, batch: Vec<(Op, Reply)>) {
         if let Some(e) = &self.failed {
             fail_all(batch, &SpoolError::Failed(e.clone()));
@@ -472,7 +484,9 @@ impl Writer {
                 Err(e) => Err(e),
             });
         }
+        let sync = batch.iter().any(|(op, _)| op.needs_sync());
         let written = match self.file.write_all(&buf) {
+            Ok(()) if !sync => Ok(()),
             Ok(()) => self
                 .file
                 .sync_data()
@@ -492,8 +506,10 @@ impl Writer {
             self.health.send_replace(SpoolHealth::Ok);
         }
         self.size += buf.len() as u64;
-        if let Some(cb) = &self.options.on_batch {
-            cb(batch.len());
+        if !sync {
+            self.unsynced += batch.len();
+        } else if let Some(cb) = &self.options.on_batch {
+            cb(batch.len() + std::mem::take(&mut self.unsynced));
         }
         let mut index = self.shared.index();
         for ((op, reply), at) in batch.into_iter().zip(placed) {
@@ -518,6 +534,8 @@ impl Writer {
             .file
             .set_len(self.size)
             .and_then(|()| self.file.sync_all());
+        // Synced with the cut, or left in a segment whose tail the next open cuts anyway.
+        self.unsynced = 0;
         if let Err(e) = cut {
             if self.failed.is_some() {
                 // No more writes follow: the next open cuts the torn tail.
@@ -596,6 +614,7 @@ impl Writer {
             self.discard_unacknowledged();
             return Err(e);
         }
+        self.unsynced = 0;
         self.size += buf.len() as u64;
         let count = relocated.len();
         let mut index = self.shared.index();
@@ -617,6 +636,17 @@ impl Writer {
     }
 
     fn rotate(&mut self) -> Result<(), SpoolError> {
+        // Only the newest segment may end in records a crash can take: replay cuts a torn
+        // tail there.
+        if self.unsynced > 0 {
+            self.file
+                .sync_data()
+                .map_err(|e| self.refused(WriteStep::Sync, e))?;
+            if let Some(cb) = &self.options.on_batch {
+                cb(std::mem::take(&mut self.unsynced));
+            }
+            self.unsynced = 0;
+        }
         let next = self.segment + 1;
         let file = OpenOptions::new()
             .create_new(true)
@@ -695,7 +725,7 @@ fn encode_op(op: &Op, buf: &mut Vec<u8>) -> Result<u64, SpoolError> {
             encode(KIND_UPDATE, &[&to_json(&rec)?], buf);
             Ok(0)
         }
-        Op::Ownership(id, ownership) => {
+        Op::Ownership(id, ownership) | Op::Commit(id, ownership) => {
             let rec = OwnershipRecord {
                 id: *id,
                 ownership: ownership.clone(),
@@ -733,7 +763,7 @@ fn apply(index: &mut Index, op: Op, segment: u64, body_at: u64) -> Result<Done, 
             apply_updates(&mut entry.meta, &updates)?;
             Ok(Done::Meta(Box::new(entry.meta.clone())))
         }
-        Op::Ownership(id, ownership) => {
+        Op::Ownership(id, ownership) | Op::Commit(id, ownership) => {
             let entry = index
                 .messages
                 .get_mut(&id)
@@ -802,6 +832,10 @@ impl Spool for LogSpool {
 
     async fn set_ownership(&self, id: MessageId, ownership: Ownership) -> Result<(), SpoolError> {
         self.submit(Op::Ownership(id, ownership)).await.map(|_| ())
+    }
+
+    async fn commit_copy(&self, id: MessageId, ownership: Ownership) -> Result<(), SpoolError> {
+        self.submit(Op::Commit(id, ownership)).await.map(|_| ())
     }
 
     async fn remove(&self, id: MessageId) -> Result<(), SpoolError> {

@@ -72,6 +72,18 @@ pub trait Spool: Send + Sync + 'static {
         ownership: Ownership,
     ) -> impl Future<Output = Result<(), SpoolError>> + Send;
 
+    /// Marks a replica's pending copy committed. The record needs no sync of its own: it
+    /// becomes durable with the spool's next synced write. A commit that a crash takes
+    /// leaves the copy pending, as if the commit had never arrived, which replication
+    /// allows for anyway (the commit travels after the 250 and may be lost on the way).
+    fn commit_copy(
+        &self,
+        id: MessageId,
+        ownership: Ownership,
+    ) -> impl Future<Output = Result<(), SpoolError>> + Send {
+        self.set_ownership(id, ownership)
+    }
+
     /// Removes a message whose recipients are all done.
     fn remove(&self, id: MessageId) -> impl Future<Output = Result<(), SpoolError>> + Send;
 
