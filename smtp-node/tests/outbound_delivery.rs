@@ -584,7 +584,10 @@ async fn a_message_that_arrives_soon_after_the_last_one_takes_its_open_connectio
     let first = deliver_one(&node, &sink, "steady@py.test", "first", 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let second = deliver_one(&node, &sink, "steady@py.test", "second", 2).await;
-    assert_eq!(first, second, "the idle connection carried the second message");
+    assert_eq!(
+        first, second,
+        "the idle connection carried the second message"
+    );
     assert_eq!(
         node.metric("outbound_transactions_total{connection=\"reused\"}"),
         1.0
