@@ -45,6 +45,16 @@ fn port_for(hosts: &[&str]) -> u16 {
 }
 
 /// Parses a bounce captured by smtp-sink (LF line ends) into its delivery-status text.
+/// The DNS server, an aiosmtpd sink as the MX of `py.test`, and a node that delivers to
+/// it with the default delivery settings.
+fn py_node(options: PyOptions) -> (KnotServer, PySink, Node) {
+    let dns = KnotServer::start(zones());
+    let port = port_for(&[PY_HOST]);
+    let sink = PySink::start(ip(PY_HOST), port, options);
+    let node = Node::start_plain(delivery_config(&dns, port));
+    (dns, sink, node)
+}
+
 fn dsn_status(data: &str) -> (String, String) {
     let crlf = data.replace('\n', "\r\n");
     let parsed = MessageParser::new()
@@ -150,10 +160,7 @@ async fn delivers_through_mx_records_to_smtp_sink() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_stuffing_survives_the_wire() {
-    let dns = KnotServer::start(zones());
-    let port = port_for(&[PY_HOST]);
-    let sink = PySink::start(ip(PY_HOST), port, PyOptions::default());
-    let node = Node::start_plain(delivery_config(&dns, port));
+    let (_dns, sink, node) = py_node(PyOptions::default());
     let body = message(
         "alice@sender.test",
         "dot@py.test",
@@ -355,21 +362,14 @@ async fn partial_refusal_gives_per_recipient_outcomes_and_one_dsn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temporary_failure_is_deferred_then_delivered_on_retry() {
-    let dns = KnotServer::start(zones());
-    let port = port_for(&[PY_HOST]);
-    let sink = PySink::start(
-        ip(PY_HOST),
-        port,
-        PyOptions {
-            refuse: vec![(
-                "later@py.test".into(),
-                "451 4.3.0 try again later".into(),
-                Some(1),
-            )],
-            ..PyOptions::default()
-        },
-    );
-    let node = Node::start_plain(delivery_config(&dns, port));
+    let (_dns, sink, node) = py_node(PyOptions {
+        refuse: vec![(
+            "later@py.test".into(),
+            "451 4.3.0 try again later".into(),
+            Some(1),
+        )],
+        ..PyOptions::default()
+    });
     let body = message(
         "alice@sender.test",
         "later@py.test",
@@ -577,10 +577,7 @@ async fn deliver_one(node: &Node, sink: &PySink, to: &str, subject: &str, count:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_arrives_soon_after_the_last_one_takes_its_open_connection() {
-    let dns = KnotServer::start(zones());
-    let port = port_for(&[PY_HOST]);
-    let sink = PySink::start(ip(PY_HOST), port, PyOptions::default());
-    let node = Node::start_plain(delivery_config(&dns, port));
+    let (_dns, sink, node) = py_node(PyOptions::default());
     let first = deliver_one(&node, &sink, "steady@py.test", "first", 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let second = deliver_one(&node, &sink, "steady@py.test", "second", 2).await;
@@ -597,17 +594,10 @@ async fn a_message_that_arrives_soon_after_the_last_one_takes_its_open_connectio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_the_server_closed_is_replaced_without_delaying_the_message() {
-    let dns = KnotServer::start(zones());
-    let port = port_for(&[PY_HOST]);
-    let sink = PySink::start(
-        ip(PY_HOST),
-        port,
-        PyOptions {
-            idle_timeout: Some(Duration::from_millis(200)),
-            ..PyOptions::default()
-        },
-    );
-    let node = Node::start_plain(delivery_config(&dns, port));
+    let (_dns, sink, node) = py_node(PyOptions {
+        idle_timeout: Some(Duration::from_millis(200)),
+        ..PyOptions::default()
+    });
     let first = deliver_one(&node, &sink, "later@py.test", "first", 1).await;
     // The server says 421 and closes while the node still keeps the connection.
     tokio::time::sleep(Duration::from_millis(900)).await;
@@ -760,21 +750,14 @@ async fn falls_back_to_helo_when_ehlo_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_recipients_are_sent_again_in_the_same_connection() {
-    let dns = KnotServer::start(zones());
-    let port = port_for(&[PY_HOST]);
-    let sink = PySink::start(
-        ip(PY_HOST),
-        port,
-        PyOptions {
-            refuse: vec![(
-                "third@py.test".into(),
-                "452 4.5.3 too many recipients".into(),
-                Some(1),
-            )],
-            ..PyOptions::default()
-        },
-    );
-    let node = Node::start_plain(delivery_config(&dns, port));
+    let (_dns, sink, node) = py_node(PyOptions {
+        refuse: vec![(
+            "third@py.test".into(),
+            "452 4.5.3 too many recipients".into(),
+            Some(1),
+        )],
+        ..PyOptions::default()
+    });
     let body = message("alice@sender.test", "first@py.test", "452", "x");
     let rcpts = ["first@py.test", "second@py.test", "third@py.test"];
     let id = node
@@ -871,17 +854,10 @@ async fn rate_limit_paces_a_destination() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_lets_a_running_transaction_finish() {
-    let dns = KnotServer::start(zones());
-    let port = port_for(&[PY_HOST]);
-    let sink = PySink::start(
-        ip(PY_HOST),
-        port,
-        PyOptions {
-            data_delay: Some(Duration::from_secs(2)),
-            ..PyOptions::default()
-        },
-    );
-    let node = Node::start_plain(delivery_config(&dns, port));
+    let (_dns, sink, node) = py_node(PyOptions {
+        data_delay: Some(Duration::from_secs(2)),
+        ..PyOptions::default()
+    });
     let spool = node.spool.clone();
     let body = message("alice@sender.test", "patient@py.test", "finish", "x");
     let id = node
