@@ -643,11 +643,7 @@ impl SmtpSession {
         if !self.clean {
             return self.reset().await;
         }
-        if !self.io.buffer().is_empty() {
-            return Err(ClientError::Protocol(
-                "the server sent a reply nobody asked for".into(),
-            ));
-        }
+        // Bytes already buffered come back at once; otherwise one read that must not block.
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match Pin::new(&mut self.io).poll_fill_buf(&mut cx) {
             Poll::Pending => Ok(()),

@@ -4,9 +4,10 @@
 //! A worker starts with one job, resolves the destination, connects to the first target
 //! that answers, and then keeps asking the manager for the destination's next job,
 //! reusing the connection. A worker with nothing left to do keeps its connection open for
-//! [`IDLE_CONNECTION`] in case more mail for the destination arrives. When the destination cannot be
-//! resolved or reached, the same failure applies to every job queued for it, so the
-//! worker records it for all of them without touching the network again.
+//! [`IDLE_CONNECTION`] in case more mail for the destination arrives. When the
+//! destination cannot be resolved or reached, the same failure applies to every job
+//! queued for it, so the worker records it for all of them without touching the network
+//! again.
 //!
 //! Spool consistency: a recipient's state changes only through `Spool::update` after the
 //! server's final reply; a bounce is stored before the recipients it reports are marked
