@@ -506,10 +506,10 @@ impl Writer {
             self.health.send_replace(SpoolHealth::Ok);
         }
         self.size += buf.len() as u64;
-        if !sync {
+        if sync {
+            self.synced(batch.len());
+        } else {
             self.unsynced += batch.len();
-        } else if let Some(cb) = &self.options.on_batch {
-            cb(batch.len() + std::mem::take(&mut self.unsynced));
         }
         let mut index = self.shared.index();
         for ((op, reply), at) in batch.into_iter().zip(placed) {
@@ -614,7 +614,7 @@ impl Writer {
             self.discard_unacknowledged();
             return Err(e);
         }
-        self.unsynced = 0;
+        self.synced(0);
         self.size += buf.len() as u64;
         let count = relocated.len();
         let mut index = self.shared.index();
@@ -635,6 +635,17 @@ impl Writer {
         Ok(())
     }
 
+    /// After a sync that made `written` operations durable, besides the commits written
+    /// since the last one: reports them all to `on_batch`, once.
+    fn synced(&mut self, written: usize) {
+        let durable = written + std::mem::take(&mut self.unsynced);
+        if durable > 0
+            && let Some(cb) = &self.options.on_batch
+        {
+            cb(durable);
+        }
+    }
+
     fn rotate(&mut self) -> Result<(), SpoolError> {
         // Only the newest segment may end in records a crash can take: replay cuts a torn
         // tail there.
@@ -642,10 +653,7 @@ impl Writer {
             self.file
                 .sync_data()
                 .map_err(|e| self.refused(WriteStep::Sync, e))?;
-            if let Some(cb) = &self.options.on_batch {
-                cb(std::mem::take(&mut self.unsynced));
-            }
-            self.unsynced = 0;
+            self.synced(0);
         }
         let next = self.segment + 1;
         let file = OpenOptions::new()
