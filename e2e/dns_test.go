@@ -192,6 +192,12 @@ spec: {hostname: relay.e2e.test, replicas: 1, tls: {selfSigned: {}}}
 	eventuallyField(t, 60*time.Second, ns, "maildomain/ondemand", dnsVerified, "True")
 	eventuallyField(t, 30*time.Second, ns, "maildomain/ondemand", ".status.lastHandledReconcileAt", "published")
 	checkedAt := jsonpath(t, ns, "maildomain/ondemand", ".status.dns.checkedAt")
+	// checkedAt has whole seconds: a second check in the same second could not move it.
+	first, err := time.Parse(time.RFC3339, checkedAt)
+	if err != nil {
+		t.Fatalf("status.dns.checkedAt %q is not RFC 3339: %v", checkedAt, err)
+	}
+	time.Sleep(time.Until(first.Add(time.Second)))
 
 	// Break SPF: without a request, nothing would look for ten minutes.
 	spf := "TXT ondemand.e2e.test."
